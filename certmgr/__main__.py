@@ -1,0 +1,3 @@
+from certmgr.cli.main import main
+
+main()

@@ -1,0 +1,91 @@
+"""File-system helpers: atomic writes with restrictive permissions."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+from certmgr.errors import StorageError
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` atomically: a temp file in the same folder, fsync, chmod, rename, fsync dir.
+
+    Readers see either the old file or the complete new one, never a half-written one.
+
+    Raises:
+        StorageError: if the folder cannot be created or written.
+    """
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise StorageError(f"cannot write {path}: {exc.strerror or exc}", path=str(path)) from exc
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(folder)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise StorageError(f"cannot write {path}: {exc.strerror or exc}", path=str(path)) from exc
+
+
+def atomic_write_many(files: dict[Path, bytes], mode: int = 0o600) -> None:
+    """Write several files so that either all of them are replaced or none.
+
+    Every file is first written to a temp file; only when all temp files exist are they renamed into place.
+
+    Raises:
+        StorageError: if any of the files cannot be written (no target file is changed then).
+    """
+    staged: list[tuple[str, Path]] = []
+    try:
+        for path, data in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            staged.append((tmp, path))
+            with os.fdopen(fd, "wb") as fh:
+                os.fchmod(fh.fileno(), mode)
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        for tmp, path in staged:
+            os.replace(tmp, path)
+        for folder in {p.parent for _, p in staged}:
+            _fsync_dir(folder)
+    except OSError as exc:
+        for tmp, _ in staged:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise StorageError(f"cannot write {exc.filename or 'file'}: {exc.strerror or exc}") from exc
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create ``path`` (mode 0700) if needed and check that it is writable.
+
+    Raises:
+        StorageError: if it cannot be created or is not writable.
+    """
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise StorageError(f"cannot create data dir {path}: {exc.strerror or exc}", path=str(path)) from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise StorageError(f"data dir {path} is not writable", path=str(path))
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)

@@ -1,0 +1,201 @@
+"""Typed settings for every certmgr process.
+
+Values come from (highest first): constructor arguments, ``CERTMGR_*`` environment variables, the TOML file named
+by ``CERTMGR_CONFIG`` (keys without the prefix, e.g. ``data_dir = "/srv/certmgr"``), then the defaults below.
+No module-level settings object exists: factories take a :class:`Settings`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from certmgr.errors import ConfigError, StorageError
+from certmgr.fsutil import atomic_write, ensure_private_dir
+
+PASSPHRASE_FILE_NAME = "ca-passphrase"
+MASTER_KEY_FILE_NAME = "master-key"
+
+
+class Settings(BaseSettings):
+    """All settings of certmgr. Environment prefix ``CERTMGR_``."""
+
+    model_config = SettingsConfigDict(env_prefix="CERTMGR_", extra="forbid", validate_default=True)
+
+    # --- storage ------------------------------------------------------------------------------------------
+    data_dir: Path = Field(default=Path("var"), description="Data directory: database, CA keys, secrets.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default SQLite at <data_dir>/certmgr.db."
+    )
+    policy_dir: Path = Field(default=Path("policies"), description="Folder of policy TOML files.")
+    ca_config_dir: Path = Field(default=Path("ca"), description="Folder of the declarative CA definitions.")
+
+    # --- secrets ------------------------------------------------------------------------------------------
+    ca_passphrase: SecretStr | None = Field(default=None, description="Passphrase of the CA keys.")
+    ca_passphrase_file: Path | None = Field(default=None, description="File holding the CA passphrase.")
+    master_key: SecretStr | None = Field(
+        default=None, description="Master secret for encrypting issued private keys at rest."
+    )
+    master_key_file: Path | None = Field(default=None, description="File holding the master secret.")
+    pkcs12_passwords: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Named PKCS#12 password secrets referenced by policies (password_secret = NAME).",
+    )
+
+    # --- listeners ----------------------------------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=0, le=65535)
+    wpi_host: str = Field(default="0.0.0.0", description="Bind address of the phone-facing listeners.")  # noqa: S104
+    wpi_port: int = Field(default=18443, ge=0, le=65535)
+    wpi_poll_port: int = Field(default=18080, ge=0, le=65535)
+    wpi_public_addr: str | None = Field(
+        default=None, description="Address phones are told to call back (dls_ip_addr); default: local address."
+    )
+    wpi_tls_cert: Path | None = Field(default=None, description="PEM certificate (+chain) of the WPI listener.")
+    wpi_tls_key: Path | None = Field(default=None, description="PEM private key of the WPI listener.")
+
+    # --- phone behaviour ----------------------------------------------------------------------------------
+    contact_gap_seconds: int = Field(default=300, ge=0, description="Minimum gap between two contact-me.")
+    contact_me_port: int = Field(default=8085, ge=1, le=65535)
+    wbm_port: int = Field(default=443, ge=1, le=65535, description="Port of the phones' WBM (TLS probe).")
+    trusted_proxies: list[str] = Field(
+        default_factory=list, description="NAT/proxy addresses accepted instead of the phone's own address."
+    )
+    callback_timeout_seconds: int = Field(default=60, ge=1, description="Wait for solicited after contact-me.")
+    deploy_concurrency: int = Field(default=50, ge=1, description="Phones in interaction at once, globally.")
+    retry_base_seconds: int = Field(default=300, ge=1)
+    retry_max_seconds: int = Field(default=86400, ge=1)
+    max_attempts: int = Field(default=10, ge=1)
+    poll_pending_status: int = Field(default=202, ge=200, le=299)
+    poll_idle_status: int = Field(default=200, ge=200, le=299)
+
+    # --- service ------------------------------------------------------------------------------------------
+    log_level: str = "INFO"
+    scheduler_enabled: bool = True
+
+    @field_validator("log_level")
+    @classmethod
+    def _upper(cls, v: str) -> str:
+        return v.upper()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("CERTMGR_CONFIG")
+        if config_file:
+            if not Path(config_file).is_file():
+                raise ConfigError(f"CERTMGR_CONFIG names {config_file}, which is not a readable file")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+    # --- derived values -----------------------------------------------------------------------------------
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'certmgr.db').resolve()}"
+
+    @property
+    def ca_dir(self) -> Path:
+        """Where generated CA key material lives (inside the data dir, never in git)."""
+        return self.data_dir / "ca"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build :class:`Settings` from the environment (and ``CERTMGR_CONFIG``), turning errors into ConfigError.
+
+    Raises:
+        ConfigError: if a value is invalid or the config file is unreadable or malformed.
+    """
+    try:
+        return Settings(**overrides)
+    except ConfigError:
+        raise
+    except Exception as exc:  # pydantic ValidationError, TOML decode errors
+        first = str(exc).strip().splitlines()
+        raise ConfigError(f"invalid settings: {' '.join(first[:3])}") from exc
+
+
+def _read_secret_file(path: Path, what: str) -> SecretStr:
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} file {path}: {exc.strerror or exc}") from exc
+    if not value:
+        raise ConfigError(f"{what} file {path} is empty")
+    return SecretStr(value)
+
+
+def _resolve_secret(
+    value: SecretStr | None, file: Path | None, default_file: Path, what: str, generate: bool
+) -> tuple[SecretStr, str | None]:
+    """Return the secret and, when it was just generated, a message saying where it was written."""
+    if value is not None and value.get_secret_value():
+        return value, None
+    if file is not None:
+        return _read_secret_file(file, what), None
+    if default_file.exists():
+        return _read_secret_file(default_file, what), None
+    if not generate:
+        raise ConfigError(
+            f"no {what} configured (set CERTMGR_{what.upper().replace(' ', '_')} or its _FILE variant)"
+        )
+    secret = secrets.token_urlsafe(32)
+    atomic_write(default_file, (secret + "\n").encode(), mode=0o600)
+    return SecretStr(secret), f"generated a new {what} into {default_file} (mode 0600); keep a backup of it"
+
+
+def ca_passphrase(settings: Settings, *, generate: bool = False) -> tuple[SecretStr, str | None]:
+    """The CA passphrase: configured value, configured file, or ``<data_dir>/ca-passphrase``.
+
+    With ``generate=True`` and nothing configured, a new random passphrase is written to the data dir.
+
+    Raises:
+        ConfigError: if none is configured (and ``generate`` is false) or the file cannot be read.
+        StorageError: if a generated passphrase cannot be written.
+    """
+    ensure_private_dir(settings.data_dir)
+    return _resolve_secret(
+        settings.ca_passphrase,
+        settings.ca_passphrase_file,
+        settings.data_dir / PASSPHRASE_FILE_NAME,
+        "ca passphrase",
+        generate,
+    )
+
+
+def master_key(settings: Settings, *, generate: bool = False) -> tuple[SecretStr, str | None]:
+    """The master secret that encrypts issued private keys at rest (same rules as :func:`ca_passphrase`).
+
+    Raises:
+        ConfigError: if none is configured (and ``generate`` is false) or the file cannot be read.
+        StorageError: if a generated secret cannot be written.
+    """
+    ensure_private_dir(settings.data_dir)
+    return _resolve_secret(
+        settings.master_key,
+        settings.master_key_file,
+        settings.data_dir / MASTER_KEY_FILE_NAME,
+        "master key",
+        generate,
+    )
+
+
+__all__ = ["Settings", "StorageError", "ca_passphrase", "load_settings", "master_key"]
