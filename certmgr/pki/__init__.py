@@ -1,2 +1,4 @@
-"""PKI: key generation, the two-level CA, leaf certificates, PKCS#12 packaging, key storage. No I/O here except
-the CA store, which reads and writes the data directory."""
+"""PKI: keys, the two-level CA, leaf certificates, PKCS#12 packaging and key storage.
+
+Pure except the CA store, which reads and writes the data directory.
+"""
