@@ -1,0 +1,176 @@
+"""Engines and sessions: the only place that knows how to talk to SQLite or PostgreSQL.
+
+``create_db_engine`` normalises the URL (``postgresql://`` → ``postgresql+psycopg://``), prepares SQLite (WAL,
+foreign keys, busy timeout, parent directory) and never connects; :func:`check_connection` and
+:func:`session_scope` turn a failure to connect into a one-line :class:`~certmgr.errors.DatabaseError` that
+shows the URL without its password.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy.exc
+from sqlalchemy import URL, Engine, create_engine, event, make_url, text
+from sqlalchemy.pool import StaticPool
+from sqlmodel import Session
+
+from certmgr.errors import DatabaseError
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def normalise_url(url: str | URL) -> URL:
+    """Parse ``url`` and pick certmgr's driver: ``postgresql+psycopg`` (psycopg 3) for PostgreSQL.
+
+    Raises:
+        DatabaseError: if ``url`` is not a valid SQLAlchemy URL or names an unsupported backend.
+    """
+    try:
+        parsed = make_url(url)
+    except sqlalchemy.exc.ArgumentError as exc:
+        raise DatabaseError("invalid database URL (expected e.g. sqlite:///path or postgresql://…)") from exc
+    backend = parsed.get_backend_name()
+    if backend in ("postgresql", "postgres"):
+        if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return parsed
+    if backend == "sqlite":
+        return parsed
+    raise DatabaseError(
+        f"unsupported database {redact_url(parsed)}: certmgr supports SQLite and PostgreSQL",
+        url=redact_url(parsed),
+    )
+
+
+def redact_url(url: str | URL) -> str:
+    """``url`` as a string with any password replaced by ``***`` (safe for logs and messages)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return "<invalid database URL>"
+
+
+def _is_sqlite_memory(url: URL) -> bool:
+    database = url.database or ""
+    return database in ("", ":memory:") or url.query.get("mode") == "memory"
+
+
+def _sqlite_pragmas(engine: Engine, *, wal: bool) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            if wal:
+                cursor.execute("PRAGMA journal_mode = WAL")
+                cursor.execute("PRAGMA synchronous = NORMAL")
+        finally:
+            cursor.close()
+
+
+def create_db_engine(url: str | URL, *, echo: bool = False) -> Engine:
+    """Create (but do not connect) the engine for ``url``.
+
+    SQLite: the parent directory is created, every connection gets ``foreign_keys=ON``, a busy timeout and
+    (for files) WAL journaling; connections may cross threads. In-memory SQLite shares one connection.
+    PostgreSQL: psycopg 3 with pre-ping, so connections dropped by a restart are replaced transparently.
+
+    Raises:
+        DatabaseError: if the URL is invalid or unsupported, the driver is missing, or the SQLite directory
+            cannot be created.
+    """
+    parsed = normalise_url(url)
+    shown = redact_url(parsed)
+    kwargs: dict[str, Any] = {"echo": echo}
+    if parsed.get_backend_name() == "sqlite":
+        kwargs["connect_args"] = {"check_same_thread": False}
+        memory = _is_sqlite_memory(parsed)
+        if memory:
+            kwargs["poolclass"] = StaticPool
+        else:
+            assert parsed.database is not None
+            try:
+                Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DatabaseError(
+                    f"cannot create the directory of database {shown}: {exc.strerror or exc}", url=shown
+                ) from exc
+    else:
+        kwargs["pool_pre_ping"] = True
+    try:
+        engine = create_engine(parsed, **kwargs)
+    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError, ImportError) as exc:
+        raise DatabaseError(f"cannot use database {shown}: {error_summary(exc)}", url=shown) from exc
+    if parsed.get_backend_name() == "sqlite":
+        _sqlite_pragmas(engine, wal=not memory)
+    return engine
+
+
+def connection_error(exc: BaseException, url: str | URL) -> DatabaseError:
+    """A one-line :class:`DatabaseError` for a failure to connect to ``url`` (password hidden).
+
+    The driver's message is reduced to its first line; psycopg never echoes the password back.
+    """
+    shown = redact_url(url)
+    return DatabaseError(f"cannot connect to database {shown}: {error_summary(exc)}", url=shown)
+
+
+def error_summary(exc: BaseException) -> str:
+    """The first line of the driver's message for ``exc`` (no stack, no SQL, no parameters)."""
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.orig is not None:
+        exc = exc.orig
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def check_connection(engine: Engine) -> None:
+    """Open a connection and run ``SELECT 1``.
+
+    Raises:
+        DatabaseError: if the database cannot be reached (message names the URL without its password).
+    """
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
+        raise connection_error(exc, engine.url) from exc
+
+
+@contextmanager
+def session_scope(engine: Engine, *, expire_on_commit: bool = False) -> Iterator[Session]:
+    """A session in one transaction: committed when the block ends, rolled back if it raises.
+
+    The connection is opened up front, so "cannot connect" surfaces as :class:`DatabaseError`; every other
+    error from the block (``IntegrityError``, ``StaleDataError``, domain errors) propagates unchanged after
+    the rollback. Objects stay usable after the block (``expire_on_commit=False`` by default).
+
+    Raises:
+        DatabaseError: if no connection can be opened.
+    """
+    with Session(engine, expire_on_commit=expire_on_commit) as session:
+        try:
+            session.connection()
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
+            raise connection_error(exc, engine.url) from exc
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+__all__ = [
+    "check_connection",
+    "connection_error",
+    "create_db_engine",
+    "error_summary",
+    "normalise_url",
+    "redact_url",
+    "session_scope",
+]

@@ -1,0 +1,190 @@
+"""Migrations: head matches the models, downgrade/upgrade round trip, and the schema guard."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect, text
+from sqlmodel import SQLModel
+
+import certmgr.db.models  # noqa: F401  (registers the tables)
+from certmgr.db.engine import create_db_engine, session_scope
+from certmgr.db.migrate import (
+    SCRIPT_LOCATION,
+    alembic_config,
+    check_schema,
+    current_revision,
+    downgrade,
+    head_revision,
+    upgrade,
+)
+from certmgr.db.models import Certificate, Device, IssueReason
+from certmgr.errors import DatabaseError, SchemaOutdatedError, SchemaTooNewError
+from certmgr.pki.types import KeyType
+
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+TABLES = {
+    "alembic_version",
+    "api_token",
+    "audit_checkpoint",
+    "audit_event",
+    "audit_head",
+    "ca",
+    "certificate",
+    "deployment",
+    "device",
+    "pkcs12_profile_memory",
+}
+
+
+def _diffs(url: str) -> list[object]:
+    engine = create_db_engine(url)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            return list(compare_metadata(context, SQLModel.metadata))
+    finally:
+        engine.dispose()
+
+
+def _tables(url: str) -> set[str]:
+    engine = create_db_engine(url)
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def _stamp(url: str, revision: str) -> None:
+    engine = create_db_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = :rev"), {"rev": revision})
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_head_matches_models(db_url: str) -> None:
+    upgrade(db_url)
+    assert _tables(db_url) == TABLES
+    assert _diffs(db_url) == []
+
+
+def test_revisions(db_url: str) -> None:
+    assert current_revision(db_url) is None
+    upgrade(db_url)
+    assert current_revision(db_url) == head_revision() == "0001"
+    check_schema(db_url)  # at head: no error
+    upgrade(db_url)  # idempotent
+
+
+def test_downgrade_base_then_upgrade_head(db_url: str) -> None:
+    upgrade(db_url)
+    engine = create_db_engine(db_url)
+    try:
+        # Data in the device <-> certificate cycle, so dropping the cycle's foreign key is exercised for real.
+        with session_scope(engine) as s:
+            device = Device(mac="00:1A:E8:00:00:01", created_at=T0, updated_at=T0)
+            s.add(device)
+            s.flush()
+            assert device.id is not None
+            cert = Certificate(
+                device_id=device.id,
+                serial="01",
+                subject="CN=x",
+                key_type=KeyType.EC_P256,
+                not_before=T0,
+                not_after=T0,
+                fingerprint_sha256="a" * 64,
+                cert_pem="pem",
+                key_blob=b"k",
+                issuer_fingerprint="b" * 64,
+                reason=IssueReason.ENROLLMENT,
+                created_at=T0,
+            )
+            s.add(cert)
+            s.flush()
+            device.current_certificate_id = cert.id
+    finally:
+        engine.dispose()
+
+    downgrade(db_url, "base")
+    assert current_revision(db_url) is None
+    assert _tables(db_url) <= {"alembic_version"}
+
+    upgrade(db_url)
+    assert current_revision(db_url) == head_revision()
+    assert _diffs(db_url) == []
+
+
+def test_empty_database_is_outdated(db_url: str) -> None:
+    with pytest.raises(SchemaOutdatedError, match="no certmgr schema"):
+        check_schema(db_url)
+
+
+def test_unknown_newer_revision_is_too_new(db_url: str) -> None:
+    upgrade(db_url)
+    _stamp(db_url, "9999_from_the_future")
+    with pytest.raises(SchemaTooNewError) as info:
+        check_schema(db_url)
+    assert str(info.value) == (
+        "database is at migration 9999_from_the_future, newer than this certmgr (head 0001); upgrade certmgr"
+    )
+    assert info.value.fields == {"current": "9999_from_the_future", "head": "0001"}
+    # Neither upgrade nor downgrade may touch a database from a newer release.
+    with pytest.raises(SchemaTooNewError):
+        upgrade(db_url)
+    with pytest.raises(SchemaTooNewError):
+        downgrade(db_url, "base")
+
+
+@pytest.fixture
+def scripts_with_next_revision(tmp_path: Path) -> Path:
+    """A copy of the migration scripts with an extra (empty) revision 0002 on top of head."""
+    scripts = tmp_path / "alembic"
+    shutil.copytree(SCRIPT_LOCATION, scripts, ignore=shutil.ignore_patterns("__pycache__"))
+    (scripts / "versions" / "0002_next.py").write_text(
+        'revision = "0002"\n'
+        'down_revision = "0001"\n'
+        "branch_labels = None\n"
+        "depends_on = None\n\n\n"
+        "def upgrade() -> None:\n    pass\n\n\n"
+        "def downgrade() -> None:\n    pass\n"
+    )
+    return scripts
+
+
+def test_behind_head_is_outdated(db_url: str, scripts_with_next_revision: Path) -> None:
+    scripts = scripts_with_next_revision
+    upgrade(db_url)  # the real head, 0001
+    assert head_revision(scripts=scripts) == "0002"
+    with pytest.raises(SchemaOutdatedError) as info:
+        check_schema(db_url, scripts=scripts)
+    assert "at migration 0001, behind this certmgr (head 0002)" in str(info.value)
+    upgrade(db_url, scripts=scripts)
+    check_schema(db_url, scripts=scripts)
+    assert current_revision(db_url) == "0002"
+
+
+def test_alembic_config_carries_url_and_scripts(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    config = alembic_config(url)
+    assert config.get_main_option("script_location") == str(SCRIPT_LOCATION)
+    assert config.attributes["url"] == url
+    assert config.get_main_option("sqlalchemy.url") == url
+
+
+def test_alembic_config_escapes_percent_and_normalises_driver() -> None:
+    config = alembic_config("postgresql://u:p%25w@localhost/db")
+    assert config.attributes["url"] == "postgresql+psycopg://u:p%25w@localhost/db"
+    assert config.get_main_option("sqlalchemy.url") == "postgresql+psycopg://u:p%25w@localhost/db"
+
+
+def test_missing_scripts_is_a_database_error(tmp_path: Path) -> None:
+    with pytest.raises(DatabaseError, match="migration scripts not found"):
+        alembic_config("sqlite://", scripts=tmp_path)
