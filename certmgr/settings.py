@@ -23,7 +23,7 @@ from pydantic_settings import (
 from certmgr.errors import ConfigError, StorageError
 from certmgr.fsutil import atomic_write, ensure_private_dir
 
-PASSPHRASE_FILE_NAME = "ca-passphrase"
+PASSPHRASE_FILE_NAME = "ca-passphrase"  # noqa: S105 (a file name)
 MASTER_KEY_FILE_NAME = "master-key"
 
 
@@ -59,7 +59,8 @@ class Settings(BaseSettings):
     wpi_port: int = Field(default=18443, ge=0, le=65535)
     wpi_poll_port: int = Field(default=18080, ge=0, le=65535)
     wpi_public_addr: str | None = Field(
-        default=None, description="Address phones are told to call back (dls_ip_addr); default: local address."
+        default=None,
+        description="Address phones are told to call back (dls_ip_addr); default: local address.",
     )
     wpi_tls_cert: Path | None = Field(default=None, description="PEM certificate (+chain) of the WPI listener.")
     wpi_tls_key: Path | None = Field(default=None, description="PEM private key of the WPI listener.")
@@ -154,9 +155,7 @@ def _resolve_secret(
     if default_file.exists():
         return _read_secret_file(default_file, what), None
     if not generate:
-        raise ConfigError(
-            f"no {what} configured (set CERTMGR_{what.upper().replace(' ', '_')} or its _FILE variant)"
-        )
+        raise ConfigError(f"no {what} configured (set CERTMGR_{what.upper().replace(' ', '_')} or its _FILE variant)")
     secret = secrets.token_urlsafe(32)
     atomic_write(default_file, (secret + "\n").encode(), mode=0o600)
     return SecretStr(secret), f"generated a new {what} into {default_file} (mode 0600); keep a backup of it"

@@ -1,0 +1,52 @@
+"""The security-team API (FastAPI). Served only on the API listener, never on the phone-facing ports."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from sqlalchemy import text
+
+from certmgr import __version__
+from certmgr.api.errors import install_error_handlers
+from certmgr.errors import CANotInitialisedError, DatabaseError
+from certmgr.runtime import Runtime
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def create_app(runtime: Runtime) -> FastAPI:
+    """Build the API application around an opened :class:`Runtime`."""
+    app = FastAPI(
+        title="certmgr",
+        version=__version__,
+        description="Keeps the WBM HTTPS certificates of OpenStage / OpenScape Desk Phones valid and verified.",
+    )
+    app.state.runtime = runtime
+    install_error_handlers(app)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    def readyz(rt: RuntimeDep) -> dict[str, Any]:
+        """Readiness: the database answers and the CA is present."""
+        try:
+            with rt.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            raise DatabaseError("database unreachable") from exc
+        if not rt.ca_store.exists():
+            raise CANotInitialisedError("no CA in the data dir")
+        info = rt.ca_store.load_public()
+        return {"status": "ready", "ca": info.issuing_subject, "ca_not_after": info.not_after.isoformat()}
+
+    return app

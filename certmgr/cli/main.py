@@ -1,0 +1,291 @@
+"""The ``certmgr`` command line. Errors become one line on stderr and an exit code from ``exitcodes``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from certmgr.cli.exitcodes import USAGE, exit_code_for
+from certmgr.errors import CertmgrError, InputError
+from certmgr.settings import Settings, load_settings
+
+app = typer.Typer(
+    name="certmgr",
+    help="Keeps the WBM HTTPS certificates of OpenStage / OpenScape Desk Phones valid, trusted and verified.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+ca_app = typer.Typer(help="The certificate authority: create, import, show.", no_args_is_help=True)
+policy_app = typer.Typer(help="Certificate policies (policies/*.toml).", no_args_is_help=True)
+db_app = typer.Typer(help="The database.", no_args_is_help=True)
+app.add_typer(ca_app, name="ca")
+app.add_typer(policy_app, name="policy")
+app.add_typer(db_app, name="db")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _settings() -> Settings:
+    return load_settings()
+
+
+def _read_secret_file(path: Path | None, env: str) -> bytes | None:
+    """A password from a file or an environment variable — never from argv."""
+    if path is not None:
+        try:
+            return path.read_bytes().rstrip(b"\r\n")
+        except OSError as exc:
+            raise InputError(f"cannot read password file {path}: {exc.strerror or exc}") from exc
+    value = os.environ.get(env)
+    return value.encode() if value else None
+
+
+def _read_input(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+
+
+# --- ca -------------------------------------------------------------------------------------------------------
+@ca_app.command("init")
+def ca_init(
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing CA (its keys are lost).")] = False,
+) -> None:
+    """Create the root CA and the issuing CA from ca/ca.toml (keys encrypted in the data dir)."""
+    from certmgr.pki.ca import load_ca_definition
+    from certmgr.runtime import CA_DEFINITION_FILE, open_runtime, record_ca
+    from certmgr.settings import ca_passphrase
+
+    settings = _settings()
+    definition = load_ca_definition(settings.ca_config_dir / CA_DEFINITION_FILE)
+    runtime = open_runtime(settings)
+    try:
+        passphrase, note = ca_passphrase(settings, generate=True)
+        if note:
+            err.print(note)
+        info = runtime.ca_store.initialise(
+            definition, passphrase.get_secret_value().encode(), runtime.clock.now(), force=force
+        )
+        record_ca(runtime, info, actor="cli")
+        out.print(f"created CA in {runtime.ca_store.ca_dir}")
+        _print_ca(info)
+    finally:
+        runtime.close()
+
+
+@ca_app.command("show")
+def ca_show() -> None:
+    """Show the chain: subjects, SHA-256 fingerprints, validity, days left."""
+    from certmgr.clock import SystemClock
+    from certmgr.pki.store import CAStore
+
+    settings = _settings()
+    info = CAStore(settings.ca_dir).load_public()
+    _print_ca(info, now=SystemClock().now())
+
+
+@ca_app.command("import")
+def ca_import(
+    p12: Annotated[Path | None, typer.Option(help="PKCS#12 with the issuing CA key and chain.")] = None,
+    key: Annotated[Path | None, typer.Option(help="PEM private key of the issuing CA.")] = None,
+    chain: Annotated[Path | None, typer.Option(help="PEM chain: issuing CA first, root last (optional).")] = None,
+    password_file: Annotated[
+        Path | None,
+        typer.Option(help="File with the PKCS#12 / key password (or env CERTMGR_IMPORT_PASSWORD)."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing CA.")] = False,
+) -> None:
+    """Use an existing enterprise issuing CA instead of certmgr's own."""
+    from certmgr.runtime import open_runtime, record_ca
+    from certmgr.settings import ca_passphrase
+
+    if (p12 is None) == (key is None or chain is None):
+        raise InputError("give either --p12 FILE, or both --key FILE and --chain FILE")
+    password = _read_secret_file(password_file, "CERTMGR_IMPORT_PASSWORD")
+    settings = _settings()
+    runtime = open_runtime(settings)
+    try:
+        passphrase, note = ca_passphrase(settings, generate=True)
+        if note:
+            err.print(note)
+        pp = passphrase.get_secret_value().encode()
+        if p12 is not None:
+            info = runtime.ca_store.import_pkcs12(_read_input(p12, "PKCS#12"), password, pp, force=force)
+        else:
+            assert key is not None
+            assert chain is not None
+            info = runtime.ca_store.import_key_and_chain(
+                _read_input(key, "key"), password, _read_input(chain, "chain"), pp, force=force
+            )
+        record_ca(runtime, info, actor="cli", imported=True)
+        out.print(f"imported CA into {runtime.ca_store.ca_dir}")
+        _print_ca(info)
+    finally:
+        runtime.close()
+
+
+def _print_ca(info: object, now: object | None = None) -> None:
+    from datetime import datetime
+
+    from certmgr.pki.keys import fingerprint_sha256
+    from certmgr.pki.store import CAInfo
+
+    assert isinstance(info, CAInfo)
+    table = Table(title="CA chain", show_lines=False)
+    for col in ("role", "subject", "SHA-256 fingerprint", "not before", "not after", "days left"):
+        table.add_column(col)
+    rows = [("issuing", info.issuing_cert)]
+    rows += [("intermediate", c) for c in info.chain[1:]]
+    if info.root_cert is not None:
+        rows.append(("root", info.root_cert))
+    for role, cert in rows:
+        left = ""
+        if isinstance(now, datetime):
+            left = str((cert.not_valid_after_utc - now).days)
+        table.add_row(
+            role,
+            cert.subject.rfc4514_string(),
+            fingerprint_sha256(cert),
+            cert.not_valid_before_utc.isoformat(),
+            cert.not_valid_after_utc.isoformat(),
+            left,
+        )
+    out.print(table)
+    out.print(f"root key present in data dir: {'yes' if info.root_key_present else 'no (kept offline)'}")
+
+
+# --- policy ---------------------------------------------------------------------------------------------------
+@policy_app.command("check")
+def policy_check(
+    directory: Annotated[Path | None, typer.Argument(help="Policy folder (default: CERTMGR_POLICY_DIR).")] = None,
+) -> None:
+    """Validate every policy file; list the policies in selection order."""
+    from certmgr.policy import load_policies
+    from certmgr.policy.duration import format_duration
+
+    settings = _settings()
+    policies = load_policies(directory or settings.policy_dir, known_secrets=set(settings.pkcs12_passwords))
+    table = Table(title=f"{len(policies)} valid policies (first match wins)")
+    for col in ("#", "name", "file", "key", "validity", "profiles", "enrollment", "windows"):
+        table.add_column(col)
+    for n, p in enumerate(policies, 1):
+        table.add_row(
+            str(n),
+            p.name,
+            p.source,
+            p.key_type.value,
+            format_duration(p.validity),
+            ",".join(x.value for x in p.pkcs12.profiles),
+            p.enrollment,
+            str(len(p.windows)) if p.windows else "any time",
+        )
+    out.print(table)
+
+
+# --- db -------------------------------------------------------------------------------------------------------
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Migrate the database to the newest revision (Alembic)."""
+    from certmgr.db.engine import redact_url
+    from certmgr.db.migrate import check_schema, current_revision, upgrade
+    from certmgr.errors import SchemaOutdatedError
+    from certmgr.fsutil import ensure_private_dir
+
+    settings = _settings()
+    ensure_private_dir(settings.data_dir)
+    url = settings.effective_database_url
+    try:
+        check_schema(url)
+    except SchemaOutdatedError:
+        upgrade(url)
+    out.print(f"database {redact_url(url)} at revision {current_revision(url)}")
+
+
+# --- issue ----------------------------------------------------------------------------------------------------
+@app.command("issue")
+def issue(
+    mac: Annotated[str, typer.Option(help="The phone's MAC address.")],
+    ip: Annotated[list[str], typer.Option(help="The phone's IP address (repeatable).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for <mac>.pem, <mac>.p12 and chain.pem.")],
+    dns: Annotated[list[str] | None, typer.Option(help="Extra DNS name (repeatable).")] = None,
+    policy: Annotated[str | None, typer.Option(help="Policy name (default: first matching policy).")] = None,
+    e164: Annotated[str | None, typer.Option(help="The phone's number.")] = None,
+    model: Annotated[str | None, typer.Option(help="Device type, e.g. 'OpenStage 60'.")] = None,
+) -> None:
+    """Issue a certificate for one phone and write it as PEM + PKCS#12 (first profile of its policy)."""
+    from certmgr.issuance.service import issue_to_files
+    from certmgr.runtime import open_runtime
+
+    settings = _settings()
+    runtime = open_runtime(settings)
+    try:
+        result = issue_to_files(
+            runtime,
+            mac=mac,
+            ips=ip,
+            dns_names=dns or [],
+            e164=e164,
+            model=model,
+            policy_name=policy,
+            out_dir=out_dir,
+        )
+    finally:
+        runtime.close()
+    for path in result.files:
+        out.print(f"wrote {path}")
+    out.print(f"serial {result.serial}  not after {result.not_after.isoformat()}  policy {result.policy}")
+
+
+# --- serve ----------------------------------------------------------------------------------------------------
+@app.command("serve")
+def serve_cmd(
+    role: Annotated[str, typer.Option(help="all | api | wpi | scheduler")] = "all",
+) -> None:
+    """Start the service in the foreground (first start: migrate the database, create the CA)."""
+    import logging
+
+    from certmgr.runtime import open_runtime
+    from certmgr.serve import Role, serve
+
+    try:
+        chosen = Role(role)
+    except ValueError:
+        raise InputError(f"unknown role {role!r}: use all, api, wpi or scheduler") from None
+    settings = _settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    runtime = open_runtime(settings, create_ca=True)
+    try:
+        for note in runtime.notices:
+            err.print(note)
+        serve(runtime, chosen, announce=lambda line: out.print(line))
+    finally:
+        runtime.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turning certmgr errors into one line and an exit code."""
+    os.umask(0o077)  # every file certmgr creates (database, keys, exports) is private to its user
+    try:
+        rv = app(args=argv, standalone_mode=False)
+    except CertmgrError as exc:
+        err.print(f"certmgr: error: {exc.message}", markup=False)
+        sys.exit(exit_code_for(exc))
+    except click.exceptions.UsageError as exc:
+        exc.show()
+        sys.exit(USAGE)
+    except click.exceptions.Abort:
+        err.print("aborted")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)

@@ -1,0 +1,211 @@
+"""Assembles a running certmgr from settings: data dir, secrets, database, policies, CA and key vault.
+
+This is the composition root shared by the CLI and the service; nothing here is a module-level global.
+Start-up validates everything it can before it writes anything, so a bad policy or CA definition never leaves
+a half-initialised data dir behind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from pydantic import SecretStr
+from sqlmodel import col, select
+
+from certmgr.audit.log import append_event
+from certmgr.clock import Clock, SystemClock
+from certmgr.db.engine import create_db_engine, session_scope
+from certmgr.db.migrate import check_schema, upgrade
+from certmgr.db.models import CARecord, CARole
+from certmgr.errors import CANotInitialisedError, ConfigError, SchemaOutdatedError
+from certmgr.fsutil import ensure_private_dir
+from certmgr.pki.ca import load_ca_definition
+from certmgr.pki.keys import fingerprint_sha256
+from certmgr.pki.keystore import KeyVault
+from certmgr.pki.store import CAInfo, CAStore, Issuer
+from certmgr.policy import PolicySet, load_policies
+from certmgr.settings import Settings, ca_passphrase, master_key
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from sqlalchemy.engine import Engine
+    from sqlmodel import Session
+
+CA_DEFINITION_FILE = "ca.toml"
+
+
+@dataclass
+class Runtime:
+    """Everything a certmgr command or service needs, built once per process."""
+
+    settings: Settings
+    clock: Clock
+    engine: Engine
+    policies: PolicySet
+    ca_store: CAStore
+    vault: KeyVault
+    notices: list[str] = field(default_factory=list)
+    _passphrase: SecretStr | None = None
+    _issuer: Issuer | None = None
+
+    def issuer(self) -> Issuer:
+        """The issuing CA (certificate + decrypted key), loaded once.
+
+        Raises:
+            CANotInitialisedError: if no CA exists yet.
+            CAPassphraseError: if the passphrase does not decrypt the key.
+            CACorruptError: if CA files are missing or inconsistent.
+        """
+        if self._issuer is None:
+            if not self.ca_store.exists():
+                raise CANotInitialisedError(
+                    f"no CA in {self.ca_store.ca_dir}: run `certmgr ca init` (or `certmgr ca import`)"
+                )
+            self._issuer = self.ca_store.load_issuer(self.passphrase().get_secret_value().encode())
+        return self._issuer
+
+    def passphrase(self) -> SecretStr:
+        """The CA passphrase (configured, or the generated file in the data dir).
+
+        Raises:
+            ConfigError: if none is configured.
+        """
+        if self._passphrase is None:
+            self._passphrase, _ = ca_passphrase(self.settings, generate=False)
+        return self._passphrase
+
+    def pkcs12_password(self, secret_name: str | None) -> bytes | None:
+        """The PKCS#12 password named by a policy's ``password_secret``.
+
+        Raises:
+            ConfigError: if the policy names a secret that is not configured.
+        """
+        if secret_name is None:
+            return None
+        secret = self.settings.pkcs12_passwords.get(secret_name)
+        if secret is None or not secret.get_secret_value():
+            raise ConfigError(f"PKCS#12 password secret {secret_name!r} is not configured")
+        return secret.get_secret_value().encode()
+
+    def session(self) -> Session:
+        """A new database session (caller closes it); prefer :func:`certmgr.db.engine.session_scope`."""
+        from sqlmodel import Session
+
+        return Session(self.engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def open_runtime(
+    settings: Settings,
+    clock: Clock | None = None,
+    *,
+    create_ca: bool = False,
+    migrate: bool = True,
+) -> Runtime:
+    """Validate the configuration and open the runtime.
+
+    With ``create_ca`` (first start of the service), a missing CA is created from ``ca/ca.toml`` and missing
+    secrets (CA passphrase, master key) are generated into 0600 files in the data dir; each such step is
+    reported in ``Runtime.notices``. With ``migrate``, the database is upgraded to the code's head revision.
+
+    Raises:
+        StorageError: unwritable data dir. PolicySetError: invalid policies. ConfigError: bad settings or
+        missing secrets. CAError: bad CA definition or files. DatabaseError / SchemaTooNewError: database
+        unusable or newer than the code.
+    """
+    clock = clock or SystemClock()
+    ensure_private_dir(settings.data_dir)
+    # 1. Everything that can be validated without writing comes first.
+    policies = load_policies(settings.policy_dir, known_secrets=set(settings.pkcs12_passwords))
+    store = CAStore(settings.ca_dir)
+    ca_missing = not store.exists()
+    definition = None
+    if create_ca and ca_missing:
+        definition = load_ca_definition(settings.ca_config_dir / CA_DEFINITION_FILE)
+    notices: list[str] = []
+    url = settings.effective_database_url
+    engine = create_db_engine(url)
+    try:
+        if migrate:
+            try:
+                check_schema(url)
+            except SchemaOutdatedError:
+                upgrade(url)
+        else:
+            check_schema(url)
+        # 2. Secrets: generated only on a first start (no CA yet), never silently replaced. Without create_ca
+        #    the passphrase is resolved lazily, when the CA key is first needed.
+        passphrase: SecretStr | None = None
+        if definition is not None:
+            passphrase, note = ca_passphrase(settings, generate=True)
+            if note:
+                notices.append(note)
+        mkey, note = master_key(settings, generate=create_ca or migrate)
+        if note:
+            notices.append(note)
+        runtime = Runtime(
+            settings=settings,
+            clock=clock,
+            engine=engine,
+            policies=policies,
+            ca_store=store,
+            vault=KeyVault(mkey.get_secret_value().encode()),
+            notices=notices,
+            _passphrase=passphrase,
+        )
+        # 3. The CA, created last so that a failure above leaves no key material behind.
+        if definition is not None and passphrase is not None:
+            info = store.initialise(definition, passphrase.get_secret_value().encode(), clock.now())
+            notices.append(f"created a new CA in {store.ca_dir}: {info.issuing_subject}")
+        if store.exists():
+            record_ca(runtime, store.load_public(), actor="system")
+        return runtime
+    except BaseException:
+        engine.dispose()
+        raise
+
+
+def record_ca(runtime: Runtime, info: CAInfo, *, actor: str, imported: bool = False) -> None:
+    """Make the database's CA table reflect ``info``: insert unknown certificates, mark the others inactive."""
+    certs: list[tuple[CARole, x509.Certificate]] = [(CARole.ISSUING, info.issuing_cert)]
+    if info.root_cert is not None:
+        certs.append((CARole.ROOT, info.root_cert))
+    now = runtime.clock.now()
+    with session_scope(runtime.engine) as session:
+        current = {fingerprint_sha256(cert) for _, cert in certs}
+        for row in session.exec(select(CARecord).where(col(CARecord.active).is_(True))):
+            if row.fingerprint_sha256 not in current:
+                row.active = False
+                session.add(row)
+        for role, cert in certs:
+            fp = fingerprint_sha256(cert)
+            if session.exec(select(CARecord).where(col(CARecord.fingerprint_sha256) == fp)).first() is not None:
+                continue
+            from cryptography.hazmat.primitives.serialization import Encoding
+
+            session.add(
+                CARecord(
+                    role=role,
+                    subject=cert.subject.rfc4514_string(),
+                    serial=format(cert.serial_number, "x"),
+                    fingerprint_sha256=fp,
+                    not_before=cert.not_valid_before_utc,
+                    not_after=cert.not_valid_after_utc,
+                    cert_pem=cert.public_bytes(Encoding.PEM).decode(),
+                    imported=imported,
+                    active=True,
+                    created_at=now,
+                )
+            )
+            append_event(
+                session,
+                at=now,
+                actor=actor,
+                action="ca.imported" if imported else "ca.registered",
+                subject_type="ca",
+                subject_id=fp,
+                details={"role": role.value, "subject": cert.subject.rfc4514_string()},
+            )

@@ -1,0 +1,113 @@
+"""``certmgr serve``: the listeners and background work of one certmgr process, on one asyncio loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Coroutine, Generator, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import uvicorn
+
+from certmgr.runtime import Runtime
+
+log = logging.getLogger("certmgr.serve")
+
+
+class Role(StrEnum):
+    ALL = "all"
+    API = "api"
+    WPI = "wpi"
+    SCHEDULER = "scheduler"
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to :func:`run_forever` (several servers share a loop)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+@dataclass
+class Listener:
+    """One uvicorn server and a human description of where it listens."""
+
+    name: str
+    server: uvicorn.Server
+    url: str
+
+
+def make_listener(name: str, app: object, host: str, port: int, **config: object) -> Listener:
+    cfg = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", **config)  # type: ignore[arg-type]
+    scheme = "https" if config.get("ssl_certfile") else "http"
+    shown = f"[{host}]" if ":" in host else host
+    return Listener(name, _Server(cfg), f"{scheme}://{shown}:{port}")
+
+
+BackgroundTask = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+
+
+async def run_forever(
+    listeners: Sequence[Listener],
+    background: Sequence[BackgroundTask] = (),
+    announce: Callable[[str], None] = print,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve ``listeners`` and run ``background`` tasks until SIGINT/SIGTERM (or ``stop`` is set)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    tasks = [asyncio.create_task(listener.server.serve(), name=listener.name) for listener in listeners]
+    # Announce only when every listener is bound, so that "listening on" is true when printed.
+    for _ in range(600):
+        if all(listener.server.started for listener in listeners) or any(t.done() for t in tasks):
+            break
+        await asyncio.sleep(0.05)
+    failed = [t for t in tasks if t.done()]
+    if failed:
+        for listener in listeners:
+            listener.server.should_exit = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for t in failed:
+            exc = t.exception()
+            if exc is not None:
+                raise exc
+        raise SystemExit(f"a listener failed to start: {', '.join(t.get_name() for t in failed)}")
+    for listener in listeners:
+        announce(f"{listener.name} listening on {listener.url}")
+    bg = [asyncio.create_task(job(stop), name=getattr(job, "__name__", "background")) for job in background]
+    waiter = asyncio.create_task(stop.wait())
+    await asyncio.wait([waiter, *tasks, *bg], return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
+    for listener in listeners:
+        listener.server.should_exit = True
+    results = await asyncio.gather(*tasks, *bg, return_exceptions=True)
+    waiter.cancel()
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+            log.error("task ended with an error: %s", result)
+
+
+def build_listeners(runtime: Runtime, role: Role) -> tuple[list[Listener], list[BackgroundTask]]:
+    """The listeners and background tasks of ``role``."""
+    from certmgr.api.app import create_app
+
+    settings = runtime.settings
+    listeners: list[Listener] = []
+    background: list[BackgroundTask] = []
+    if role in (Role.ALL, Role.API):
+        listeners.append(make_listener("api", create_app(runtime), settings.api_host, settings.api_port))
+    return listeners, background
+
+
+def serve(runtime: Runtime, role: Role = Role.ALL, announce: Callable[[str], None] = print) -> None:
+    """Run the service for ``role`` in the foreground until interrupted."""
+    listeners, background = build_listeners(runtime, role)
+    asyncio.run(run_forever(listeners, background, announce))
