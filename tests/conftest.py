@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,7 +22,7 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """Settings with a private data dir, the shipped policies and CA definitions, and no ambient CERTMGR_* env."""
     import os
 
@@ -34,6 +33,6 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settin
         data_dir=tmp_path / "var",
         policy_dir=REPO / "policies",
         ca_config_dir=REPO / "ca",
-        ca_passphrase="test-passphrase-not-secret",  # type: ignore[arg-type]
-        master_key="test-master-key-not-secret-0123456789abcdef",  # type: ignore[arg-type]
+        ca_passphrase="test-passphrase-not-secret",
+        master_key="test-master-key-not-secret-0123456789abcdef",
     )

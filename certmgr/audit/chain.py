@@ -77,6 +77,7 @@ def verify_chain(events: Iterable[StoredEvent], *, expected_head: tuple[int, str
     expected_seq = 1
     checked = 0
     last: tuple[int, str] | None = None
+    hash_at_head = GENESIS_HASH if expected_head is not None and expected_head[0] == 0 else None
     for stored in events:
         seq = stored.event.seq
         if seq != expected_seq:
@@ -90,9 +91,13 @@ def verify_chain(events: Iterable[StoredEvent], *, expected_head: tuple[int, str
         expected_seq += 1
         checked += 1
         last = (seq, stored.hash)
+        if expected_head is not None and seq == expected_head[0]:
+            hash_at_head = stored.hash
     if expected_head is not None and expected_head != (last or (0, GENESIS_HASH)):
-        head_seq = expected_head[0]
+        head_seq, head_hash = expected_head
         if last is None or head_seq > last[0]:
             return ChainVerdict(False, checked, (last[0] + 1) if last else 1, "events after this were truncated")
+        if hash_at_head == head_hash:  # the chain agrees with the head up to there: later events were added
+            return ChainVerdict(False, checked, head_seq + 1, "event was appended beyond the recorded head")
         return ChainVerdict(False, checked, head_seq, "chain head does not match the recorded head")
     return ChainVerdict(True, checked)

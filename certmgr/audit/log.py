@@ -8,11 +8,14 @@ onto the same predecessor, and rolled-back transactions leave no gap in the sequ
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Executable, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col
 
 from certmgr.audit.chain import (
@@ -35,6 +38,17 @@ def _scrub(details: Mapping[str, Any]) -> dict[str, Any]:
     return {k: ("[redacted]" if k.lower() in SECRET_KEYS else v) for k, v in details.items()}
 
 
+@dataclass(frozen=True)
+class NewEvent:
+    """One event to append (see :func:`append_events`)."""
+
+    actor: str
+    action: str
+    subject_type: str = ""
+    subject_id: str = ""
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
 def append_event(
     session: Session,
     *,
@@ -44,46 +58,76 @@ def append_event(
     subject_type: str = "",
     subject_id: str = "",
     details: Mapping[str, Any] | None = None,
-) -> AuditEvent:
-    """Append one event to the chain inside the caller's transaction and return it (flushed, not committed)."""
+) -> str:
+    """Append one event to the chain inside the caller's transaction; returns its hash (flushed, not committed)."""
+    return append_events(session, at, [NewEvent(actor, action, subject_type, subject_id, details or {})])[-1]
+
+
+def append_events(session: Session, at: datetime, events: Sequence[NewEvent]) -> list[str]:
+    """Append ``events`` in order, inside the caller's transaction, with one head update; returns their hashes.
+
+    The head row is updated first (``seq = seq + n``), which takes the lock that serialises chain writers.
+    """
+    if not events:
+        return []
     at = ensure_utc(at)
-    head = session.execute(
+    n = len(events)
+    head = _advance_head(session, n)
+    if head is None:
+        # First event ever: create the head row. ON CONFLICT DO NOTHING waits for (and then yields to) a
+        # concurrent first writer instead of failing on the primary key; then advance the head as usual.
+        session.execute(_insert_head_if_missing(session))
+        head = _advance_head(session, n)
+        assert head is not None
+    first, prev_hash = head[0] - n + 1, head[1]
+    rows: list[dict[str, Any]] = []
+    hashes: list[str] = []
+    for offset, new in enumerate(events):
+        chained = ChainedEvent(
+            seq=first + offset,
+            at=at,
+            actor=new.actor,
+            action=new.action,
+            subject_type=new.subject_type,
+            subject_id=new.subject_id,
+            details=_scrub(new.details),
+        )
+        digest = event_hash(prev_hash, chained)
+        rows.append(
+            {
+                "seq": chained.seq,
+                "at": at,
+                "actor": new.actor,
+                "action": new.action,
+                "subject_type": new.subject_type,
+                "subject_id": new.subject_id,
+                "details": dict(chained.details),
+                "prev_hash": prev_hash,
+                "hash": digest,
+            }
+        )
+        hashes.append(digest)
+        prev_hash = digest
+    session.execute(insert(AuditEvent), rows)
+    session.execute(update(AuditHead).where(col(AuditHead.id) == HEAD_ID).values(hash=prev_hash))
+    return hashes
+
+
+def _advance_head(session: Session, n: int) -> tuple[int, str] | None:
+    """``seq += n`` on the head row (taking its lock); (new seq, previous hash), or None if there is no head."""
+    row = session.execute(
         update(AuditHead)
         .where(col(AuditHead.id) == HEAD_ID)
-        .values(seq=col(AuditHead.seq) + 1)
+        .values(seq=col(AuditHead.seq) + n)
         .returning(col(AuditHead.seq), col(AuditHead.hash))
     ).one_or_none()
-    if head is None:
-        session.add(AuditHead(id=HEAD_ID, seq=1, hash=GENESIS_HASH))
-        session.flush()
-        seq, prev_hash = 1, GENESIS_HASH
-    else:
-        seq, prev_hash = int(head[0]), str(head[1])
-    chained = ChainedEvent(
-        seq=seq,
-        at=at,
-        actor=actor,
-        action=action,
-        subject_type=subject_type,
-        subject_id=subject_id,
-        details=_scrub(details or {}),
-    )
-    digest = event_hash(prev_hash, chained)
-    event = AuditEvent(
-        seq=seq,
-        at=at,
-        actor=actor,
-        action=action,
-        subject_type=subject_type,
-        subject_id=subject_id,
-        details=dict(chained.details),
-        prev_hash=prev_hash,
-        hash=digest,
-    )
-    session.add(event)
-    session.execute(update(AuditHead).where(col(AuditHead.id) == HEAD_ID).values(hash=digest))
-    session.flush()
-    return event
+    return None if row is None else (int(row[0]), str(row[1]))
+
+
+def _insert_head_if_missing(session: Session) -> Executable:
+    """``INSERT`` of the empty head (seq 0) with ``ON CONFLICT DO NOTHING`` in the session's dialect."""
+    dialect_insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    return dialect_insert(AuditHead).values(id=HEAD_ID, seq=0, hash=GENESIS_HASH).on_conflict_do_nothing()
 
 
 def _stored(rows: Iterator[AuditEvent]) -> Iterator[StoredEvent]:

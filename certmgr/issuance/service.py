@@ -9,13 +9,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from sqlalchemy import insert
 from sqlmodel import Session, col, select
 
-from certmgr.audit.log import append_event
+from certmgr.audit.log import NewEvent, append_events
 from certmgr.db.engine import session_scope
 from certmgr.db.models import Certificate, CertificateStatus, Device, IssueReason
 from certmgr.errors import InputError
@@ -104,29 +105,71 @@ def _san_strings(cert: x509.Certificate) -> list[str]:
     ]
 
 
+def _identity_facts(identity: DeviceIdentity, policy_name: str | None) -> dict[str, Any]:
+    facts: dict[str, Any] = {
+        "e164": identity.e164,
+        "device_type": identity.model,
+        "software_version": identity.firmware,
+        "hostname": identity.hostname,
+        "policy_name": policy_name,
+    }
+    if identity.ips:
+        facts["ip"] = str(identity.ips[0])
+    if identity.dns_names:
+        facts["dns_names"] = list(identity.dns_names)
+    return {k: v for k, v in facts.items() if v}
+
+
 def upsert_device(session: Session, identity: DeviceIdentity, policy_name: str | None, now: datetime) -> Device:
     """The device row for ``identity.mac``, created or updated with the identity's facts."""
-    device = session.exec(select(Device).where(col(Device.mac) == identity.mac)).first()
-    if device is None:
-        device = Device(mac=identity.mac, created_at=now, updated_at=now)
-    if identity.ips:
-        device.ip = str(identity.ips[0])
-    if identity.dns_names:
-        device.dns_names = list(identity.dns_names)
-    for attr, value in (
-        ("e164", identity.e164),
-        ("device_type", identity.model),
-        ("software_version", identity.firmware),
-        ("hostname", identity.hostname),
-    ):
-        if value:
+    return upsert_devices(session, [(identity, policy_name)], now)[identity.mac]
+
+
+def upsert_devices(
+    session: Session, items: Sequence[tuple[DeviceIdentity, str | None]], now: datetime
+) -> dict[str, Device]:
+    """Create or update the device rows of ``items`` (identity, policy name); returns them by MAC.
+
+    New devices are inserted with one multi-row statement (bulk enrollment is the common case), existing ones
+    are updated through the ORM.
+    """
+    macs = [identity.mac for identity, _ in items]
+    existing = {d.mac: d for d in session.exec(select(Device).where(col(Device.mac).in_(macs)))}
+    new_rows: dict[str, dict[str, Any]] = {}
+    for identity, policy_name in items:
+        facts = _identity_facts(identity, policy_name)
+        device = existing.get(identity.mac)
+        if device is None:
+            row = new_rows.setdefault(
+                identity.mac,
+                {"mac": identity.mac, "dns_names": [], "created_at": now, "updated_at": now},
+            )
+            row.update(facts)
+            continue
+        for attr, value in facts.items():
             setattr(device, attr, value)
-    if policy_name:
-        device.policy_name = policy_name
-    device.updated_at = now
-    session.add(device)
+        device.updated_at = now
+        session.add(device)
+    if new_rows:
+        columns = {
+            "mac",
+            "dns_names",
+            "created_at",
+            "updated_at",
+            "e164",
+            "device_type",
+            "software_version",
+            "hostname",
+            "policy_name",
+            "ip",
+        }
+        session.execute(
+            insert(Device),
+            [{c: row.get(c) for c in columns} | {"dns_names": row["dns_names"]} for row in new_rows.values()],
+        )
+        existing.update({d.mac: d for d in session.exec(select(Device).where(col(Device.mac).in_(list(new_rows))))})
     session.flush()
-    return device
+    return existing
 
 
 def record_certificate(
@@ -146,54 +189,84 @@ def record_certificate(
     is known to be in use (e.g. one exported by hand with ``certmgr issue``), which then becomes the device's
     current certificate.
     """
-    if device is None:
-        device = upsert_device(session, built.identity, built.policy.name, now)
-    assert device.id is not None
-    previous = device.current_certificate_id
-    serial = built.serial_hex
-    record = Certificate(
-        device_id=device.id,
-        serial=serial,
-        subject=built.cert.subject.rfc4514_string(),
-        sans=_san_strings(built.cert),
-        key_type=built.policy.key_type,
-        not_before=built.cert.not_valid_before_utc,
-        not_after=built.cert.not_valid_after_utc,
-        fingerprint_sha256=built.fingerprint,
-        cert_pem=built.cert.public_bytes(Encoding.PEM).decode(),
-        key_blob=vault.seal(built.key, key_binding(serial)),
-        issuer_fingerprint=fingerprint_sha256(built.chain[0]),
-        policy_name=built.policy.name,
-        policy_digest=built.policy.digest,
-        status=status,
-        reason=reason,
-        previous_certificate_id=previous,
-        created_at=now,
-    )
-    session.add(record)
-    session.flush()
+    devices = {device.mac: device} if device is not None else None
+    record_certificates(session, [built], vault, now=now, reason=reason, actor=actor, devices=devices, status=status)
+    record = session.exec(select(Certificate).where(col(Certificate.serial) == built.serial_hex)).one()
     if status is CertificateStatus.ACTIVE:
-        device.current_certificate_id = record.id
-        session.add(device)
-    append_event(
-        session,
-        at=now,
-        actor=actor,
-        action="certificate.issued",
-        subject_type="certificate",
-        subject_id=serial,
-        details={
-            "mac": device.mac,
-            "serial": serial,
-            "sha256": built.fingerprint,
-            "not_after": built.cert.not_valid_after_utc.isoformat(),
-            "policy": built.policy.name,
-            "key_type": built.policy.key_type.value,
-            "reason": reason.value,
-            "sans": record.sans,
-        },
-    )
+        owner = session.get(Device, record.device_id)
+        assert owner is not None
+        owner.current_certificate_id = record.id
+        session.add(owner)
+        session.flush()
     return record
+
+
+def record_certificates(
+    session: Session,
+    builts: Sequence[BuiltCertificate],
+    vault: KeyVault,
+    *,
+    now: datetime,
+    reason: IssueReason,
+    actor: str,
+    devices: dict[str, Device] | None = None,
+    status: CertificateStatus = CertificateStatus.PENDING,
+) -> None:
+    """Store many built certificates with one statement per table (bulk issuance, renewal batches).
+
+    Same effect as :func:`record_certificate` for each, minus setting ``current_certificate_id``.
+    """
+    if not builts:
+        return
+    if devices is None:
+        devices = upsert_devices(session, [(b.identity, b.policy.name) for b in builts], now)
+    rows: list[dict[str, Any]] = []
+    events: list[NewEvent] = []
+    for built in builts:
+        device = devices[built.identity.mac]
+        serial = built.serial_hex
+        sans = _san_strings(built.cert)
+        rows.append(
+            {
+                "device_id": device.id,
+                "serial": serial,
+                "subject": built.cert.subject.rfc4514_string(),
+                "sans": sans,
+                "key_type": built.policy.key_type,
+                "not_before": built.cert.not_valid_before_utc,
+                "not_after": built.cert.not_valid_after_utc,
+                "fingerprint_sha256": built.fingerprint,
+                "cert_pem": built.cert.public_bytes(Encoding.PEM).decode(),
+                "key_blob": vault.seal(built.key, key_binding(serial)),
+                "issuer_fingerprint": fingerprint_sha256(built.chain[0]),
+                "policy_name": built.policy.name,
+                "policy_digest": built.policy.digest,
+                "status": status,
+                "reason": reason,
+                "previous_certificate_id": device.current_certificate_id,
+                "created_at": now,
+            }
+        )
+        events.append(
+            NewEvent(
+                actor=actor,
+                action="certificate.issued",
+                subject_type="certificate",
+                subject_id=serial,
+                details={
+                    "mac": device.mac,
+                    "serial": serial,
+                    "sha256": built.fingerprint,
+                    "not_after": built.cert.not_valid_after_utc.isoformat(),
+                    "policy": built.policy.name,
+                    "key_type": built.policy.key_type.value,
+                    "reason": reason.value,
+                    "sans": sans,
+                },
+            )
+        )
+    session.execute(insert(Certificate), rows)
+    append_events(session, now, events)
 
 
 def key_binding(serial_hex: str) -> bytes:
