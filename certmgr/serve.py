@@ -104,6 +104,36 @@ def build_listeners(runtime: Runtime, role: Role) -> tuple[list[Listener], list[
     background: list[BackgroundTask] = []
     if role in (Role.ALL, Role.API):
         listeners.append(make_listener("api", create_app(runtime), settings.api_host, settings.api_port))
+    if role in (Role.ALL, Role.WPI):
+        from certmgr.deploy.dispatcher import Dispatcher
+        from certmgr.deploy.hub import DeploymentHub
+        from certmgr.wpi.server import create_poll_app, create_wpi_app, ensure_wpi_tls
+
+        cert_file, key_file = ensure_wpi_tls(runtime)
+        hub = DeploymentHub(runtime)
+        # Phone-facing listeners: HTTP/1.1 (h11), keep-alive 10 s (§3.2), and never trust X-Forwarded-For:
+        # the TCP peer address is what D10 checks.
+        phone = {"http": "h11", "timeout_keep_alive": 10, "proxy_headers": False, "server_header": False}
+        listeners.append(
+            make_listener(
+                "wpi",
+                create_wpi_app(hub, max_body=settings.wpi_max_body),
+                settings.wpi_host,
+                settings.wpi_port,
+                ssl_certfile=str(cert_file),
+                ssl_keyfile=str(key_file),
+                **phone,
+            )
+        )
+        listeners.append(
+            make_listener("wpi-poll", create_poll_app(runtime), settings.wpi_host, settings.wpi_poll_port, **phone)
+        )
+        dispatcher = Dispatcher(runtime, hub)
+
+        async def deploy_dispatcher(stop: asyncio.Event) -> None:
+            await dispatcher.run(stop)
+
+        background.append(deploy_dispatcher)
     return listeners, background
 
 

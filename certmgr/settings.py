@@ -80,9 +80,41 @@ class Settings(BaseSettings):
     poll_pending_status: int = Field(default=202, ge=200, le=299)
     poll_idle_status: int = Field(default=200, ge=200, le=299)
 
+    # --- deployment pipeline ------------------------------------------------------------------------------
+    dispatch_tick_seconds: float = Field(default=1.0, gt=0, le=60, description="Dispatcher tick interval.")
+    contact_me_timeout_seconds: float = Field(default=5.0, gt=0, le=60, description="HTTP timeout of contact-me.")
+    interaction_timeout_seconds: int = Field(
+        default=60, ge=1, description="An interaction idle this long is dropped (the phone may open a new one)."
+    )
+    busy_callback_seconds: int = Field(
+        default=3600, ge=1, description="How long a phone told send-solicited (busy) may call back with solicited."
+    )
+    probe_tries: int = Field(default=5, ge=1, le=20, description="TLS probes of the WBM until it serves the cert.")
+    probe_interval_seconds: float = Field(default=1.0, ge=0, le=10)
+    probe_timeout_seconds: float = Field(default=5.0, gt=0, le=30)
+    reconcile_issue_batch: int = Field(default=20, ge=1, description="Certificates issued per dispatcher tick.")
+    reconcile_scan_batch: int = Field(default=500, ge=1, description="Devices checked per dispatcher tick.")
+    wpi_max_body: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024, description="Cap on a WPI POST body.")
+
     # --- service ------------------------------------------------------------------------------------------
     log_level: str = "INFO"
     scheduler_enabled: bool = True
+
+    # --- notifications (certmgr.notify) -------------------------------------------------------------------
+    webhook_urls: list[SecretStr] = Field(
+        default_factory=list,
+        description="Webhook URLs notifications are POSTed to as JSON (secret: such URLs often embed a token).",
+    )
+    smtp_host: str | None = Field(default=None, description="SMTP server for e-mail notifications; unset = none.")
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_starttls: bool = Field(default=True, description="Upgrade the SMTP connection with STARTTLS.")
+    smtp_username: str | None = Field(default=None, description="SMTP login; unset = no authentication.")
+    smtp_password: SecretStr | None = Field(default=None, description="SMTP password.")
+    smtp_from: str = Field(default="certmgr@localhost", description="Sender address of notification e-mails.")
+    smtp_to: list[str] = Field(default_factory=list, description="Recipients of notification e-mails.")
+    notify_expiry_days: int = Field(
+        default=14, ge=1, description="Warn about certificates expiring within this many days without a successor."
+    )
 
     @field_validator("log_level")
     @classmethod

@@ -12,7 +12,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from certmgr.cli.audit import audit_app
 from certmgr.cli.exitcodes import USAGE, exit_code_for
+from certmgr.cli.report import report_app
+from certmgr.cli.token import token_app
 from certmgr.errors import CertmgrError, InputError
 from certmgr.settings import Settings, load_settings
 
@@ -26,9 +29,14 @@ app = typer.Typer(
 ca_app = typer.Typer(help="The certificate authority: create, import, show.", no_args_is_help=True)
 policy_app = typer.Typer(help="Certificate policies (policies/*.toml).", no_args_is_help=True)
 db_app = typer.Typer(help="The database.", no_args_is_help=True)
+device_app = typer.Typer(help="Phones: inventory and enrollment approval.", no_args_is_help=True)
 app.add_typer(ca_app, name="ca")
 app.add_typer(policy_app, name="policy")
 app.add_typer(db_app, name="db")
+app.add_typer(device_app, name="device")
+app.add_typer(token_app, name="token")
+app.add_typer(audit_app, name="audit")
+app.add_typer(report_app, name="report")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -47,6 +55,12 @@ def _read_secret_file(path: Path | None, env: str) -> bytes | None:
             raise InputError(f"cannot read password file {path}: {exc.strerror or exc}") from exc
     value = os.environ.get(env)
     return value.encode() if value else None
+
+
+def _print_notices(notices: list[str]) -> None:
+    """What start-up did on its own (generated secrets, a new CA): said on stderr, never silently."""
+    for note in notices:
+        err.print(note, markup=False)
 
 
 def _read_input(path: Path, what: str) -> bytes:
@@ -70,15 +84,15 @@ def ca_init(
     definition = load_ca_definition(settings.ca_config_dir / CA_DEFINITION_FILE)
     runtime = open_runtime(settings)
     try:
+        _print_notices(runtime.notices)
         passphrase, note = ca_passphrase(settings, generate=True)
         if note:
             err.print(note)
-        info = runtime.ca_store.initialise(
-            definition, passphrase.get_secret_value().encode(), runtime.clock.now(), force=force
-        )
+        now = runtime.clock.now()
+        info = runtime.ca_store.initialise(definition, passphrase.get_secret_value().encode(), now, force=force)
         record_ca(runtime, info, actor="cli")
         out.print(f"created CA in {runtime.ca_store.ca_dir}")
-        _print_ca(info)
+        _print_ca(info, now=now)
     finally:
         runtime.close()
 
@@ -115,6 +129,7 @@ def ca_import(
     settings = _settings()
     runtime = open_runtime(settings)
     try:
+        _print_notices(runtime.notices)
         passphrase, note = ca_passphrase(settings, generate=True)
         if note:
             err.print(note)
@@ -129,38 +144,30 @@ def ca_import(
             )
         record_ca(runtime, info, actor="cli", imported=True)
         out.print(f"imported CA into {runtime.ca_store.ca_dir}")
-        _print_ca(info)
+        _print_ca(info, now=runtime.clock.now())
     finally:
         runtime.close()
 
 
 def _print_ca(info: object, now: object | None = None) -> None:
+    """One block per certificate. Not a table: a table squeezed to the terminal width cuts the fingerprints."""
     from datetime import datetime
 
     from certmgr.pki.keys import fingerprint_sha256
     from certmgr.pki.store import CAInfo
 
     assert isinstance(info, CAInfo)
-    table = Table(title="CA chain", show_lines=False)
-    for col in ("role", "subject", "SHA-256 fingerprint", "not before", "not after", "days left"):
-        table.add_column(col)
     rows = [("issuing", info.issuing_cert)]
     rows += [("intermediate", c) for c in info.chain[1:]]
     if info.root_cert is not None:
         rows.append(("root", info.root_cert))
     for role, cert in rows:
-        left = ""
+        out.print(f"{role}: {cert.subject.rfc4514_string()}", markup=False)
+        out.print(f"  SHA-256 fingerprint: {fingerprint_sha256(cert)}", markup=False)
+        out.print(f"  not before: {cert.not_valid_before_utc.isoformat()}", markup=False)
+        out.print(f"  not after:  {cert.not_valid_after_utc.isoformat()}", markup=False)
         if isinstance(now, datetime):
-            left = str((cert.not_valid_after_utc - now).days)
-        table.add_row(
-            role,
-            cert.subject.rfc4514_string(),
-            fingerprint_sha256(cert),
-            cert.not_valid_before_utc.isoformat(),
-            cert.not_valid_after_utc.isoformat(),
-            left,
-        )
-    out.print(table)
+            out.print(f"  days left:  {(cert.not_valid_after_utc - now).days}", markup=False)
     out.print(f"root key present in data dir: {'yes' if info.root_key_present else 'no (kept offline)'}")
 
 
@@ -211,6 +218,56 @@ def db_upgrade() -> None:
     out.print(f"database {redact_url(url)} at revision {current_revision(url)}")
 
 
+# --- device ---------------------------------------------------------------------------------------------------
+@device_app.command("list")
+def device_list(
+    limit: Annotated[int, typer.Option(help="Show at most this many phones.")] = 1000,
+) -> None:
+    """List known phones: MAC, model, IP, policy, enrollment, status, last seen."""
+    from certmgr.db.engine import session_scope
+    from certmgr.inventory.service import list_devices
+    from certmgr.runtime import open_runtime
+
+    runtime = open_runtime(_settings())
+    try:
+        with session_scope(runtime.engine) as session:
+            devices = list_devices(session, limit=limit)
+    finally:
+        runtime.close()
+    table = Table(title=f"{len(devices)} phones")
+    for col in ("MAC", "model", "firmware", "IP", "policy", "enrollment", "status", "drift", "last seen"):
+        table.add_column(col)
+    for d in devices:
+        table.add_row(
+            d.mac,
+            d.device_type or "",
+            d.software_version or "",
+            d.ip or "",
+            d.policy_name or "",
+            d.enrollment.value,
+            d.status.value,
+            "yes" if d.drift else "",
+            d.last_seen_at.isoformat(timespec="seconds") if d.last_seen_at else "",
+        )
+    out.print(table)
+
+
+@device_app.command("approve")
+def device_approve(mac: Annotated[str, typer.Argument(help="The phone's MAC address.")]) -> None:
+    """Approve a pending phone (policy enrollment = approve) so that certmgr deploys to it."""
+    from certmgr.db.engine import session_scope
+    from certmgr.inventory.service import approve_device
+    from certmgr.runtime import open_runtime
+
+    runtime = open_runtime(_settings())
+    try:
+        with session_scope(runtime.engine) as session:
+            device = approve_device(session, mac, runtime.clock.now(), actor="cli")
+    finally:
+        runtime.close()
+    out.print(f"approved {device.mac} (policy {device.policy_name or '-'})")
+
+
 # --- issue ----------------------------------------------------------------------------------------------------
 @app.command("issue")
 def issue(
@@ -229,6 +286,7 @@ def issue(
     settings = _settings()
     runtime = open_runtime(settings)
     try:
+        _print_notices(runtime.notices)
         result = issue_to_files(
             runtime,
             mac=mac,
@@ -265,8 +323,7 @@ def serve_cmd(
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     runtime = open_runtime(settings, create_ca=True)
     try:
-        for note in runtime.notices:
-            err.print(note)
+        _print_notices(runtime.notices)
         serve(runtime, chosen, announce=lambda line: out.print(line))
     finally:
         runtime.close()
@@ -280,10 +337,15 @@ def main(argv: list[str] | None = None) -> None:
     except CertmgrError as exc:
         err.print(f"certmgr: error: {exc.message}", markup=False)
         sys.exit(exit_code_for(exc))
-    except click.exceptions.UsageError as exc:
-        exc.show()
-        sys.exit(USAGE)
-    except click.exceptions.Abort:
+    except (click.exceptions.UsageError, typer.TyperException) as exc:
+        # typer >= 0.2x raises the exceptions of its vendored click, which are not click's own classes.
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            err.print(f"certmgr: error: {exc}", markup=False)
+        sys.exit(USAGE if isinstance(exc, click.exceptions.UsageError) else getattr(exc, "exit_code", USAGE))
+    except (click.exceptions.Abort, typer.Abort):
         err.print("aborted")
         sys.exit(1)
     except KeyboardInterrupt:

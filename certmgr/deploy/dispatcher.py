@@ -1,0 +1,107 @@
+"""The dispatcher: the background task of ``certmgr serve`` that moves deployments forward.
+
+Each tick (``dispatch_tick_seconds``): forget idle interactions; reconcile (issue certificates, queue
+deployments); retry deployments whose phone never called back; claim due deployments up to the concurrency
+limit and send their contact-me (httpx, bounded timeouts) concurrently. On start it runs restart recovery
+(:func:`certmgr.deploy.service.recover`). Every timestamp comes from ``runtime.clock``; ``asyncio`` only paces
+the ticks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+import httpx
+
+from certmgr.deploy import service
+from certmgr.deploy.hub import DeploymentHub
+from certmgr.deploy.reconcile import Reconciler
+from certmgr.errors import CertmgrError
+from certmgr.wpi.client import send_contact_me
+
+if TYPE_CHECKING:
+    from certmgr.runtime import Runtime
+
+log = logging.getLogger("certmgr.deploy")
+
+
+class Dispatcher:
+    """Runs the pipeline for one process; see the module docstring."""
+
+    def __init__(self, runtime: Runtime, hub: DeploymentHub, *, callback_port: int | None = None) -> None:
+        self.runtime = runtime
+        self.hub = hub
+        self.reconciler = Reconciler(runtime)
+        self.callback_port = callback_port or runtime.settings.wpi_port
+        self._contacts: set[asyncio.Task[None]] = set()
+        hub.on_device_seen.append(self.reconciler.mark)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Recover, then tick until ``stop`` is set.
+
+        Raises:
+            CertmgrError: never; errors of one tick are logged and the next tick runs.
+        """
+        timeout = httpx.Timeout(self.runtime.settings.contact_me_timeout_seconds)
+        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+            try:
+                recovered = await asyncio.to_thread(service.recover, self.runtime, self.runtime.clock.now())
+                if recovered:
+                    log.info("recovered %d unfinished deployments", recovered)
+            except CertmgrError as exc:
+                log.error("restart recovery failed: %s", exc.message)
+            while not stop.is_set():
+                try:
+                    await self.tick(client)
+                except CertmgrError as exc:
+                    log.error("dispatcher tick failed: %s", exc.message)
+                except Exception:  # a bug must not stop the service; it is logged with its traceback
+                    log.exception("dispatcher tick failed")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=self.runtime.settings.dispatch_tick_seconds)
+            if self._contacts:
+                await asyncio.wait(self._contacts, timeout=10)
+            await self.hub.close()
+
+    async def tick(self, client: httpx.AsyncClient) -> None:
+        """One round of work (bounded).
+
+        Raises:
+            DatabaseError: if the database cannot be reached.
+        """
+        runtime = self.runtime
+        self.hub.sweep()
+        await asyncio.to_thread(self.reconciler.run, runtime.clock.now())
+        await asyncio.to_thread(
+            service.expire_stale, runtime, runtime.clock.now(), active_deployments=self.hub.active_deployments()
+        )
+        tasks = await asyncio.to_thread(
+            service.claim_due, runtime, runtime.clock.now(), exclude_macs=self.hub.active_macs()
+        )
+        for task in tasks:
+            job = asyncio.create_task(self._contact(client, task), name=f"contact-{task.mac}")
+            self._contacts.add(job)
+            job.add_done_callback(self._contacts.discard)
+
+    async def _contact(self, client: httpx.AsyncClient, task: service.ContactTask) -> None:
+        settings = self.runtime.settings
+        error: str | None = None
+        addr: str | None = None
+        try:
+            _status, addr = await send_contact_me(client, task.uri, settings.wpi_public_addr, self.callback_port)
+        except CertmgrError as exc:
+            error = exc.message
+        try:
+            await asyncio.to_thread(
+                service.contact_result,
+                self.runtime,
+                task.deployment_id,
+                self.runtime.clock.now(),
+                error=error,
+                dls_ip_addr=addr,
+            )
+        except CertmgrError as exc:
+            log.error("cannot record the contact-me to %s: %s", task.mac, exc.message)

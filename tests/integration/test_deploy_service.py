@@ -1,0 +1,240 @@
+"""The pipeline's database side without sockets: inventory, enrollment, reconcile, D10 admission, claiming,
+timeouts and restart recovery (SQLite, controlled clock)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlmodel import col, select
+
+from certmgr.clock import ManualClock
+from certmgr.db.engine import session_scope
+from certmgr.db.models import (
+    AuditEvent,
+    Certificate,
+    CertificateStatus,
+    Deployment,
+    DeploymentState,
+    Device,
+    Enrollment,
+    IssueReason,
+)
+from certmgr.deploy import service
+from certmgr.deploy.reconcile import Reconciler
+from certmgr.errors import NotFoundError
+from certmgr.inventory.service import approve_device, record_report
+from certmgr.runtime import Runtime, open_runtime
+from certmgr.settings import Settings
+from certmgr.wpi.interaction import JobMode
+from certmgr.wpi.messages import Reason
+from tests.conftest import REPO
+
+MAC = "00:1A:E8:00:00:01"
+IP = "10.1.2.3"
+
+
+def _items(ip: str = IP) -> dict[str, str | None]:
+    return {
+        "contact-me-uri": f"http://{ip}:8085/contact_dls.html/ContactDLS",
+        "device-type": "OpenStage 60",
+        "software-version": "V3 R5.21.0",
+        "e164": "4989",
+    }
+
+
+@pytest.fixture
+def runtime(settings: Settings, clock: ManualClock, tmp_path: Path) -> Iterator[Runtime]:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    text = (REPO / "policies" / "default.toml").read_text()
+    (policies / "default.toml").write_text(text)
+    (policies / "10-approve.toml").write_text(
+        text.replace('name = "default"', 'name = "approve"')
+        .replace('mode = "auto"', 'mode = "approve"')
+        .replace("# [match] is deliberately absent", '[match]\nmac_prefixes = ["00:1A:E9"]\n#')
+    )
+    rt = open_runtime(
+        settings.model_copy(update={"policy_dir": policies, "max_attempts": 3, "callback_timeout_seconds": 60}),
+        clock,
+        create_ca=True,
+    )
+    try:
+        yield rt
+    finally:
+        rt.close()
+
+
+def _report(rt: Runtime, mac: str = MAC, ip: str = IP, peer: str | None = IP) -> None:
+    with session_scope(rt.engine) as s:
+        record_report(
+            s, mac=mac, items=_items(ip), reason="start-up", peer=peer, now=rt.clock.now(), policies=rt.policies
+        )
+
+
+def _dep(rt: Runtime, mac: str = MAC) -> Deployment:
+    with session_scope(rt.engine) as s:
+        device = s.exec(select(Device).where(col(Device.mac) == mac)).one()
+        return s.exec(
+            select(Deployment).where(col(Deployment.device_id) == device.id).order_by(col(Deployment.id).desc())
+        ).first()  # type: ignore[return-value]
+
+
+def _actions(rt: Runtime) -> list[str]:
+    with session_scope(rt.engine) as s:
+        return [e.action for e in s.exec(select(AuditEvent).order_by(col(AuditEvent.seq))).all()]
+
+
+def test_auto_enrollment_then_reconcile_creates_one_deployment(runtime: Runtime) -> None:
+    _report(runtime)
+    assert Reconciler(runtime).run(runtime.clock.now()) == 1
+    assert Reconciler(runtime).run(runtime.clock.now()) == 0  # idempotent
+    dep = _dep(runtime)
+    assert dep.state is DeploymentState.QUEUED
+    with session_scope(runtime.engine) as s:
+        cert = s.get(Certificate, dep.certificate_id)
+        assert cert is not None
+        assert cert.status is CertificateStatus.PENDING
+        assert f"IP:{IP}" in cert.sans
+        assert cert.reason is IssueReason.ENROLLMENT
+    assert "device.discovered" in _actions(runtime)
+    assert "deployment.created" in _actions(runtime)
+
+
+def test_approve_mode_waits_for_the_operator(runtime: Runtime) -> None:
+    mac = "00:1A:E9:00:00:02"
+    _report(runtime, mac)
+    assert Reconciler(runtime).run(runtime.clock.now()) == 0
+    assert "device.approval-pending" in _actions(runtime)
+    with session_scope(runtime.engine) as s:
+        approve_device(s, mac, runtime.clock.now(), actor="test")
+    with session_scope(runtime.engine) as s:
+        assert s.exec(select(Device).where(col(Device.mac) == mac)).one().enrollment is Enrollment.APPROVED
+    assert Reconciler(runtime).run(runtime.clock.now()) == 1
+    with session_scope(runtime.engine) as s, pytest.raises(NotFoundError):
+        approve_device(s, "00:00:00:00:00:09", runtime.clock.now(), actor="test")
+
+
+def test_ip_change_supersedes_and_reissues(runtime: Runtime) -> None:
+    _report(runtime)
+    Reconciler(runtime).run(runtime.clock.now())
+    first = _dep(runtime)
+    _report(runtime, ip="10.1.2.4", peer="10.1.2.4")
+    with session_scope(runtime.engine) as s:
+        old = s.get(Deployment, first.id)
+        assert old is not None
+        assert old.state is DeploymentState.SUPERSEDED
+    assert Reconciler(runtime).run(runtime.clock.now()) == 1
+    new = _dep(runtime)
+    assert new.id != first.id
+    with session_scope(runtime.engine) as s:
+        cert = s.get(Certificate, new.certificate_id)
+        old_cert = s.get(Certificate, first.certificate_id)
+        assert cert is not None
+        assert "IP:10.1.2.4" in cert.sans
+        assert cert.reason is IssueReason.IP_CHANGE
+        assert old_cert is not None
+        assert old_cert.status is CertificateStatus.SUPERSEDED
+    assert "device.ip-changed" in _actions(runtime)
+
+
+def test_address_mismatch_does_not_move_the_phone(runtime: Runtime) -> None:
+    _report(runtime)
+    _report(runtime, ip="10.9.9.9", peer="10.7.7.7")
+    with session_scope(runtime.engine) as s:
+        assert s.exec(select(Device).where(col(Device.mac) == MAC)).one().ip == IP
+    assert "device.address-mismatch" in _actions(runtime)
+
+
+def _ready(rt: Runtime) -> Deployment:
+    _report(rt)
+    Reconciler(rt).run(rt.clock.now())
+    tasks = service.claim_due(rt, rt.clock.now())
+    assert [t.mac for t in tasks] == [MAC]
+    service.contact_result(rt, tasks[0].deployment_id, rt.clock.now(), error=None)
+    return _dep(rt)
+
+
+def test_d10_admission(runtime: Runtime, clock: ManualClock) -> None:
+    now = clock.now()
+    # A pending job, but certmgr has not contacted the phone: refused (placeholder job, never a key).
+    _report(runtime)
+    Reconciler(runtime).run(now)
+    adm = service.admit(runtime, mac=MAC, peer=IP, reason=Reason.SOLICITED, now=now, busy_until=None)
+    assert not adm.authorised
+    assert adm.job is not None
+    assert adm.job.mode is JobMode.VERIFY
+    assert adm.refusal
+    tasks = service.claim_due(runtime, now)
+    service.contact_result(runtime, tasks[0].deployment_id, now, error=None)
+    # Wrong peer: refused.
+    adm = service.admit(runtime, mac=MAC, peer="10.6.6.6", reason=Reason.SOLICITED, now=now, busy_until=None)
+    assert not adm.authorised
+    assert "peer address" in (adm.refusal or "")
+    # Phone-initiated call: no key, no refusal.
+    adm = service.admit(runtime, mac=MAC, peer=IP, reason=Reason.START_UP, now=now, busy_until=None)
+    assert adm.job is None
+    assert not adm.authorised
+    # Right peer, solicited after our contact-me: a write job with the PKCS#12.
+    adm = service.admit(runtime, mac=MAC, peer=IP, reason=Reason.SOLICITED, now=now, busy_until=None)
+    assert adm.authorised
+    assert adm.job is not None
+    assert adm.job.mode is JobMode.WRITE
+    assert "job" not in repr(adm.job.write_items)  # repr hides the items
+    # After the callback window: refused again.
+    later = now + timedelta(seconds=61)
+    adm = service.admit(runtime, mac=MAC, peer=IP, reason=Reason.SOLICITED, now=later, busy_until=None)
+    assert not adm.authorised
+
+
+def test_contact_gap_and_concurrency(runtime: Runtime, clock: ManualClock) -> None:
+    _report(runtime)
+    Reconciler(runtime).run(clock.now())
+    with session_scope(runtime.engine) as s:
+        device = s.exec(select(Device).where(col(Device.mac) == MAC)).one()
+        device.last_contact_me_at = clock.now()
+        s.add(device)
+    assert service.claim_due(runtime, clock.now()) == []  # inside the 300 s gap
+    clock.advance(timedelta(seconds=301))
+    assert len(service.claim_due(runtime, clock.now())) == 1
+    assert service.claim_due(runtime, clock.now()) == []  # never twice
+
+
+def test_callback_timeout_retries_then_fails(runtime: Runtime, clock: ManualClock) -> None:
+    dep = _ready(runtime)
+    assert dep.state is DeploymentState.AWAITING_CALLBACK
+    for _ in range(5):
+        clock.advance(timedelta(seconds=400))
+        service.expire_stale(runtime, clock.now(), active_deployments=frozenset())
+        clock.advance(timedelta(days=2))
+        for task in service.claim_due(runtime, clock.now()):
+            service.contact_result(runtime, task.deployment_id, clock.now(), error=None)
+    dep = _dep(runtime)
+    assert dep.state is DeploymentState.FAILED
+    assert dep.attempts == 3
+    assert "phone never called back" in (dep.last_error or "")
+    assert "deployment.failed" in _actions(runtime)
+
+
+def test_restart_recovery_never_writes_again(runtime: Runtime, clock: ManualClock) -> None:
+    dep = _ready(runtime)
+    with session_scope(runtime.engine) as s:
+        row = s.get(Deployment, dep.id)
+        assert row is not None
+        row.state = DeploymentState.WRITTEN
+        row.written_at = clock.now()
+        s.add(row)
+    clock.advance(timedelta(seconds=400))
+    assert service.recover(runtime, clock.now()) == 1
+    dep = _dep(runtime)
+    assert dep.state is DeploymentState.QUEUED
+    assert dep.written_at is not None
+    tasks = service.claim_due(runtime, clock.now())
+    service.contact_result(runtime, tasks[0].deployment_id, clock.now(), error=None)
+    adm = service.admit(runtime, mac=MAC, peer=IP, reason=Reason.SOLICITED, now=clock.now(), busy_until=None)
+    assert adm.authorised
+    assert adm.job is not None
+    assert adm.job.mode is JobMode.VERIFY
+    assert not adm.job.write_items
