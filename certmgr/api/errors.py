@@ -22,6 +22,7 @@ _STATUS: tuple[tuple[type[e.CertmgrError], int], ...] = (
     (e.DatabaseError, 503),
     (e.CANotInitialisedError, 503),
     (e.CAError, 503),
+    (e.KeyStoreError, 503),
     (e.ConfigError, 503),
     (e.StorageError, 503),
     (e.DeploymentError, 502),
