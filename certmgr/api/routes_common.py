@@ -1,0 +1,111 @@
+"""Shared pieces of the API routes: the session dependency, validated parameter types, keyset pagination.
+
+Every list answers ``{"items": [...], "next_cursor": "..." | null}``. A cursor is the opaque string a previous
+page returned; pass it back as ``cursor`` to get the next page. Lists are ordered by id (audit events by seq),
+so pages stay stable while rows are added.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Annotated, Generic, TypeVar
+
+from fastapi import Depends, Path, Query
+from pydantic import BaseModel
+from sqlmodel import Session
+
+from certmgr.api.app import RuntimeDep
+from certmgr.clock import ensure_utc
+from certmgr.db.engine import session_scope
+from certmgr.errors import InputError
+
+T = TypeVar("T")
+
+MAX_INT32 = 2_147_483_647
+MAX_INT64 = 9_223_372_036_854_775_807
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 500
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL: refuse it as bad input instead of failing later
+
+
+def get_session(rt: RuntimeDep) -> Iterator[Session]:
+    """A session in one transaction per request (committed when the route returns)."""
+    with session_scope(rt.engine) as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+IdPath = Annotated[int, Path(ge=1, le=MAX_INT32, description="Integer id.")]
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"Page size (at most {MAX_LIMIT}).")]
+Cursor = Annotated[
+    str | None, Query(max_length=20, pattern=r"^[0-9]{1,19}$", description="next_cursor of the previous page.")
+]
+Text = Annotated[str | None, Query(max_length=128, pattern=NO_NUL)]
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list."""
+
+    items: list[T]
+    next_cursor: str | None
+
+
+def after(cursor: str | None) -> int:
+    """The id (or seq) after which the page starts (0 for the first page).
+
+    Raises:
+        InputError: if the cursor is not one this API handed out.
+    """
+    if cursor is None:
+        return 0
+    value = int(cursor)
+    if value > MAX_INT64:
+        raise InputError("cursor: not a cursor returned by this API")
+    return value
+
+
+def page(items: list[T], key: int | None, limit: int) -> Page[T]:
+    """A page of ``items`` (fetched with ``limit + 1`` rows); ``key`` is the id of the last item kept."""
+    if len(items) > limit:
+        return Page(items=items[:limit], next_cursor=str(key))
+    return Page(items=items, next_cursor=None)
+
+
+def aware(value: datetime | None, name: str) -> datetime | None:
+    """``value`` as aware UTC.
+
+    Raises:
+        InputError: if ``value`` has no time zone (certmgr never guesses one) or is out of range in UTC.
+    """
+    if value is None:
+        return None
+    try:
+        return ensure_utc(value)
+    except ValueError:
+        raise InputError(f"{name}: give a time zone, e.g. 2026-01-01T00:00:00Z") from None
+    except OverflowError:
+        raise InputError(f"{name}: out of range") from None
+
+
+def like_pattern(text: str) -> str:
+    """A ``LIKE`` pattern for "contains ``text``" with ``%``, ``_`` and ``\\`` escaped (escape char ``\\``)."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+__all__ = [
+    "MAX_LIMIT",
+    "Cursor",
+    "IdPath",
+    "Limit",
+    "Page",
+    "SessionDep",
+    "Text",
+    "after",
+    "aware",
+    "get_session",
+    "like_pattern",
+    "page",
+]

@@ -1,0 +1,213 @@
+"""``/api/v1/ca/chain.pem`` (public), ``/api/v1/policies`` and ``/metrics`` (Prometheus text)."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterator
+from datetime import UTC, timedelta
+
+from cryptography.hazmat.primitives.serialization import Encoding
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel
+from sqlalchemy import func, select
+from sqlmodel import Session, col
+
+from certmgr.api.app import RuntimeDep
+from certmgr.api.auth import Viewer
+from certmgr.api.routes_common import Page, SessionDep
+from certmgr.db.models import Certificate, CertificateStatus, Deployment, DeploymentState, Device, DeviceStatus
+from certmgr.errors import InputError, PolicyError, PolicySetError
+from certmgr.policy import Policy, format_duration, parse_policy
+
+router = APIRouter(tags=["system"])
+
+MAX_POLICY_BYTES = 64 * 1024
+VALIDATE_SOURCE = "<request>"
+
+
+# --- CA ---------------------------------------------------------------------------------------------------
+@router.get(
+    "/api/v1/ca/chain.pem",
+    response_class=Response,
+    responses={200: {"content": {"application/x-pem-file": {}}, "description": "Issuing chain, then the root."}},
+)
+def ca_chain(rt: RuntimeDep) -> Response:
+    """The CA chain to trust (issuing CA first, root last), PEM. Public: no token needed.
+
+    Raises:
+        CANotInitialisedError: 503 while no CA exists.
+    """
+    info = rt.ca_store.load_public()
+    certs = list(info.chain)
+    if info.root_cert is not None and info.root_cert not in certs:
+        certs.append(info.root_cert)
+    body = b"".join(cert.public_bytes(Encoding.PEM) for cert in certs)
+    return Response(content=body, media_type="application/x-pem-file")
+
+
+# --- policies ---------------------------------------------------------------------------------------------
+class PolicySummary(BaseModel):
+    """What a policy decides, in brief."""
+
+    name: str
+    description: str
+    source: str
+    digest: str
+    catch_all: bool
+    key_type: str
+    validity: str
+    renewal: str
+    pkcs12_profiles: list[str]
+    enrollment: str
+    windows: int
+
+
+class PolicyProblem(BaseModel):
+    """One problem of a policy document: the dotted key and the reason."""
+
+    key: str
+    reason: str
+
+
+class PolicyInvalid(BaseModel):
+    """422 body of ``POST /api/v1/policies/validate``."""
+
+    error: str
+    detail: str
+    errors: list[PolicyProblem]
+
+
+def _summary(policy: Policy) -> PolicySummary:
+    renewal = policy.renewal
+    if renewal.renew_before is not None:
+        rule = f"{format_duration(renewal.renew_before)} before expiry"
+    else:
+        rule = f"after {renewal.renew_at_fraction} of the lifetime"
+    return PolicySummary(
+        name=policy.name,
+        description=policy.description,
+        source=policy.source,
+        digest=policy.digest,
+        catch_all=policy.is_catch_all,
+        key_type=policy.key_type.value,
+        validity=format_duration(policy.validity),
+        renewal=rule,
+        pkcs12_profiles=[p.value for p in policy.pkcs12.profiles],
+        enrollment=str(policy.enrollment),
+        windows=len(policy.windows),
+    )
+
+
+@router.get("/api/v1/policies", response_model=Page[PolicySummary], tags=["policies"])
+def policies_list(_who: Viewer, rt: RuntimeDep) -> Page[PolicySummary]:
+    """The loaded policies in selection order (first match wins) (viewer)."""
+    return Page(items=[_summary(p) for p in rt.policies], next_cursor=None)
+
+
+def _invalid(problems: list[PolicyError]) -> JSONResponse:
+    body = PolicyInvalid(
+        error="PolicySetError",
+        detail="; ".join(f"{p.key or '(document)'}: {p.reason}" for p in problems),
+        errors=[PolicyProblem(key=p.key, reason=p.reason) for p in problems],
+    )
+    return JSONResponse(status_code=422, content=body.model_dump())
+
+
+@router.post(
+    "/api/v1/policies/validate",
+    response_model=PolicySummary,
+    tags=["policies"],
+    responses={422: {"model": PolicyInvalid, "description": "The document is invalid: each key and reason."}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/toml": {"schema": {"type": "string", "maxLength": MAX_POLICY_BYTES}},
+                "text/plain": {"schema": {"type": "string", "maxLength": MAX_POLICY_BYTES}},
+            },
+        }
+    },
+)
+async def policies_validate(request: Request, _who: Viewer, rt: RuntimeDep) -> PolicySummary | JSONResponse:
+    """Validate a policy TOML document (the body, at most 64 KiB) without loading it (viewer).
+
+    200 with the parsed policy's summary, or 422 naming each key and reason.
+
+    Raises:
+        InputError: 422 if the body is too large or not UTF-8.
+    """
+    data = bytearray()
+    async for chunk in request.stream():
+        data.extend(chunk)
+        if len(data) > MAX_POLICY_BYTES:
+            raise InputError(f"body: a policy document is at most {MAX_POLICY_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return _invalid([PolicyError(VALIDATE_SOURCE, "", "the document is not UTF-8")])
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        return _invalid([PolicyError(VALIDATE_SOURCE, "", f"TOML syntax: {exc}")])
+    try:
+        policy = parse_policy(document, VALIDATE_SOURCE, known_secrets=set(rt.settings.pkcs12_passwords))
+    except PolicySetError as exc:
+        return _invalid(exc.errors)
+    except PolicyError as exc:
+        return _invalid([exc])
+    return _summary(policy)
+
+
+# --- metrics ----------------------------------------------------------------------------------------------
+def _counts(session: Session, column: object) -> dict[str, int]:
+    rows = session.execute(select(column, func.count()).group_by(column)).all()  # type: ignore[call-overload]
+    return {str(getattr(value, "value", value)): int(count) for value, count in rows}
+
+
+def _family(name: str, help_text: str, label: str, values: list[str], counts: dict[str, int]) -> Iterator[str]:
+    yield f"# HELP {name} {help_text}"
+    yield f"# TYPE {name} gauge"
+    for value in values:
+        yield f'{name}{{{label}="{value}"}} {counts.get(value, 0)}'
+
+
+@router.get("/metrics", response_class=PlainTextResponse, tags=["metrics"])
+def metrics(_who: Viewer, rt: RuntimeDep, session: SessionDep) -> PlainTextResponse:
+    """Prometheus text exposition: certificates by status, seconds to the earliest expiry of a current
+    certificate, deployments by state, devices by status (viewer; configure the scraper with a bearer token)."""
+    lines: list[str] = []
+    lines += _family(
+        "certmgr_certificates",
+        "Certificates by status.",
+        "status",
+        [s.value for s in CertificateStatus],
+        _counts(session, col(Certificate.status)),
+    )
+    lines += _family(
+        "certmgr_deployments",
+        "Deployments by state.",
+        "state",
+        [s.value for s in DeploymentState],
+        _counts(session, col(Deployment.state)),
+    )
+    lines += _family(
+        "certmgr_devices",
+        "Devices by status.",
+        "status",
+        [s.value for s in DeviceStatus],
+        _counts(session, col(Device.status)),
+    )
+    earliest = session.execute(
+        select(func.min(Certificate.not_after))
+        .join(Device, col(Device.current_certificate_id) == col(Certificate.id))
+        .where(col(Device.status) != DeviceStatus.DECOMMISSIONED)
+    ).scalar_one_or_none()
+    lines.append("# HELP certmgr_earliest_expiry_seconds Seconds until the earliest current certificate expires.")
+    lines.append("# TYPE certmgr_earliest_expiry_seconds gauge")
+    if earliest is not None:
+        if earliest.tzinfo is None:  # defensive: aggregates keep the column type, so this is aware UTC
+            earliest = earliest.replace(tzinfo=UTC)
+        seconds = (earliest - rt.clock.now()) / timedelta(seconds=1)
+        lines.append(f"certmgr_earliest_expiry_seconds {seconds:.0f}")
+    return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,240 @@
+"""Signed manifests of report exports.
+
+Every export ``FILE`` gets ``FILE.manifest.json``::
+
+    {
+      "manifest_version": 1,
+      "file": "inventory.csv", "size": 1234, "sha256": "<hex>",
+      "kind": "inventory", "format": "csv", "rows": 42, "params": {...},
+      "generated_at": "2026-11-26T09:00:00+00:00",
+      "signature_algorithm": "ecdsa-p256-sha256",
+      "signature": "<base64 DER ECDSA signature over the bytes of FILE>",
+      "public_key_pem": "-----BEGIN PUBLIC KEY-----...", "public_key_sha256": "<hex of the DER key>",
+      "manifest_signature": "<base64 DER ECDSA signature over the canonical JSON of every other field>",
+      "verify_with_openssl": ["..."]
+    }
+
+``signature`` signs the export file itself, so ``openssl dgst -sha256 -verify`` checks it directly (commands in
+``verify_with_openssl`` and ``docs/reports.md``); ``manifest_signature`` additionally binds the metadata (kind,
+time, parameters) and is checked by ``certmgr report verify``. Both are made by the audit key
+(:mod:`certmgr.audit.checkpoint`); pin its public key (``public_key_sha256``) to trust either.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from certmgr.audit.checkpoint import SIGNATURE_ALGORITHM, AuditSigner, AuditVerifier, encode_signature
+from certmgr.errors import ConfigError, InputError, StorageError
+from certmgr.fsutil import atomic_write
+from certmgr.reports.queries import ReportSpec, Row
+from certmgr.reports.render import ReportFormat, write_report
+
+MANIFEST_SUFFIX = ".manifest.json"
+MANIFEST_VERSION = 1
+MAX_MANIFEST_BYTES = 64 * 1024
+_HASH_CHUNK = 1024 * 1024
+
+
+def manifest_path(export: Path) -> Path:
+    """Where the manifest of ``export`` lives: ``<export>.manifest.json``."""
+    return export.with_name(export.name + MANIFEST_SUFFIX)
+
+
+def openssl_commands(file_name: str) -> list[str]:
+    """The shell commands that check an export with openssl alone (plus jq to pick fields out of the JSON)."""
+    m = file_name + MANIFEST_SUFFIX
+    return [
+        f"jq -r .public_key_pem '{m}' > audit-key.pub.pem",
+        f"jq -r .signature '{m}' | openssl base64 -d -A > '{file_name}.sig'",
+        f"openssl dgst -sha256 -verify audit-key.pub.pem -signature '{file_name}.sig' '{file_name}'",
+        "openssl pkey -pubin -in audit-key.pub.pem -outform DER | openssl dgst -sha256"
+        "   # must equal public_key_sha256 and the published audit key fingerprint",
+        f"openssl dgst -sha256 '{file_name}'   # must equal sha256",
+    ]
+
+
+def _canonical(doc: dict[str, Any]) -> bytes:
+    body = {k: v for k, v in doc.items() if k != "manifest_signature"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _sha256_file(path: Path) -> tuple[bytes, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(_HASH_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.digest(), size
+
+
+class _CountingRows:
+    """Counts the rows as the renderer consumes them."""
+
+    def __init__(self, rows: Iterable[Row]) -> None:
+        self._rows = rows
+        self.count = 0
+
+    def __iter__(self) -> Any:
+        for row in self._rows:
+            self.count += 1
+            yield row
+
+
+def build_manifest(export: Path, spec: ReportSpec, fmt: ReportFormat, rows: int, signer: AuditSigner) -> dict[str, Any]:
+    """The signed manifest of the finished file ``export``.
+
+    Raises:
+        StorageError: if ``export`` cannot be read.
+    """
+    try:
+        digest, size = _sha256_file(export)
+    except OSError as exc:
+        raise StorageError(f"cannot read {export}: {exc.strerror or exc}") from exc
+    doc: dict[str, Any] = {
+        "manifest_version": MANIFEST_VERSION,
+        "file": export.name,
+        "size": size,
+        "sha256": digest.hex(),
+        "kind": spec.kind.value,
+        "format": fmt.value,
+        "rows": rows,
+        "params": spec.params.as_dict(spec.kind),
+        "generated_at": spec.generated_at.isoformat(),
+        "signature_algorithm": SIGNATURE_ALGORITHM,
+        "signature": encode_signature(signer.sign_digest(digest)),
+        "public_key_pem": signer.public_pem.decode("ascii"),
+        "public_key_sha256": signer.fingerprint,
+        "verify_with_openssl": openssl_commands(export.name),
+    }
+    doc["manifest_signature"] = encode_signature(signer.sign(_canonical(doc)))
+    return doc
+
+
+def export_report(
+    spec: ReportSpec, rows: Iterable[Row], fmt: ReportFormat, out: Path, signer: AuditSigner
+) -> dict[str, Any]:
+    """Render the report into ``out`` (0600, replaced atomically) and write its signed manifest beside it.
+
+    Raises:
+        StorageError: if the files cannot be written.
+    """
+    counted = _CountingRows(rows)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            write_report(spec, counted, fmt, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise StorageError(f"cannot write {out}: {exc.strerror or exc}") from exc
+    doc = build_manifest(out, spec, fmt, counted.count, signer)
+    atomic_write(manifest_path(out), (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    return doc
+
+
+@dataclass(frozen=True)
+class ManifestVerdict:
+    """Outcome of :func:`verify_export`."""
+
+    ok: bool
+    problems: tuple[str, ...]
+    public_key_sha256: str | None
+    pinned: bool
+
+
+def _b64(value: object, name: str) -> bytes:
+    if not isinstance(value, str):
+        raise InputError(f"manifest: {name} is missing")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError(f"manifest: {name} is not base64") from None
+
+
+def load_manifest(path: Path) -> dict[str, Any]:
+    """Read a manifest.
+
+    Raises:
+        InputError: if it is missing, too large or not a JSON object.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read the manifest {path}: {exc.strerror or exc}") from exc
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise InputError(f"manifest {path} is larger than {MAX_MANIFEST_BYTES} bytes")
+    try:
+        doc = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InputError(f"manifest {path} is not JSON") from None
+    if not isinstance(doc, dict):
+        raise InputError(f"manifest {path} is not a JSON object")
+    return doc
+
+
+def verify_export(
+    export: Path, manifest: Path | None = None, pinned_key: AuditVerifier | None = None
+) -> ManifestVerdict:
+    """Check ``export`` against its manifest: name, size, SHA-256, the file signature, the manifest signature,
+    and (when ``pinned_key`` is given) that the manifest's key is the pinned audit key.
+
+    Raises:
+        InputError: if the export or manifest cannot be read, or the manifest is malformed.
+    """
+    doc = load_manifest(manifest or manifest_path(export))
+    problems: list[str] = []
+    try:
+        digest, size = _sha256_file(export)
+    except OSError as exc:
+        raise InputError(f"cannot read {export}: {exc.strerror or exc}") from exc
+    pem = doc.get("public_key_pem")
+    if not isinstance(pem, str):
+        raise InputError("manifest: public_key_pem is missing")
+    try:
+        key = AuditVerifier(pem.encode("ascii"))
+    except (ConfigError, UnicodeEncodeError):
+        raise InputError("manifest: public_key_pem is not an EC P-256 public key") from None
+    if doc.get("manifest_version") != MANIFEST_VERSION:
+        problems.append(f"unknown manifest_version {doc.get('manifest_version')!r}")
+    if doc.get("file") != export.name:
+        problems.append(f"manifest is for {doc.get('file')!r}, not {export.name!r}")
+    if doc.get("size") != size:
+        problems.append(f"size is {size}, manifest says {doc.get('size')}")
+    if doc.get("sha256") != digest.hex():
+        problems.append("sha256 of the file does not match the manifest (file modified)")
+    if not key.verify_digest(_b64(doc.get("signature"), "signature"), digest):
+        problems.append("the file signature does not verify")
+    if not key.verify(_b64(doc.get("manifest_signature"), "manifest_signature"), _canonical(doc)):
+        problems.append("the manifest signature does not verify (manifest modified)")
+    if doc.get("public_key_sha256") != key.fingerprint:
+        problems.append("public_key_sha256 does not match public_key_pem")
+    if pinned_key is not None and pinned_key.fingerprint != key.fingerprint:
+        problems.append(
+            f"signed by key {key.fingerprint[:16]}…, not the pinned audit key {pinned_key.fingerprint[:16]}…"
+        )
+    return ManifestVerdict(not problems, tuple(problems), key.fingerprint, pinned_key is not None)
+
+
+__all__ = [
+    "MANIFEST_SUFFIX",
+    "ManifestVerdict",
+    "build_manifest",
+    "export_report",
+    "load_manifest",
+    "manifest_path",
+    "openssl_commands",
+    "verify_export",
+]
