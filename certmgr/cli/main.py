@@ -18,6 +18,7 @@ from certmgr.cli.report import report_app
 from certmgr.cli.token import token_app
 from certmgr.errors import CertmgrError, InputError
 from certmgr.settings import Settings, load_settings
+from certmgr.simulator.cli import simulate_command
 
 app = typer.Typer(
     name="certmgr",
@@ -37,6 +38,7 @@ app.add_typer(device_app, name="device")
 app.add_typer(token_app, name="token")
 app.add_typer(audit_app, name="audit")
 app.add_typer(report_app, name="report")
+app.command("simulate")(simulate_command)
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
