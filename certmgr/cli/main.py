@@ -270,6 +270,36 @@ def device_approve(mac: Annotated[str, typer.Argument(help="The phone's MAC addr
     out.print(f"approved {device.mac} (policy {device.policy_name or '-'})")
 
 
+# --- crl ------------------------------------------------------------------------------------------------------
+@app.command("crl")
+def crl_cmd(
+    out_file: Annotated[Path, typer.Option("--out", help="File to write the CRL to (DER; PEM with --pem).")],
+    pem: Annotated[bool, typer.Option("--pem", help="Write PEM instead of DER.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Sign a new CRL even if the current one is fresh.")] = False,
+) -> None:
+    """Write the issuing CA's CRL (re-signed first if stale or out of date with the revocations)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from certmgr.fsutil import atomic_write
+    from certmgr.issuance.revocation import refresh_crl
+    from certmgr.runtime import open_runtime
+
+    runtime = open_runtime(_settings())
+    try:
+        stored = refresh_crl(runtime, force=force)
+    finally:
+        runtime.close()
+    data = x509.load_der_x509_crl(stored.der).public_bytes(Encoding.PEM) if pem else stored.der
+    atomic_write(out_file, data, mode=0o644)
+    meta = stored.meta
+    out.print(
+        f"wrote {out_file}: CRL number {meta.number}, {meta.entries} revoked, "
+        f"next update {meta.next_update.isoformat()}",
+        markup=False,
+    )
+
+
 # --- issue ----------------------------------------------------------------------------------------------------
 @app.command("issue")
 def issue(
@@ -323,6 +353,7 @@ def serve_cmd(
         raise InputError(f"unknown role {role!r}: use all, api, wpi or scheduler") from None
     settings = _settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     runtime = open_runtime(settings, create_ca=True)
     try:
         _print_notices(runtime.notices)
