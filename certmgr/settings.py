@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -25,6 +25,9 @@ from certmgr.fsutil import atomic_write, ensure_private_dir
 
 PASSPHRASE_FILE_NAME = "ca-passphrase"  # noqa: S105 (a file name)
 MASTER_KEY_FILE_NAME = "master-key"
+# The report kinds and formats of certmgr.reports (kept in step by tests/integration/test_reports_scheduled.py).
+ExportKind = Literal["inventory", "expiry", "deployments", "audit", "compliance"]
+ExportFormat = Literal["csv", "json", "pdf"]
 
 
 class Settings(BaseSettings):
@@ -114,6 +117,74 @@ class Settings(BaseSettings):
     smtp_to: list[str] = Field(default_factory=list, description="Recipients of notification e-mails.")
     notify_expiry_days: int = Field(
         default=14, ge=1, description="Warn about certificates expiring within this many days without a successor."
+    )
+
+    # --- scheduler, renewal and fleet safety (certmgr.scheduling, certmgr.renewal.service) ------------------
+    node_id: str | None = Field(
+        default=None,
+        description="Name of this process in deployment leases and audit events; default <hostname>-<pid>.",
+    )
+    dispatch_role: Literal["wpi", "scheduler"] = Field(
+        default="wpi",
+        description="Which serve role runs the deployment dispatcher (contact-me): next to the phone listeners "
+        "(wpi, default) or in the scheduler process (scheduler). --role all runs it in any case.",
+    )
+    renewal_interval_seconds: float = Field(default=60.0, gt=0, description="Renewal reconcile job interval.")
+    renewal_scan_batch: int = Field(default=2000, ge=1, description="Certificates read per keyset batch.")
+    renewal_max_per_run: int = Field(
+        default=500, ge=1, description="Certificates issued per renewal run at most (the per-tick limit)."
+    )
+    renewal_max_per_hour: int = Field(
+        default=2000,
+        ge=1,
+        description="Renewals per clock hour (planned spread and issued); expired or deadline-bound ones exceed it.",
+    )
+    renewal_horizon_hours: int = Field(
+        default=72, ge=1, description="Look-ahead over which a mass expiry is spread (planner.spread)."
+    )
+    probe_sweep_interval_seconds: float = Field(default=3600.0, gt=0, description="TLS probe sweep job interval.")
+    probe_sweep_batch: int = Field(default=200, ge=1, description="Phones probed per sweep run.")
+    probe_sweep_min_age_hours: float = Field(
+        default=24.0, ge=0, description="A phone verified or probed more recently than this is not probed again."
+    )
+    probe_sweep_concurrency: int = Field(default=20, ge=1, le=200, description="Probes in flight at once.")
+    notify_interval_seconds: float = Field(default=3600.0, gt=0, description="Expiry notification job interval.")
+    ca_watch_days: int = Field(default=90, ge=1, description="Warn when an active CA certificate expires this soon.")
+    checkpoint_interval_seconds: float = Field(default=3600.0, gt=0, description="Audit checkpoint job interval.")
+    misfire_grace_seconds: int = Field(
+        default=3600, ge=1, description="A job run delayed this much (stalled loop, suspend) still runs, once."
+    )
+    rollback_after_verify_failures: int = Field(
+        default=3,
+        ge=1,
+        description="Verification failures of an accepted certificate before the previous one is redeployed.",
+    )
+    stuck_timeout_seconds: int = Field(
+        default=900, ge=60, description="A deployment verifying this long without progress (and no lease) is retried."
+    )
+
+    # --- revocation and scheduled exports (certmgr.issuance.revocation, certmgr.reports.scheduled) -------
+    crl_validity_hours: int = Field(
+        default=168, ge=1, le=24 * 366, description="CRL lifetime: nextUpdate = thisUpdate + this (default 7 days)."
+    )
+    crl_refresh_before_hours: int = Field(
+        default=48,
+        ge=0,
+        le=24 * 365,
+        description="Re-sign the CRL when its nextUpdate is this close (capped at half the CRL lifetime).",
+    )
+    export_dir: Path | None = Field(
+        default=None, description="Folder of the scheduled report exports; default <data_dir>/exports."
+    )
+    export_kinds: list[ExportKind] = Field(
+        default_factory=lambda: list[ExportKind](["inventory", "expiry", "compliance"]),
+        description="Reports written by the scheduled export job (job id report-export).",
+    )
+    export_formats: list[ExportFormat] = Field(
+        default_factory=lambda: list[ExportFormat](["csv"]), description="Formats of each scheduled report."
+    )
+    export_every: Literal["daily", "weekly"] = Field(
+        default="daily", description="One export folder per UTC day (YYYY-MM-DD) or ISO week (YYYY-Www)."
     )
 
     @field_validator("log_level")

@@ -31,9 +31,16 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.state.runtime = runtime
     install_error_handlers(app)
     # Imported here: the route modules depend on get_runtime above (no import cycle, no import-time app).
-    from certmgr.api import routes_audit, routes_inventory, routes_reports, routes_system, routes_tokens
+    from certmgr.api import (
+        routes_actions,
+        routes_audit,
+        routes_inventory,
+        routes_reports,
+        routes_system,
+        routes_tokens,
+    )
 
-    for module in (routes_inventory, routes_system, routes_audit, routes_tokens, routes_reports):
+    for module in (routes_inventory, routes_actions, routes_system, routes_audit, routes_tokens, routes_reports):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["health"])

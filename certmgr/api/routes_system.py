@@ -1,11 +1,13 @@
-"""``/api/v1/ca/chain.pem`` (public), ``/api/v1/policies`` and ``/metrics`` (Prometheus text)."""
+"""``/api/v1/ca/chain.pem`` and ``/api/v1/ca/crl`` (public), ``/api/v1/ca/status``, ``/api/v1/policies`` and
+``/metrics`` (Prometheus text)."""
 
 from __future__ import annotations
 
 import tomllib
 from collections.abc import Iterator
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 
+from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -18,6 +20,9 @@ from certmgr.api.auth import Viewer
 from certmgr.api.routes_common import Page, SessionDep
 from certmgr.db.models import Certificate, CertificateStatus, Deployment, DeploymentState, Device, DeviceStatus
 from certmgr.errors import InputError, PolicyError, PolicySetError
+from certmgr.issuance.revocation import crl_status, refresh_crl
+from certmgr.pki.crl import MEDIA_TYPE
+from certmgr.pki.keys import fingerprint_sha256
 from certmgr.policy import Policy, format_duration, parse_policy
 
 router = APIRouter(tags=["system"])
@@ -44,6 +49,100 @@ def ca_chain(rt: RuntimeDep) -> Response:
         certs.append(info.root_cert)
     body = b"".join(cert.public_bytes(Encoding.PEM) for cert in certs)
     return Response(content=body, media_type="application/x-pem-file")
+
+
+@router.get(
+    "/api/v1/ca/crl",
+    response_class=Response,
+    responses={200: {"content": {MEDIA_TYPE: {}}, "description": "The issuing CA's current CRL, DER."}},
+)
+def ca_crl(rt: RuntimeDep) -> Response:
+    """The issuing CA's certificate revocation list (X.509 v2, DER). Public: no token needed.
+
+    Re-signed on the way if it is missing, lists other revocations than the database, or its nextUpdate is
+    near (``crl_refresh_before_hours``).
+
+    Raises:
+        CANotInitialisedError: 503 while no CA exists. CAError: 503 if the CA cannot sign.
+    """
+    stored = refresh_crl(rt)
+    return Response(
+        content=stored.der,
+        media_type=MEDIA_TYPE,
+        headers={
+            "Content-Disposition": 'attachment; filename="issuing.crl"',
+            "Cache-Control": "public, max-age=3600",
+        },
+    )
+
+
+class ChainCertificate(BaseModel):
+    """One certificate of the CA chain (public facts only)."""
+
+    role: str
+    subject: str
+    issuer: str
+    serial: str
+    fingerprint_sha256: str
+    not_before: datetime
+    not_after: datetime
+    days_left: int
+
+
+class CRLSummary(BaseModel):
+    """The published CRL."""
+
+    number: int
+    this_update: datetime
+    next_update: datetime
+    entries: int
+    stale: bool
+
+
+class CAStatus(BaseModel):
+    """The CA chain (issuing first) and the published CRL (``null`` before the first one)."""
+
+    chain: list[ChainCertificate]
+    crl: CRLSummary | None
+
+
+def _chain_entry(role: str, cert: x509.Certificate, now: datetime) -> ChainCertificate:
+    return ChainCertificate(
+        role=role,
+        subject=cert.subject.rfc4514_string(),
+        issuer=cert.issuer.rfc4514_string(),
+        serial=format(cert.serial_number, "x"),
+        fingerprint_sha256=fingerprint_sha256(cert),
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        days_left=(cert.not_valid_after_utc - now) // timedelta(days=1),
+    )
+
+
+@router.get("/api/v1/ca/status", response_model=CAStatus)
+def ca_status(_who: Viewer, rt: RuntimeDep) -> CAStatus:
+    """The CA chain's subjects, fingerprints, expiry and days left, and the CRL's number and next update
+    (viewer).
+
+    Raises:
+        CANotInitialisedError: 503 while no CA exists.
+    """
+    now = rt.clock.now()
+    info = rt.ca_store.load_public()
+    chain = [_chain_entry("issuing" if i == 0 else "intermediate", cert, now) for i, cert in enumerate(info.chain)]
+    if info.root_cert is not None:
+        chain.append(_chain_entry("root", info.root_cert, now))
+    crl = crl_status(rt.settings)
+    summary = None
+    if crl is not None:
+        summary = CRLSummary(
+            number=crl.number,
+            this_update=crl.this_update,
+            next_update=crl.next_update,
+            entries=crl.entries,
+            stale=crl.next_update <= now or crl.issuer_fingerprint != info.issuing_fingerprint_sha256,
+        )
+    return CAStatus(chain=chain, crl=summary)
 
 
 # --- policies ---------------------------------------------------------------------------------------------

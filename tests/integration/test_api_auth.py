@@ -28,11 +28,29 @@ from tests.integration.test_api_support import (  # noqa: F401 - fixtures
     tokens,
 )
 
-PUBLIC = {"/healthz", "/readyz", "/api/v1/ca/chain.pem", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+PUBLIC = {
+    "/healthz",
+    "/readyz",
+    "/api/v1/ca/chain.pem",
+    "/api/v1/ca/crl",
+    "/openapi.json",
+    "/docs",
+    "/docs/oauth2-redirect",
+    "/redoc",
+}
 ADMIN_ONLY = {
     ("POST", "/api/v1/audit/checkpoints"),
     ("GET", "/api/v1/tokens"),
     ("POST", "/api/v1/tokens/{token_id}/revoke"),
+    ("POST", "/api/v1/devices/{device_id}/decommission"),
+    ("POST", "/api/v1/certificates/{certificate_id}/revoke"),
+}
+OPERATOR_AND_ADMIN = {
+    ("POST", "/api/v1/devices"),
+    ("POST", "/api/v1/devices/{device_id}/approve"),
+    ("POST", "/api/v1/certificates/{certificate_id}/renew"),
+    ("POST", "/api/v1/deployments/{deployment_id}/retry"),
+    ("POST", "/api/v1/deployments/{deployment_id}/cancel"),
 }
 
 
@@ -75,7 +93,9 @@ def test_every_route_is_protected_by_role(
         assert anonymous.headers["www-authenticate"] == "Bearer"
         for role in Role:
             r = client.request(method, url, headers=auth(tokens[role.value]), **body)
-            if (method, path) in ADMIN_ONLY and role is not Role.ADMIN:
+            if ((method, path) in ADMIN_ONLY and role is not Role.ADMIN) or (
+                (method, path) in OPERATOR_AND_ADMIN and role is Role.VIEWER
+            ):
                 assert r.status_code == 403, (method, path, role)
             else:
                 assert r.status_code not in (401, 403), (method, path, role, r.text)
