@@ -206,9 +206,7 @@ class PostgresServer:
             return self._external.set(drivername="postgresql+psycopg")
         if self.port is None:
             raise RuntimeError("PostgreSQL server is not running")
-        return URL.create(
-            "postgresql+psycopg", username=PG_USER, host="127.0.0.1", port=self.port, database="postgres"
-        )
+        return URL.create("postgresql+psycopg", username=PG_USER, host="127.0.0.1", port=self.port, database="postgres")
 
     def url_for(self, database: str) -> str:
         """SQLAlchemy URL string (password included) of ``database`` on this server."""
@@ -235,9 +233,7 @@ class PostgresServer:
         name = name or f"t_{uuid.uuid4().hex[:16]}"
         statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
         if template:
-            statement = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(name), sql.Identifier(template)
-            )
+            statement = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template))
         with self._admin_connect() as conn:
             conn.execute(statement)
         return self.url_for(name)

@@ -71,10 +71,7 @@ def test_unsupported_or_invalid_url(url: str) -> None:
 
 
 def test_redact_url_hides_password() -> None:
-    assert (
-        redact_url("postgresql://certmgr:s3cr3t@db:5432/certmgr")
-        == "postgresql://certmgr:***@db:5432/certmgr"
-    )
+    assert redact_url("postgresql://certmgr:s3cr3t@db:5432/certmgr") == "postgresql://certmgr:***@db:5432/certmgr"
 
 
 def test_unreachable_postgres_is_one_line_database_error() -> None:

@@ -67,9 +67,7 @@ def _id(obj: Device | Certificate | Deployment | AuditEvent) -> int:
 
 
 def test_device_crud_and_json(session: Session) -> None:
-    device = _add(
-        session, _device(dns_names=["a.example", "b.example"], policy_name="default", ip="10.0.0.7")
-    )
+    device = _add(session, _device(dns_names=["a.example", "b.example"], policy_name="default", ip="10.0.0.7"))
     session.commit()
     session.expunge_all()
 
@@ -130,9 +128,7 @@ def test_certificate_cycle_and_uniques(session: Session) -> None:
     assert "key_blob" not in repr(current)
 
     active = session.exec(
-        select(Certificate).where(
-            Certificate.device_id == _id(device), Certificate.status == CertificateStatus.ACTIVE
-        )
+        select(Certificate).where(Certificate.device_id == _id(device), Certificate.status == CertificateStatus.ACTIVE)
     ).all()
     assert [c.serial for c in active] == ["0a1c"]
 
@@ -206,9 +202,7 @@ def test_deployment_defaults_json_and_optimistic_version(engine: Engine, session
     assert dep.version == 2
 
     due = session.exec(
-        select(Deployment).where(
-            Deployment.state == DeploymentState.CONTACTING, col(Deployment.next_attempt_at) <= T0
-        )
+        select(Deployment).where(Deployment.state == DeploymentState.CONTACTING, col(Deployment.next_attempt_at) <= T0)
     ).all()
     assert [d.id for d in due] == [dep.id]
 
@@ -243,9 +237,7 @@ def test_audit_events_chain_and_checkpoint(session: Session) -> None:
             hash="1" * 64,
         ),
     )
-    second = _add(
-        session, AuditEvent(seq=2, at=T0, actor="system", action="x", prev_hash="1" * 64, hash="2" * 64)
-    )
+    second = _add(session, AuditEvent(seq=2, at=T0, actor="system", action="x", prev_hash="1" * 64, hash="2" * 64))
     assert _id(second) > _id(first)
     _add(session, AuditCheckpoint(event_id=_id(second), event_hash="2" * 64, signature=b"sig", at=T0))
     session.commit()
@@ -276,21 +268,15 @@ def test_audit_events_chain_and_checkpoint(session: Session) -> None:
 def test_profile_memory_unique_pair(session: Session) -> None:
     _add(
         session,
-        ProfileMemory(
-            device_type="OpenStage 60", software_version="V3R5", profile=Pkcs12Profile.LEGACY, updated_at=T0
-        ),
+        ProfileMemory(device_type="OpenStage 60", software_version="V3R5", profile=Pkcs12Profile.LEGACY, updated_at=T0),
     )
     _add(
         session,
-        ProfileMemory(
-            device_type="OpenStage 60", software_version="V3R6", profile=Pkcs12Profile.MODERN, updated_at=T0
-        ),
+        ProfileMemory(device_type="OpenStage 60", software_version="V3R6", profile=Pkcs12Profile.MODERN, updated_at=T0),
     )
     session.commit()
     session.add(
-        ProfileMemory(
-            device_type="OpenStage 60", software_version="V3R5", profile=Pkcs12Profile.PLAIN, updated_at=T0
-        )
+        ProfileMemory(device_type="OpenStage 60", software_version="V3R5", profile=Pkcs12Profile.PLAIN, updated_at=T0)
     )
     with pytest.raises(IntegrityError):
         session.flush()

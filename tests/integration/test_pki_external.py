@@ -93,9 +93,7 @@ class CA:
 
 def _ec_definition() -> CAHierarchyDefinition:
     def level(cn: str, days: int, path_length: int) -> CADefinition:
-        return CADefinition(
-            cn, "Example Corp", "UC", "DE", KeyType.EC_P384, timedelta(days=days), path_length
-        )
+        return CADefinition(cn, "Example Corp", "UC", "DE", KeyType.EC_P384, timedelta(days=days), path_length)
 
     return CAHierarchyDefinition(level("EC Test Root", 7300, 1), level("EC Test Issuing", 1825, 0))
 
@@ -145,9 +143,7 @@ def test_pkilint_leaf(leaves: dict[KeyType, tuple[PrivateKey, x509.Certificate]]
 
 
 def test_pkilint_leaf_with_empty_subject(ca: CA) -> None:
-    spec = LeafSpec(
-        subject=x509.Name([]), dns_names=(), ip_addresses=SPEC.ip_addresses, validity=SPEC.validity
-    )
+    spec = LeafSpec(subject=x509.Name([]), dns_names=(), ip_addresses=SPEC.ip_addresses, validity=SPEC.validity)
     _, cert = issue_key_and_leaf(spec, KeyType.RSA_2048, ca.issuer, LEAF_TIME)
     assert lint_errors(cert) == []
 
@@ -286,7 +282,5 @@ def test_openssl_rejects_wrong_pkcs12_password(openssl: str, ca: CA, tmp_path: P
     p12.write_bytes(data)
     password_file = tmp_path / "p12-password.txt"
     password_file.write_text(TEST_PASSWORD + "\n", encoding="utf-8")
-    result = _run(
-        [openssl, "pkcs12", "-info", "-nokeys", "-in", str(p12), "-passin", f"file:{password_file}"]
-    )
+    result = _run([openssl, "pkcs12", "-info", "-nokeys", "-in", str(p12), "-passin", f"file:{password_file}"])
     assert result.returncode != 0

@@ -47,9 +47,7 @@ def _definition(root_days: int = 3650, issuing_days: int = 1825) -> CAHierarchyD
     def level(cn: str, days: int, path_length: int) -> CADefinition:
         return CADefinition(cn, "Test Org", None, "DE", KeyType.EC_P256, timedelta(days=days), path_length)
 
-    return CAHierarchyDefinition(
-        root=level("Test Root", root_days, 1), issuing=level("Test Issuing", issuing_days, 0)
-    )
+    return CAHierarchyDefinition(root=level("Test Root", root_days, 1), issuing=level("Test Issuing", issuing_days, 0))
 
 
 def test_shipped_definition_is_valid() -> None:
@@ -102,9 +100,7 @@ def test_load_valid_definition(tmp_path: Path) -> None:
         ("[issuing]", "[issuer]", "issuer", "unknown section"),
     ],
 )
-def test_invalid_definition_names_file_key_reason(
-    tmp_path: Path, old: str, new: str, key: str, reason: str
-) -> None:
+def test_invalid_definition_names_file_key_reason(tmp_path: Path, old: str, new: str, key: str, reason: str) -> None:
     assert old in VALID_TOML
     path = tmp_path / "bad.toml"
     path.write_text(VALID_TOML.replace(old, new, 1), encoding="utf-8")

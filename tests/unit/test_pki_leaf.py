@@ -153,9 +153,7 @@ def test_backdate_never_before_issuer(issuer: Issuer) -> None:
 
 def test_refuse_beyond_issuing_ca(issuer: Issuer) -> None:
     late = issuer.cert.not_valid_after_utc - timedelta(days=30)
-    with pytest.raises(
-        IssuanceError, match=r"certificate validity would end after the issuing CA's \("
-    ) as info:
+    with pytest.raises(IssuanceError, match=r"certificate validity would end after the issuing CA's \(") as info:
         issue_key_and_leaf(_spec(), KeyType.EC_P256, issuer, late)
     assert info.value.fields["ca_not_after"] == issuer.cert.not_valid_after_utc.isoformat()
 

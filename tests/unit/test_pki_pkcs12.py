@@ -86,9 +86,7 @@ def test_plain_refuses_password(material: tuple[PrivateKey, x509.Certificate, Is
 
 
 @pytest.mark.parametrize("profile", [Pkcs12Profile.LEGACY, Pkcs12Profile.MODERN])
-def test_wrong_password(
-    material: tuple[PrivateKey, x509.Certificate, Issuer], profile: Pkcs12Profile
-) -> None:
+def test_wrong_password(material: tuple[PrivateKey, x509.Certificate, Issuer], profile: Pkcs12Profile) -> None:
     key, cert, issuer = material
     data = build_pkcs12(key, cert, issuer.chain, profile, PASSWORD, NAME)
     for wrong in (b"wrong", None):

@@ -273,9 +273,7 @@ def test_import_wrong_order(store: CAStore, enterprise: Enterprise) -> None:
 
 
 def test_import_non_ca_certificate(store: CAStore, enterprise: Enterprise) -> None:
-    issuer = Issuer(
-        cert=enterprise.issuing, key=enterprise.issuing_key, chain=(enterprise.issuing,), root=None
-    )
+    issuer = Issuer(cert=enterprise.issuing, key=enterprise.issuing_key, chain=(enterprise.issuing,), root=None)
     leaf_key, leaf = issue_key_and_leaf(SPEC, KeyType.EC_P256, issuer, NOW)
     with pytest.raises(InputError, match="keyCertSign"):
         store.import_key_and_chain(_key_pem(leaf_key), None, _pem(leaf, enterprise.issuing), PASSPHRASE)
@@ -300,9 +298,7 @@ def test_import_pkcs12_any_order(store: CAStore, enterprise: Enterprise, with_ro
     # Deliberately root first: PKCS#12 does not order its certificates; the import must.
     extra = [enterprise.root, enterprise.intermediate] if with_root else [enterprise.intermediate]
     encryption = serialization.BestAvailableEncryption(b"p12pw")
-    data = pkcs12.serialize_key_and_certificates(
-        b"ca", enterprise.issuing_key, enterprise.issuing, extra, encryption
-    )
+    data = pkcs12.serialize_key_and_certificates(b"ca", enterprise.issuing_key, enterprise.issuing, extra, encryption)
     store.import_pkcs12(data, b"p12pw", PASSPHRASE)
     _assert_imported(store, enterprise, with_root)
 
@@ -311,9 +307,7 @@ def test_import_pkcs12_wrong_password_and_missing_key(store: CAStore, enterprise
     # (A PKCS#12 with a mismatched key cannot be built with cryptography; the shared check is covered by
     # test_import_mismatched_key.)
     encryption = serialization.BestAvailableEncryption(b"p12pw")
-    data = pkcs12.serialize_key_and_certificates(
-        b"ca", enterprise.issuing_key, enterprise.issuing, None, encryption
-    )
+    data = pkcs12.serialize_key_and_certificates(b"ca", enterprise.issuing_key, enterprise.issuing, None, encryption)
     with pytest.raises(InputError, match="wrong password"):
         store.import_pkcs12(data, b"nope", PASSPHRASE)
     with pytest.raises(InputError, match="wrong password or not a PKCS#12"):
@@ -324,9 +318,7 @@ def test_import_pkcs12_wrong_password_and_missing_key(store: CAStore, enterprise
     assert not store.exists()
 
 
-def test_import_over_existing_ca_needs_force_and_removes_old_root(
-    initialised: CAStore, enterprise: Enterprise
-) -> None:
+def test_import_over_existing_ca_needs_force_and_removes_old_root(initialised: CAStore, enterprise: Enterprise) -> None:
     key_pem, chain = _key_pem(enterprise.issuing_key), _pem(enterprise.issuing, enterprise.intermediate)
     with pytest.raises(CAExistsError):
         initialised.import_key_and_chain(key_pem, None, chain, PASSPHRASE)
