@@ -96,16 +96,27 @@ async def run_forever(
 
 
 def build_listeners(runtime: Runtime, role: Role) -> tuple[list[Listener], list[BackgroundTask]]:
-    """The listeners and background tasks of ``role``."""
+    """The listeners and background tasks of ``role``:
+
+    * ``api`` — the REST API;
+    * ``wpi`` — the phone-facing listeners (TLS WPI + poll) and the interaction hub (callbacks, probes);
+    * ``scheduler`` — the periodic jobs of :mod:`certmgr.scheduling` (renewal reconcile, probe sweep, expiry and
+      CA notifications, audit checkpoints, rollback);
+    * ``all`` — everything in one process.
+
+    The deployment dispatcher (contact-me, retries) runs with ``all``, or with the role named by the
+    ``dispatch_role`` setting (``wpi`` by default, next to the hub; ``scheduler`` for a split in which the
+    scheduler process reaches the phones). Processes of different roles share only the database.
+    """
     from certmgr.api.app import create_app
 
     settings = runtime.settings
     listeners: list[Listener] = []
     background: list[BackgroundTask] = []
+    hub = None
     if role in (Role.ALL, Role.API):
         listeners.append(make_listener("api", create_app(runtime), settings.api_host, settings.api_port))
     if role in (Role.ALL, Role.WPI):
-        from certmgr.deploy.dispatcher import Dispatcher
         from certmgr.deploy.hub import DeploymentHub
         from certmgr.wpi.server import create_poll_app, create_wpi_app, ensure_wpi_tls
 
@@ -128,12 +139,22 @@ def build_listeners(runtime: Runtime, role: Role) -> tuple[list[Listener], list[
         listeners.append(
             make_listener("wpi-poll", create_poll_app(runtime), settings.wpi_host, settings.wpi_poll_port, **phone)
         )
+    if role is Role.ALL or role.value == settings.dispatch_role:
+        from certmgr.deploy.dispatcher import Dispatcher
+
         dispatcher = Dispatcher(runtime, hub)
 
-        async def deploy_dispatcher(stop: asyncio.Event) -> None:
+        async def deployment_dispatch(stop: asyncio.Event) -> None:
             await dispatcher.run(stop)
 
-        background.append(deploy_dispatcher)
+        background.append(deployment_dispatch)
+    if role in (Role.ALL, Role.SCHEDULER) and settings.scheduler_enabled:
+        from certmgr.scheduling.scheduler import run_scheduler
+
+        async def scheduler(stop: asyncio.Event) -> None:
+            await run_scheduler(runtime, stop)
+
+        background.append(scheduler)
     return listeners, background
 
 

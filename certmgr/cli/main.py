@@ -14,7 +14,9 @@ from rich.table import Table
 
 from certmgr.cli.audit import audit_app
 from certmgr.cli.exitcodes import USAGE, exit_code_for
+from certmgr.cli.notify import notify_app
 from certmgr.cli.report import report_app
+from certmgr.cli.status import status_command
 from certmgr.cli.token import token_app
 from certmgr.errors import CertmgrError, InputError
 from certmgr.settings import Settings, load_settings
@@ -38,6 +40,8 @@ app.add_typer(device_app, name="device")
 app.add_typer(token_app, name="token")
 app.add_typer(audit_app, name="audit")
 app.add_typer(report_app, name="report")
+app.add_typer(notify_app, name="notify")
+app.command("status")(status_command)
 app.command("simulate")(simulate_command)
 
 out = Console(highlight=False, soft_wrap=True)

@@ -5,6 +5,11 @@ deployments); retry deployments whose phone never called back; claim due deploym
 limit and send their contact-me (httpx, bounded timeouts) concurrently. On start it runs restart recovery
 (:func:`certmgr.deploy.service.recover`). Every timestamp comes from ``runtime.clock``; ``asyncio`` only paces
 the ticks.
+
+The dispatcher runs next to the WPI hub (``--role wpi`` / ``all``) or without it in the scheduler process
+(``dispatch_role = "scheduler"``): everything it needs is in the database. Without a hub it cannot see live
+interactions, so it relies on the deployments' leases (set by the hub in the WPI process) to leave them alone,
+and a newly seen phone waits for the reconcile cursor instead of being looked at on the next tick.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import httpx
 from certmgr.deploy import service
 from certmgr.deploy.hub import DeploymentHub
 from certmgr.deploy.reconcile import Reconciler
+from certmgr.deploy.txretry import run_db
 from certmgr.errors import CertmgrError
 from certmgr.wpi.client import send_contact_me
 
@@ -31,13 +37,14 @@ log = logging.getLogger("certmgr.deploy")
 class Dispatcher:
     """Runs the pipeline for one process; see the module docstring."""
 
-    def __init__(self, runtime: Runtime, hub: DeploymentHub, *, callback_port: int | None = None) -> None:
+    def __init__(self, runtime: Runtime, hub: DeploymentHub | None, *, callback_port: int | None = None) -> None:
         self.runtime = runtime
         self.hub = hub
         self.reconciler = Reconciler(runtime)
         self.callback_port = callback_port or runtime.settings.wpi_port
         self._contacts: set[asyncio.Task[None]] = set()
-        hub.on_device_seen.append(self.reconciler.mark)
+        if hub is not None:
+            hub.on_device_seen.append(self.reconciler.mark)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Recover, then tick until ``stop`` is set.
@@ -64,7 +71,8 @@ class Dispatcher:
                     await asyncio.wait_for(stop.wait(), timeout=self.runtime.settings.dispatch_tick_seconds)
             if self._contacts:
                 await asyncio.wait(self._contacts, timeout=10)
-            await self.hub.close()
+            if self.hub is not None:
+                await self.hub.close()
 
     async def tick(self, client: httpx.AsyncClient) -> None:
         """One round of work (bounded).
@@ -73,14 +81,14 @@ class Dispatcher:
             DatabaseError: if the database cannot be reached.
         """
         runtime = self.runtime
-        self.hub.sweep()
+        hub = self.hub
+        if hub is not None:
+            hub.sweep()
         await asyncio.to_thread(self.reconciler.run, runtime.clock.now())
-        await asyncio.to_thread(
-            service.expire_stale, runtime, runtime.clock.now(), active_deployments=self.hub.active_deployments()
-        )
-        tasks = await asyncio.to_thread(
-            service.claim_due, runtime, runtime.clock.now(), exclude_macs=self.hub.active_macs()
-        )
+        active = hub.active_deployments() if hub is not None else frozenset()
+        await asyncio.to_thread(service.expire_stale, runtime, runtime.clock.now(), active_deployments=active)
+        busy = hub.active_macs() if hub is not None else frozenset()
+        tasks = await asyncio.to_thread(service.claim_due, runtime, runtime.clock.now(), exclude_macs=busy)
         for task in tasks:
             job = asyncio.create_task(self._contact(client, task), name=f"contact-{task.mac}")
             self._contacts.add(job)
@@ -95,7 +103,8 @@ class Dispatcher:
         except CertmgrError as exc:
             error = exc.message
         try:
-            await asyncio.to_thread(
+            # run_db: the phone, answering this contact-me, may already be changing the deployment (callback).
+            await run_db(
                 service.contact_result,
                 self.runtime,
                 task.deployment_id,

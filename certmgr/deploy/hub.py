@@ -5,8 +5,9 @@ MAC as fallback; never two interactions with one phone), runs one phone message 
 :mod:`certmgr.wpi.interaction`, applies the effects in the database (worker thread, one transaction with the
 audit events) and starts the TLS probe after the certificate info came back.
 
-Every database call runs in a worker thread (``asyncio.to_thread``); the table itself is only touched on the
-event loop, and a per-phone :class:`asyncio.Lock` serialises the messages of one phone.
+Every database call runs in a worker thread (``asyncio.to_thread``; the ones that change a deployment through
+:func:`~certmgr.deploy.txretry.run_db`, which retries a lost optimistic-lock race); the table itself is only
+touched on the event loop, and a per-phone :class:`asyncio.Lock` serialises the messages of one phone.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from certmgr.deploy import service
+from certmgr.deploy.txretry import run_db
 from certmgr.errors import CertmgrError, ProtocolError
 from certmgr.wpi import interaction as wi
 from certmgr.wpi.codec import encode_dls, parse_workpoint
@@ -157,7 +159,7 @@ class DeploymentHub:
         if mac is not None and msg.reason in wi.OPENING_REASONS:
             busy_until = self._busy_until.get(mac)
             try:
-                admission = await asyncio.to_thread(
+                admission = await run_db(
                     service.admit,
                     self.runtime,
                     mac=mac,
@@ -200,7 +202,7 @@ class DeploymentHub:
     ) -> WpiResponse:
         now = self._now()
         transcript = [_entry(now, "in", msg), _entry(now, "out", output.reply)]
-        applied = await asyncio.to_thread(
+        applied = await run_db(
             service.apply_effects,
             self.runtime,
             effects=output.effects,
@@ -244,7 +246,7 @@ class DeploymentHub:
                 interval=settings.probe_interval_seconds,
                 timeout=settings.probe_timeout_seconds,
             )
-            verdict = await asyncio.to_thread(
+            verdict = await run_db(
                 service.finish_verification,
                 self.runtime,
                 deployment_id,

@@ -5,7 +5,8 @@ Issuing is split in three steps so that slow key generation never runs inside a 
 read transaction picks candidates, (2) keys and certificates are built with no transaction open, (3) one
 short transaction per phone re-checks the phone still needs it, records the certificate (pending), supersedes
 older unfinished deployments and queues a new deployment. Work per call is bounded (``scan`` devices looked
-at, ``issue`` certificates built).
+at, ``issue`` certificates built). Several nodes: the recording transaction first locks the device row
+(:func:`~certmgr.scheduling.locks.claim_device`), so two nodes never both issue for one phone.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from certmgr.errors import CertmgrError
 from certmgr.identity import DeviceIdentity, parse_ip
 from certmgr.inventory.service import supersede_unfinished
 from certmgr.issuance.service import BuiltCertificate, build_certificate, record_certificate
+from certmgr.scheduling.locks import claim_device
 
 if TYPE_CHECKING:
     from certmgr.runtime import Runtime
@@ -160,6 +162,8 @@ class Reconciler:
     def _record(self, cand: _Candidate, built: BuiltCertificate, now: datetime) -> bool:
         runtime = self._runtime
         with session_scope(runtime.engine) as session:
+            if not claim_device(session, cand.device_id):
+                return False  # another node is issuing for this phone right now
             device = session.get(Device, cand.device_id)
             if device is None or device.ip != cand.ip or needs_certificate(session, device, now) is None:
                 return False  # changed meanwhile; the next pass looks again

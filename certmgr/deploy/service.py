@@ -13,7 +13,17 @@ D10 rule (:func:`admit`): a job is handed to the interaction with ``authorised=T
 is awaiting a callback that *certmgr* caused (a contact-me or a poll answered 202, less than
 ``callback_timeout_seconds`` ago; or a ``send-solicited`` after ``busy`` less than ``busy_callback_seconds``
 ago), the device is approved, and the TCP peer is the device's known address or a trusted proxy. The PKCS#12
-(with the private key) is only ever built once all of that holds.
+(with the private key) is only ever built once all of that holds. Everything D10 needs is in the database
+(``state``, ``contacted_at``, the device row), so the dispatcher that sent the contact-me and the WPI listener
+that takes the callback may run in different processes; only the ``busy`` marker (``busy_until``) is held by
+the WPI process that told the phone to send ``solicited`` later.
+
+Several nodes: :func:`claim_due` serialises claimers (PostgreSQL advisory transaction lock) so the global
+concurrency limit holds across processes, and claims rows with ``FOR UPDATE SKIP LOCKED``. A deployment that a
+process is working on carries a *lease* (``lease_owner`` / ``lease_until``): set by the claim (until the
+callback timeout) and by every phone message the WPI hub applies (until the interaction timeout plus the probe
+budget). :func:`expire_stale` and :func:`recover` leave leased deployments alone, so a restarting or hub-less
+node never steals an interaction that another process is running.
 """
 
 from __future__ import annotations
@@ -44,7 +54,7 @@ from certmgr.db.models import (
     ProfileMemory,
 )
 from certmgr.deploy.backoff import next_attempt_at
-from certmgr.deploy.profiles import choose_profile
+from certmgr.deploy.profiles import choose_profile, next_profile
 from certmgr.deploy.states import IN_FLIGHT_STATES, UNFINISHED_STATES, check_transition
 from certmgr.deploy.verdict import Verdict, combine
 from certmgr.errors import CertmgrError, InputError
@@ -56,6 +66,7 @@ from certmgr.pki.types import Pkcs12Profile
 from certmgr.policy import Policy
 from certmgr.policy.templates import render_friendly_name
 from certmgr.policy.windows import window_open
+from certmgr.scheduling.locks import node_name, serialize, skip_locked
 from certmgr.wpi.certinfo import ExpectedCert, InfoVerdict, judge_certificate_info, parse_certificate_info
 from certmgr.wpi.interaction import (
     CertificateInfoReceived,
@@ -84,8 +95,27 @@ S = DeploymentState
 def _move(dep: Deployment, target: DeploymentState, now: datetime) -> None:
     dep.state = check_transition(dep.state, target)
     dep.updated_at = now
+    if target.is_final or target is S.QUEUED:
+        dep.lease_owner = None
+        dep.lease_until = None
     if target.is_final:
         dep.finished_at = now
+
+
+def interaction_lease(runtime: Runtime, now: datetime) -> datetime:
+    """Until when a phone interaction (and the probe that follows it) holds its deployment."""
+    s = runtime.settings
+    probe_budget = s.probe_tries * (s.probe_interval_seconds + s.probe_timeout_seconds)
+    return now + timedelta(seconds=s.interaction_timeout_seconds + probe_budget)
+
+
+def _lease(runtime: Runtime, dep: Deployment, until: datetime) -> None:
+    dep.lease_owner = node_name(runtime.settings)
+    dep.lease_until = until
+
+
+def _lease_free(dep: Deployment, now: datetime) -> bool:
+    return dep.lease_until is None or dep.lease_until <= now
 
 
 def _event(action: str, dep: Deployment, mac: str, **details: Any) -> NewEvent:
@@ -237,6 +267,7 @@ def admit(
         if dep.state is not S.AWAITING_CALLBACK:
             _move(dep, S.AWAITING_CALLBACK, now)
             dep.contacted_at = dep.contacted_at or now
+        _lease(runtime, dep, interaction_lease(runtime, now))
         job: Job | None
         if verify_mode:
             job = Job.verify(dep.id, device.mac)
@@ -257,7 +288,10 @@ def _write_job(runtime: Runtime, session: Session, dep: Deployment, device: Devi
     cert_row = session.get(Certificate, dep.certificate_id)
     assert cert_row is not None
     policy = _policy_for(runtime, device)
-    profile = choose_profile(policy.pkcs12.profiles, _remembered_profile(session, device), dep.profile_index)
+    if dep.profile_index and dep.profile_used in policy.pkcs12.profiles:
+        profile: Pkcs12Profile | None = dep.profile_used  # planned when the previous profile was refused
+    else:
+        profile = choose_profile(policy.pkcs12.profiles, _remembered_profile(session, device), dep.profile_index)
     if profile is None:
         return None
     password = runtime.pkcs12_password(policy.pkcs12.password_secret) if profile.needs_password else None
@@ -381,13 +415,16 @@ def apply_effects(
                     )
                 )
                 policy = _policy_for(runtime, device)
-                nxt = choose_profile(policy.pkcs12.profiles, _remembered_profile(session, device), dep.profile_index)
+                # The successor of the refused profile, not a re-derived order: the remembered profile may change
+                # before the next attempt, and a rotation from a new start could offer the refused one again.
+                nxt = next_profile(policy.pkcs12.profiles, dep.profile_used, dep.profile_index)
                 if nxt is None:
                     dep.last_error = effect.reason[:500]
                     _move(dep, S.FAILED, now)
                     device.status = DeviceStatus.FAILED
                     events.append(_event("deployment.failed", dep, device.mac, reason="every PKCS#12 profile refused"))
                 else:
+                    dep.profile_used = nxt  # the profile of the next write (see _write_job)
                     retry_or_fail(runtime, dep, device, now, f"write rejected: {effect.reason}", events)
             elif isinstance(effect, PhoneBusy):
                 busy_mac = device.mac
@@ -426,6 +463,8 @@ def apply_effects(
                 pass
         if dep is not None:
             add_transcript(dep, transcript)
+            if authorised and not dep.state.is_final and dep.state is not S.QUEUED:
+                _lease(runtime, dep, interaction_lease(runtime, now))
             session.add(dep)
         if device is not None:
             session.add(device)
@@ -488,7 +527,16 @@ def finish_verification(
             "check_probe": dep.check_probe.value,
         }
         add_transcript(
-            dep, [{"at": now.isoformat(), "dir": "probe", "result": dep.check_probe.value, "error": probe_error}]
+            dep,
+            [
+                {
+                    "at": now.isoformat(),
+                    "dir": "probe",
+                    "result": dep.check_probe.value,
+                    "verdict": verdict.value,
+                    "error": probe_error,
+                }
+            ],
         )
         if verdict is Verdict.VERIFIED:
             _move(dep, S.VERIFIED, now)
@@ -564,6 +612,7 @@ def claim_due(runtime: Runtime, now: datetime, *, exclude_macs: frozenset[str] =
     gap = timedelta(seconds=settings.contact_gap_seconds)
     tasks: list[ContactTask] = []
     with session_scope(runtime.engine) as session:
+        serialize(session, "deployment-claim")  # the count below holds across nodes
         in_flight = session.exec(
             select(func.count())
             .select_from(Deployment)
@@ -572,7 +621,7 @@ def claim_due(runtime: Runtime, now: datetime, *, exclude_macs: frozenset[str] =
         free = settings.deploy_concurrency - int(in_flight)
         if free <= 0:
             return []
-        rows = session.exec(
+        query = (
             select(Deployment, Device)
             .join(Device, col(Device.id) == col(Deployment.device_id))
             .where(
@@ -583,7 +632,8 @@ def claim_due(runtime: Runtime, now: datetime, *, exclude_macs: frozenset[str] =
             )
             .order_by(col(Deployment.next_attempt_at), col(Deployment.id))
             .limit(free * 4 + 10)
-        ).all()
+        )
+        rows = session.exec(skip_locked(query, session, of=Deployment)).all()
         busy = set(exclude_macs)
         events: list[NewEvent] = []
         for dep, device in rows:
@@ -600,11 +650,14 @@ def claim_due(runtime: Runtime, now: datetime, *, exclude_macs: frozenset[str] =
             dep.attempts += 1
             dep.contacted_at = now
             dep.next_attempt_at = None
+            _lease(runtime, dep, now + timedelta(seconds=settings.callback_timeout_seconds))
             session.add(dep)
             assert dep.id is not None
             assert device.contact_me_uri is not None
             tasks.append(ContactTask(dep.id, device.mac, device.contact_me_uri))
-            events.append(_event("deployment.contacting", dep, device.mac, attempt=dep.attempts))
+            events.append(
+                _event("deployment.contacting", dep, device.mac, attempt=dep.attempts, node=node_name(settings))
+            )
         append_events(session, now, events)
     return tasks
 
@@ -634,32 +687,53 @@ def contact_result(
 
 
 def expire_stale(runtime: Runtime, now: datetime, *, active_deployments: frozenset[int]) -> int:
-    """Retry deployments whose phone never called back (``awaiting_callback`` past the callback timeout) and
-    those left ``written`` / ``contacting`` by a vanished interaction; returns how many were retried.
+    """Retry stuck deployments; returns how many were retried (at most 500 per call):
+
+    * ``awaiting_callback`` / ``contacting`` whose phone never called back (past the callback timeout);
+    * ``written`` left by a vanished interaction (past the callback timeout);
+    * ``verifying`` without progress for ``stuck_timeout_seconds`` (a probe that died with its process).
+
+    Deployments with a live interaction here (``active_deployments``) or a lease held elsewhere (another
+    process's interaction or probe) are left alone. A retried ``written`` / ``verifying`` deployment stays a
+    verify job (``written_at`` is kept): the certificate is never written twice.
 
     Raises:
         DatabaseError: if the database cannot be reached.
     """
-    timeout = timedelta(seconds=runtime.settings.callback_timeout_seconds)
-    cutoff = now - timeout
+    settings = runtime.settings
+    cutoff = now - timedelta(seconds=settings.callback_timeout_seconds)
+    stuck_cutoff = now - timedelta(seconds=settings.stuck_timeout_seconds)
     count = 0
     with session_scope(runtime.engine) as session:
-        rows = session.exec(
+        query = (
             select(Deployment, Device)
             .join(Device, col(Device.id) == col(Deployment.device_id))
             .where(
-                col(Deployment.state).in_([S.AWAITING_CALLBACK.value, S.WRITTEN.value, S.CONTACTING.value]),
-                col(Deployment.updated_at) < cutoff,
+                (
+                    col(Deployment.state).in_([S.AWAITING_CALLBACK.value, S.WRITTEN.value, S.CONTACTING.value])
+                    & (col(Deployment.updated_at) < cutoff)
+                )
+                | ((col(Deployment.state) == S.VERIFYING.value) & (col(Deployment.updated_at) < stuck_cutoff)),
+                (col(Deployment.lease_until).is_(None)) | (col(Deployment.lease_until) <= now),
             )
+            .order_by(col(Deployment.id))
             .limit(500)
-        ).all()
+        )
+        rows = session.exec(skip_locked(query, session, of=Deployment)).all()
         events: list[NewEvent] = []
         for dep, device in rows:
             if dep.id in active_deployments:
                 continue
             if dep.state is S.AWAITING_CALLBACK and dep.contacted_at is not None and dep.contacted_at >= cutoff:
                 continue
-            reason = "phone never called back" if dep.state is not S.WRITTEN else "interaction ended after the write"
+            if dep.state is S.VERIFYING:
+                reason = "verification made no progress (stuck)"
+                if dep.written_at is None:
+                    dep.written_at = dep.updated_at
+            elif dep.state is S.WRITTEN:
+                reason = "interaction ended after the write"
+            else:
+                reason = "phone never called back"
             retry_or_fail(runtime, dep, device, now, reason, events)
             session.add(dep)
             session.add(device)
@@ -672,14 +746,25 @@ def recover(runtime: Runtime, now: datetime) -> int:
     """Restart recovery: ``contacting`` / ``awaiting_callback`` go back to ``queued`` (the contact gap still
     applies through ``last_contact_me_at``); ``written`` / ``verifying`` go to ``queued`` as verify jobs
     (``written_at`` stays set: never write again). Returns the number of deployments recovered.
+
+    Deployments leased by another live process (its lease not yet expired) are not touched: on several nodes
+    a restarting node recovers only what nobody holds; the rest is retried by :func:`expire_stale` once its
+    lease runs out.
     """
     count = 0
+    me = node_name(runtime.settings)
     with session_scope(runtime.engine) as session:
-        rows = session.exec(
+        query = (
             select(Deployment, Device)
             .join(Device, col(Device.id) == col(Deployment.device_id))
-            .where(col(Deployment.state).in_([s.value for s in IN_FLIGHT_STATES]))
-        ).all()
+            .where(
+                col(Deployment.state).in_([s.value for s in IN_FLIGHT_STATES]),
+                (col(Deployment.lease_until).is_(None))
+                | (col(Deployment.lease_until) <= now)
+                | (col(Deployment.lease_owner) == me),
+            )
+        )
+        rows = session.exec(skip_locked(query, session, of=Deployment)).all()
         events: list[NewEvent] = []
         for dep, device in rows:
             before = dep.state
@@ -727,6 +812,7 @@ def poll(runtime: Runtime, mac: str, now: datetime) -> bool:
             return False
         if not window_open(_policy_for(runtime, device).windows, now):
             return False
+        serialize(session, "deployment-claim")
         in_flight = session.exec(
             select(func.count())
             .select_from(Deployment)
@@ -738,6 +824,7 @@ def poll(runtime: Runtime, mac: str, now: datetime) -> bool:
         dep.attempts += 1
         dep.contacted_at = now
         dep.next_attempt_at = None
+        _lease(runtime, dep, now + timedelta(seconds=settings.callback_timeout_seconds))
         add_transcript(dep, [{"at": now.isoformat(), "dir": "poll", "answer": "pending"}])
         session.add(dep)
         append_events(session, now, [_event("deployment.poll-pending", dep, device.mac, attempt=dep.attempts)])
@@ -756,6 +843,7 @@ __all__ = [
     "contact_result",
     "expire_stale",
     "finish_verification",
+    "interaction_lease",
     "poll",
     "probe_target",
     "recover",

@@ -1,0 +1,169 @@
+"""``certmgr status``: the fleet at a glance (device states, deployments, next renewals, failures, expiry)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import func, select
+from sqlmodel import Session, col
+
+from certmgr.db.models import Certificate, Deployment, DeploymentState, Device, Enrollment
+from certmgr.errors import CertmgrError
+from certmgr.identity import DeviceIdentity
+
+if TYPE_CHECKING:
+    from certmgr.runtime import Runtime
+
+_out = Console(highlight=False, soft_wrap=True)
+
+
+@dataclass(frozen=True)
+class NextRenewal:
+    """One upcoming renewal."""
+
+    mac: str
+    serial: str
+    not_after: datetime
+    due_at: datetime
+    reason: str
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One recently failed deployment."""
+
+    mac: str
+    deployment_id: int
+    at: datetime | None
+    error: str
+
+
+@dataclass
+class FleetStatus:
+    """What ``certmgr status`` shows."""
+
+    now: datetime
+    devices: dict[str, int] = field(default_factory=dict)
+    pending_approval: int = 0
+    drift: int = 0
+    deployments: dict[str, int] = field(default_factory=dict)
+    next_renewals: list[NextRenewal] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    earliest_expiry: tuple[str, datetime] | None = None
+    expired: int = 0
+
+
+def fleet_status(runtime: Runtime, session: Session, now: datetime, limit: int = 10) -> FleetStatus:
+    """Gather the status with a handful of aggregate queries (never the whole fleet in memory).
+
+    Raises:
+        DatabaseError: if the database cannot be reached.
+    """
+    from certmgr.renewal.planner import RenewalInput, plan_renewal
+
+    status = FleetStatus(now=now)
+    for value, count in session.execute(select(col(Device.status), func.count()).group_by(col(Device.status))):
+        status.devices[str(getattr(value, "value", value))] = int(count)
+    status.pending_approval = int(
+        session.execute(
+            select(func.count()).select_from(Device).where(col(Device.enrollment) == Enrollment.PENDING.value)
+        ).scalar_one()
+    )
+    status.drift = int(
+        session.execute(select(func.count()).select_from(Device).where(col(Device.drift).is_(True))).scalar_one()
+    )
+    for value, count in session.execute(select(col(Deployment.state), func.count()).group_by(col(Deployment.state))):
+        status.deployments[str(getattr(value, "value", value))] = int(count)
+    current = (
+        select(col(Device.mac), col(Device.policy_name), col(Certificate.serial), col(Certificate.not_before),
+               col(Certificate.not_after), col(Certificate.id))
+        .join(Certificate, col(Certificate.id) == col(Device.current_certificate_id))
+        .where(col(Device.enrollment) == Enrollment.APPROVED.value)
+    )  # fmt: skip
+    status.expired = int(
+        session.execute(
+            select(func.count()).select_from(current.where(col(Certificate.not_after) <= now).subquery())
+        ).scalar_one()
+    )
+    soonest = session.execute(current.order_by(col(Certificate.not_after)).limit(limit)).all()
+    if soonest:
+        status.earliest_expiry = (soonest[0][0], soonest[0][4])
+    for mac, policy_name, serial, not_before, not_after, cert_id in soonest:
+        try:
+            policy = runtime.policies.get(policy_name) if policy_name else runtime.policies.select(DeviceIdentity(mac))
+        except CertmgrError:  # a policy removed since: the first policy matching the phone
+            policy = runtime.policies.select(DeviceIdentity(mac))
+        plan = plan_renewal(RenewalInput.from_policy(cert_id, mac, not_before, not_after, policy), now)
+        status.next_renewals.append(NextRenewal(mac, serial, not_after, plan.due_at, plan.reason))
+    status.next_renewals.sort(key=lambda r: r.due_at)
+    for dep_id, mac, finished, error in session.execute(
+        select(col(Deployment.id), col(Device.mac), col(Deployment.finished_at), col(Deployment.last_error))
+        .join(Device, col(Device.id) == col(Deployment.device_id))
+        .where(col(Deployment.state) == DeploymentState.FAILED.value)
+        .order_by(col(Deployment.finished_at).desc(), col(Deployment.id).desc())
+        .limit(limit)
+    ):
+        status.failures.append(Failure(mac, int(dep_id), finished, (error or "")[:120]))
+    return status
+
+
+def _ts(value: datetime | None) -> str:
+    return value.isoformat(timespec="seconds") if value else "-"
+
+
+def render(status: FleetStatus, console: Console) -> None:
+    """Print ``status`` as rich tables."""
+    devices = Table(title="Phones by status")
+    devices.add_column("status")
+    devices.add_column("count", justify="right")
+    for name, count in sorted(status.devices.items()):
+        devices.add_row(name, str(count))
+    devices.add_row("awaiting approval", str(status.pending_approval))
+    devices.add_row("drift flagged", str(status.drift))
+    console.print(devices)
+    deps = Table(title="Deployments by state")
+    deps.add_column("state")
+    deps.add_column("count", justify="right")
+    for name, count in sorted(status.deployments.items()):
+        deps.add_row(name, str(count))
+    console.print(deps)
+    if status.earliest_expiry is not None:
+        mac, when = status.earliest_expiry
+        console.print(f"earliest expiry: {_ts(when)} ({mac}); expired current certificates: {status.expired}")
+    else:
+        console.print("earliest expiry: - (no verified certificate yet)")
+    nxt = Table(title="Next renewals")
+    for name in ("phone", "serial", "due", "expires", "plan"):
+        nxt.add_column(name)
+    for r in status.next_renewals:
+        nxt.add_row(r.mac, r.serial[:16], _ts(r.due_at), _ts(r.not_after), r.reason)
+    console.print(nxt)
+    fails = Table(title="Recent failures")
+    for name in ("phone", "deployment", "failed at", "error"):
+        fails.add_column(name)
+    for f in status.failures:
+        fails.add_row(f.mac, str(f.deployment_id), _ts(f.at), f.error)
+    console.print(fails)
+
+
+def status_command(
+    limit: Annotated[int, typer.Option(help="Rows in the renewal and failure lists.", min=1, max=1000)] = 10,
+) -> None:
+    """The fleet at a glance: phones by status, deployments by state, next renewals, recent failures, earliest
+    expiry."""
+    from certmgr.db.engine import session_scope
+    from certmgr.runtime import open_runtime
+    from certmgr.settings import load_settings
+
+    runtime = open_runtime(load_settings(), migrate=False)
+    try:
+        with session_scope(runtime.engine) as session:
+            status = fleet_status(runtime, session, runtime.clock.now(), limit)
+    finally:
+        runtime.close()
+    render(status, _out)

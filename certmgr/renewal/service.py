@@ -1,0 +1,635 @@
+"""The renewal reconcile: the database side of renewal. Idempotent; the ``renewal-reconcile`` job calls it.
+
+One run (:func:`reconcile_renewals`):
+
+1. **Scan** every approved phone's *current* certificate (``device.current_certificate_id``) in keyset batches
+   of ``renewal_scan_batch`` rows, reading only the columns the planner needs (never the PEM or the sealed key,
+   never the whole fleet in memory).
+2. **Decide** for each row with the pure core: :func:`~certmgr.renewal.triggers.reissue_reasons` (revocation,
+   CA rotation, policy change, address change, drift, manual request, renewal due) with the planner's due time
+   (:func:`~certmgr.renewal.planner.plan_renewal`). Only plans due within ``renewal_horizon_hours`` are kept
+   (small tuples), so memory follows the renewals coming up, not the fleet.
+3. **Spread and limit**: the kept plans go through :func:`~certmgr.renewal.planner.spread` with
+   ``renewal_max_per_hour``; what is due now after spreading is taken most urgent first. Certificates that
+   are expired, revoked, serve the wrong address, drift or were requested by an operator are *immediate*:
+   they are taken first and do not count against the hourly budget (a security team must never find an
+   expired certificate). Everything else (scheduled renewals, CA rotation, policy change) is limited by the
+   hourly budget left (``renewal_max_per_hour`` minus what was issued in the last hour) and everything by
+   ``renewal_max_per_run``.
+4. **Issue** each chosen one: key and certificate are built with no transaction open, then one short
+   transaction per phone locks the device row (:func:`~certmgr.scheduling.locks.claim_device`: ``FOR UPDATE
+   SKIP LOCKED`` on PostgreSQL), re-checks that the phone still has the same current certificate and no newer
+   pending one, records the certificate with its :class:`~certmgr.db.models.IssueReason`, a
+   ``certificate.reissue`` audit event with every reason and explanation, supersedes the phone's unfinished
+   deployments and queues a deployment through the pipeline (which honours maintenance windows, the global
+   concurrency limit and backoff).
+
+Idempotence: a phone with a pending certificate newer than its current one is left alone (its renewal is
+under way, or failed and is flagged); a second run therefore issues nothing twice. A manual request
+(:func:`request_renewal`, an audit event) overrides that, once: it counts only while no certificate was issued
+for the phone after it.
+
+What the subject/DNS comparison costs: rendering a policy's templates for a phone takes ~20 µs, too much for
+100,000 phones per run; the expected subject and DNS names are rendered only when the policy changed or has DNS
+templates. A subject template fed by a phone fact other than its IP (e.g. ``{e164}``) is therefore compared
+at the next policy change or renewal, not when the number changes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, select
+from sqlmodel import Session, col
+
+from certmgr.audit.log import NewEvent, append_event, append_events
+from certmgr.db.engine import session_scope
+from certmgr.db.models import (
+    AuditEvent,
+    CARecord,
+    CARole,
+    Certificate,
+    CertificateStatus,
+    Deployment,
+    DeploymentState,
+    Device,
+    Enrollment,
+    IssueReason,
+)
+from certmgr.deploy.states import UNFINISHED_STATES
+from certmgr.errors import CertmgrError, InputError, NotFoundError
+from certmgr.identity import DeviceIdentity, normalize_mac, parse_ip
+from certmgr.inventory.service import supersede_unfinished
+from certmgr.issuance.service import BuiltCertificate, build_certificate, record_certificate
+from certmgr.policy import Policy
+from certmgr.renewal.planner import RenewalInput, RenewalPlan, plan_renewal, spread
+from certmgr.renewal.triggers import CertFacts, DeviceFacts, PolicyFacts, Reason, Trigger, reissue_reasons
+from certmgr.scheduling.locks import claim_device
+
+if TYPE_CHECKING:
+    from certmgr.runtime import Runtime
+
+log = logging.getLogger("certmgr.renewal")
+
+ACTOR = "renewal"
+#: Audit action of an operator's request for a new certificate (see :func:`request_renewal`).
+RENEWAL_REQUESTED = "device.renewal-requested"
+#: How many recent manual requests one run considers.
+MANUAL_LOOKBACK = 10_000
+
+#: Triggers that do not wait for the hourly budget: the phone's certificate is unusable or untrusted now.
+IMMEDIATE = frozenset({Trigger.REVOKED, Trigger.ADDRESS_CHANGE, Trigger.DRIFT, Trigger.MANUAL})
+#: Reasons counted against the hourly budget (everything but first enrollment).
+_BUDGET_REASONS = [r.value for r in IssueReason if r is not IssueReason.ENROLLMENT]
+
+
+# --- the scan ----------------------------------------------------------------------------------------------
+_COLUMNS = (
+    col(Device.id),
+    col(Device.mac),
+    col(Device.ip),
+    col(Device.dns_names),
+    col(Device.drift),
+    col(Device.policy_name),
+    col(Device.e164),
+    col(Device.device_type),
+    col(Device.software_version),
+    col(Device.hostname),
+    col(Certificate.id),
+    col(Certificate.serial),
+    col(Certificate.not_before),
+    col(Certificate.not_after),
+    col(Certificate.sans),
+    col(Certificate.subject),
+    col(Certificate.key_type),
+    col(Certificate.issuer_fingerprint),
+    col(Certificate.policy_name),
+    col(Certificate.policy_digest),
+    col(Certificate.status),
+    col(Certificate.revoked_at),
+    col(Certificate.created_at),
+)
+
+
+@dataclass(frozen=True)
+class CurrentRow:
+    """One phone and the planner-relevant columns of its current certificate (no PEM, no key)."""
+
+    device_id: int
+    mac: str
+    ip: str | None
+    dns_names: tuple[str, ...]
+    drift: bool
+    device_policy: str | None
+    e164: str | None
+    device_type: str | None
+    software_version: str | None
+    hostname: str | None
+    cert_id: int
+    serial: str
+    not_before: datetime
+    not_after: datetime
+    sans: tuple[str, ...]
+    subject: str
+    key_type: Any
+    issuer_fingerprint: str
+    policy_name: str | None
+    policy_digest: str | None
+    status: str
+    revoked_at: datetime | None
+    created_at: datetime
+
+    def identity(self) -> DeviceIdentity:
+        """The phone's identity for policy selection and templates.
+
+        Raises:
+            ValueError: if the stored IP is not an IP address.
+        """
+        return DeviceIdentity(
+            mac=self.mac,
+            ips=(parse_ip(self.ip),) if self.ip else (),
+            dns_names=self.dns_names,
+            e164=self.e164,
+            model=self.device_type,
+            firmware=self.software_version,
+            hostname=self.hostname,
+        )
+
+
+def _current_row(r: Any) -> CurrentRow:
+    values = list(r)
+    values[3] = tuple(values[3] or ())
+    values[4] = bool(values[4])
+    values[14] = tuple(values[14] or ())
+    values[20] = str(values[20])
+    return CurrentRow(*values)
+
+
+def scan_current(session: Session, batch: int) -> Iterator[list[CurrentRow]]:
+    """Yield the approved phones with a current certificate in batches of ``batch``, ordered by device id
+    (keyset pagination: each batch is one indexed range query; nothing else is held between batches)."""
+    after = 0
+    while True:
+        rows = session.execute(
+            select(*_COLUMNS)
+            .join(Certificate, col(Certificate.id) == col(Device.current_certificate_id))
+            .where(col(Device.id) > after, col(Device.enrollment) == Enrollment.APPROVED.value)
+            .order_by(col(Device.id))
+            .limit(batch)
+        ).all()
+        if not rows:
+            return
+        out = [_current_row(r) for r in rows]
+        yield out
+        after = out[-1].device_id
+        if len(rows) < batch:
+            return
+
+
+# --- decisions ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Candidate:
+    """A phone whose current certificate should be replaced, and why."""
+
+    device_id: int
+    mac: str
+    cert_id: int
+    serial: str
+    not_after: datetime
+    reasons: tuple[Reason, ...]
+    plan: RenewalPlan
+    override_pending: bool = False
+
+    @property
+    def immediate(self) -> bool:
+        """Expired, or a trigger that does not wait for the hourly budget."""
+        return self.plan.expired or any(r.trigger in IMMEDIATE for r in self.reasons)
+
+    @property
+    def issue_reason(self) -> IssueReason:
+        """The stored reason: the first fired trigger (revocation first, renewal last)."""
+        return IssueReason(self.reasons[0].issue_reason)
+
+
+@dataclass
+class _PolicyCache:
+    runtime: Runtime
+    facts: dict[str, PolicyFacts] = field(default_factory=dict)
+
+    def policy(self, row: CurrentRow) -> Policy:
+        if row.device_policy:
+            try:
+                return self.runtime.policies.get(row.device_policy)
+            except InputError:
+                pass
+        return self.runtime.policies.select(row.identity())
+
+    def policy_facts(self, policy: Policy, row: CurrentRow) -> PolicyFacts:
+        changed = row.policy_digest != policy.digest or row.policy_name != policy.name
+        if changed or policy.san.dns:
+            return PolicyFacts.from_policy(policy, row.identity())
+        cached = self.facts.get(policy.name)
+        if cached is None:
+            cached = self.facts[policy.name] = PolicyFacts.from_policy(policy)
+        return cached
+
+
+def _only_the_date_matters(
+    row: CurrentRow, policy: Policy, issuing_ca: str | None, manual: bool, policy_changed: bool
+) -> bool:
+    """A cheap pre-check: True when no trigger but ``renewal-due`` can fire for ``row`` (not revoked, same CA,
+    same policy, no drift, no request, and SANs exactly the phone's IP). Anything else takes the full
+    :func:`~certmgr.renewal.triggers.reissue_reasons` path, so a False here only costs time."""
+    return (
+        not manual
+        and not row.drift
+        and not policy_changed
+        and row.revoked_at is None
+        and row.status != CertificateStatus.REVOKED.value
+        and (issuing_ca is None or row.issuer_fingerprint == issuing_ca)
+        and policy.san.ip
+        and not policy.san.dns
+        and not row.dns_names
+        and row.ip is not None
+        and row.sans == (f"IP:{row.ip}",)
+    )
+
+
+def decide(
+    row: CurrentRow,
+    policy: Policy,
+    policy_facts: PolicyFacts,
+    issuing_ca: str | None,
+    now: datetime,
+    manual_at: datetime | None = None,
+) -> tuple[RenewalPlan, list[Reason]]:
+    """The plan and the fired reissue reasons of one row (pure).
+
+    Raises:
+        ValueError: if the row's dates are inconsistent.
+    """
+    manual = manual_at is not None and manual_at >= row.created_at
+    plan = plan_renewal(RenewalInput.from_policy(row.cert_id, row.mac, row.not_before, row.not_after, policy), now)
+    policy_changed = row.policy_digest != policy.digest or row.policy_name != policy.name
+    if plan.due_at > now and _only_the_date_matters(row, policy, issuing_ca, manual, policy_changed):
+        return plan, []  # the common case: nothing fires yet (same answer as reissue_reasons, ~5x cheaper)
+    cert = CertFacts(
+        cert_id=row.cert_id,
+        not_before=row.not_before,
+        not_after=row.not_after,
+        sans=row.sans,
+        key_type=row.key_type,
+        issuer_fingerprint=row.issuer_fingerprint,
+        policy_name=row.policy_name,
+        policy_digest=row.policy_digest,
+        subject=row.subject,
+        revoked=row.status == CertificateStatus.REVOKED.value or row.revoked_at is not None,
+    )
+    device = DeviceFacts(
+        mac=row.mac,
+        ips=(ipaddress.ip_address(row.ip),) if row.ip else (),
+        dns_names=tuple(n.lower() for n in row.dns_names),
+        drift=row.drift,
+        manual=manual,
+    )
+    return plan, reissue_reasons(cert, device, policy_facts, issuing_ca, now)
+
+
+@dataclass
+class RenewalReport:
+    """What one run saw and did (the order of ``issued`` is the order of issuance: most urgent first)."""
+
+    scanned: int = 0
+    planned: int = 0
+    due: int = 0
+    issued: list[str] = field(default_factory=list)
+    skipped_in_progress: int = 0
+    deferred_by_limit: int = 0
+    failed: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+def _active_issuing_ca(session: Session) -> str | None:
+    row = session.execute(
+        select(col(CARecord.fingerprint_sha256))
+        .where(col(CARecord.active).is_(True), col(CARecord.role) == CARole.ISSUING.value)
+        .order_by(col(CARecord.id).desc())
+        .limit(1)
+    ).first()
+    return str(row[0]) if row else None
+
+
+def _manual_requests(session: Session) -> dict[str, datetime]:
+    rows = session.execute(
+        select(col(AuditEvent.subject_id), col(AuditEvent.at))
+        .where(col(AuditEvent.action) == RENEWAL_REQUESTED)
+        .order_by(col(AuditEvent.id).desc())
+        .limit(MANUAL_LOOKBACK)
+    ).all()
+    latest: dict[str, datetime] = {}
+    for mac, at in rows:
+        if mac and mac not in latest:
+            latest[str(mac)] = at
+    return latest
+
+
+def _pending_successors(session: Session, rows: Sequence[CurrentRow]) -> dict[int, tuple[datetime, bool]]:
+    """Device id → (creation time, still being deployed?) of its newest pending certificate newer than the
+    current one."""
+    if not rows:
+        return {}
+    current = {r.device_id: r.cert_id for r in rows}
+    newest: dict[int, tuple[int, datetime]] = {}
+    for device_id, cert_id, created in session.execute(
+        select(col(Certificate.device_id), col(Certificate.id), col(Certificate.created_at)).where(
+            col(Certificate.device_id).in_(list(current)),
+            col(Certificate.status) == CertificateStatus.PENDING.value,
+        )
+    ).all():
+        if cert_id > current[device_id] and (device_id not in newest or cert_id > newest[device_id][0]):
+            newest[device_id] = (cert_id, created)
+    if not newest:
+        return {}
+    unfinished = [s.value for s in UNFINISHED_STATES]
+    busy = {
+        int(cert_id)
+        for (cert_id,) in session.execute(
+            select(col(Deployment.certificate_id)).where(
+                col(Deployment.certificate_id).in_([c for c, _ in newest.values()]),
+                col(Deployment.state).in_(unfinished),
+            )
+        ).all()
+    }
+    return {d: (created, cert_id in busy) for d, (cert_id, created) in newest.items()}
+
+
+def issued_in_last_hour(session: Session, now: datetime) -> int:
+    """Certificates issued for another reason than first enrollment during the hour before ``now``."""
+    return int(
+        session.execute(
+            select(func.count())
+            .select_from(Certificate)
+            .where(
+                col(Certificate.created_at) > now - timedelta(hours=1),
+                col(Certificate.reason).in_(_BUDGET_REASONS),
+            )
+        ).scalar_one()
+    )
+
+
+def plan_fleet(runtime: Runtime, now: datetime) -> tuple[list[Candidate], RenewalReport]:
+    """Steps 1 to 3 of the module docstring: the candidates to issue now, most urgent first, within the limits.
+
+    Raises:
+        DatabaseError: if the database cannot be reached.
+    """
+    settings = runtime.settings
+    report = RenewalReport()
+    horizon = now + timedelta(hours=settings.renewal_horizon_hours)
+    cache = _PolicyCache(runtime)
+    kept: dict[int, Candidate] = {}  # cert id → candidate (due within the horizon or triggered)
+    plans: list[RenewalPlan] = []
+    with session_scope(runtime.engine) as session:
+        issuing = _active_issuing_ca(session)
+        manual = _manual_requests(session)
+        for batch in scan_current(session, settings.renewal_scan_batch):
+            report.scanned += len(batch)
+            fired: list[tuple[CurrentRow, RenewalPlan, list[Reason]]] = []
+            for row in batch:
+                try:
+                    policy = cache.policy(row)
+                    plan, reasons = decide(
+                        row, policy, cache.policy_facts(policy, row), issuing, now, manual.get(row.mac)
+                    )
+                except (ValueError, CertmgrError) as exc:
+                    log.warning("cannot plan the renewal of %s: %s", row.mac, exc)
+                    continue
+                if reasons or plan.due_at <= horizon:
+                    fired.append((row, plan, reasons))
+            if not fired:
+                continue
+            pending = _pending_successors(session, [r for r, _, _ in fired])
+            for row, plan, reasons in fired:
+                manual_at = manual.get(row.mac)
+                override = False
+                if row.device_id in pending:
+                    created, in_progress = pending[row.device_id]
+                    # A renewal under way is left alone. One whose deployment ended without success is retried
+                    # only on an operator's request or when the current certificate reaches its deadline.
+                    override = (manual_at is not None and manual_at > created) or (
+                        not in_progress and (plan.expired or plan.due_at >= plan.latest)
+                    )
+                    if not override:
+                        if reasons:
+                            report.skipped_in_progress += 1
+                        continue
+                if not reasons:
+                    plans.append(plan)  # due later within the horizon: takes its place in the spread
+                    continue
+                # A trigger other than the due date makes the certificate due now.
+                if plan.due_at > now:
+                    plan = replace(plan, due_at=now, reason="overdue")
+                kept[row.cert_id] = Candidate(
+                    row.device_id, row.mac, row.cert_id, row.serial, row.not_after, tuple(reasons), plan, override
+                )
+                plans.append(plan)
+        used = issued_in_last_hour(session, now)
+    report.planned = len(plans)
+    immediate = sorted(
+        (c for c in kept.values() if c.immediate), key=lambda c: (not c.plan.expired, c.not_after, c.cert_id)
+    )
+    budget = max(0, settings.renewal_max_per_hour - used)
+    spread_plans = spread(
+        [p for p in plans if p.cert_id not in {c.cert_id for c in immediate}], settings.renewal_max_per_hour, now
+    )
+    chosen: list[Candidate] = list(immediate)
+    for plan in spread_plans:
+        cand = kept.get(int(plan.cert_id))
+        if cand is None or plan.due_at > now:
+            continue
+        if plan.over_limit or plan.expired:
+            chosen.append(cand)
+        elif budget > 0:
+            budget -= 1
+            chosen.append(cand)
+        else:
+            report.deferred_by_limit += 1
+    report.due = len(chosen)
+    limit = settings.renewal_max_per_run
+    if len(chosen) > limit:
+        report.deferred_by_limit += len(chosen) - limit
+        chosen = chosen[:limit]
+    return chosen, report
+
+
+# --- issuance ----------------------------------------------------------------------------------------------
+def _load_identity(runtime: Runtime, device_id: int) -> tuple[DeviceIdentity, Policy] | None:
+    with session_scope(runtime.engine) as session:
+        device = session.get(Device, device_id)
+        if device is None or device.ip is None:
+            return None
+        identity = DeviceIdentity(
+            mac=device.mac,
+            ips=(parse_ip(device.ip),),
+            dns_names=tuple(device.dns_names),
+            e164=device.e164,
+            model=device.device_type,
+            firmware=device.software_version,
+            hostname=device.hostname,
+        )
+        policy: Policy | None = None
+        if device.policy_name:
+            try:
+                policy = runtime.policies.get(device.policy_name)
+            except InputError:
+                policy = None
+        return identity, policy or runtime.policies.select(identity)
+
+
+def _record(runtime: Runtime, cand: Candidate, built: BuiltCertificate, now: datetime) -> bool:
+    with session_scope(runtime.engine) as session:
+        if not claim_device(session, cand.device_id):
+            return False  # another node is issuing for this phone right now
+        device = session.get(Device, cand.device_id)
+        if device is None or device.current_certificate_id != cand.cert_id:
+            return False  # the phone moved on meanwhile; the next run looks again
+        newer = session.execute(
+            select(col(Certificate.id)).where(
+                col(Certificate.device_id) == cand.device_id,
+                col(Certificate.status) == CertificateStatus.PENDING.value,
+                col(Certificate.id) > cand.cert_id,
+                col(Certificate.created_at) >= now if cand.override_pending else col(Certificate.id) > 0,
+            )
+        ).first()
+        if newer is not None:
+            return False  # a renewal is already under way (or was issued by this very run elsewhere)
+        events = supersede_unfinished(session, device, now, f"new certificate ({cand.issue_reason.value})")
+        for old in session.execute(
+            select(Certificate).where(
+                col(Certificate.device_id) == device.id, col(Certificate.status) == CertificateStatus.PENDING.value
+            )
+        ).scalars():
+            old.status = CertificateStatus.SUPERSEDED
+            session.add(old)
+        cert = record_certificate(
+            session, built, runtime.vault, now=now, reason=cand.issue_reason, actor=ACTOR, device=device
+        )
+        assert cert.id is not None
+        assert device.id is not None
+        dep = Deployment(
+            device_id=device.id,
+            certificate_id=cert.id,
+            state=DeploymentState.QUEUED,
+            next_attempt_at=None,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(dep)
+        session.flush()
+        events.append(
+            NewEvent(
+                ACTOR,
+                "certificate.reissue",
+                "device",
+                device.mac,
+                {
+                    "previous_serial": cand.serial,
+                    "serial": cert.serial,
+                    "reason": cand.issue_reason.value,
+                    "triggers": [r.trigger.value for r in cand.reasons],
+                    "explanations": [r.explanation for r in cand.reasons],
+                    "plan": cand.plan.reason,
+                    "not_after": cand.not_after.isoformat(),
+                },
+            )
+        )
+        events.append(
+            NewEvent(
+                ACTOR,
+                "deployment.created",
+                "deployment",
+                str(dep.id),
+                {"mac": device.mac, "serial": cert.serial, "reason": cand.issue_reason.value},
+            )
+        )
+        append_events(session, now, events)
+        return True
+
+
+def reconcile_renewals(runtime: Runtime, now: datetime) -> RenewalReport:
+    """One renewal run (see the module docstring). Idempotent; bounded by ``renewal_max_per_run``.
+
+    Raises:
+        DatabaseError: if the database cannot be reached. (A phone whose issuance fails is audited and skipped.)
+    """
+    candidates, report = plan_fleet(runtime, now)
+    for cand in candidates:
+        loaded = _load_identity(runtime, cand.device_id)
+        if loaded is None:
+            continue
+        identity, policy = loaded
+        try:
+            built = build_certificate(identity, policy, runtime.issuer(), now)
+        except CertmgrError as exc:
+            report.failed += 1
+            with session_scope(runtime.engine) as session:
+                append_event(
+                    session,
+                    at=now,
+                    actor=ACTOR,
+                    action="certificate.issue-failed",
+                    subject_type="device",
+                    subject_id=cand.mac,
+                    details={"reason": exc.message, "triggers": [r.trigger.value for r in cand.reasons]},
+                )
+            continue
+        if _record(runtime, cand, built, now):
+            report.issued.append(cand.mac)
+            key = cand.issue_reason.value
+            report.reasons[key] = report.reasons.get(key, 0) + 1
+        else:
+            report.skipped_in_progress += 1
+    return report
+
+
+def request_renewal(session: Session, mac: str, now: datetime, actor: str, note: str | None = None) -> Device:
+    """Record an operator's request for a new certificate for ``mac`` (in the caller's transaction); the next
+    renewal run issues it (trigger ``manual``), once.
+
+    Raises:
+        InputError: invalid MAC. NotFoundError: unknown phone.
+    """
+    mac = normalize_mac(mac)
+    device: Device | None = session.execute(select(Device).where(col(Device.mac) == mac)).scalar_one_or_none()
+    if device is None:
+        raise NotFoundError(f"no phone {mac}")
+    append_event(
+        session,
+        at=now,
+        actor=actor,
+        action=RENEWAL_REQUESTED,
+        subject_type="device",
+        subject_id=mac,
+        details={"note": note} if note else {},
+    )
+    return device
+
+
+__all__ = [
+    "IMMEDIATE",
+    "RENEWAL_REQUESTED",
+    "Candidate",
+    "CurrentRow",
+    "RenewalReport",
+    "decide",
+    "issued_in_last_hour",
+    "plan_fleet",
+    "reconcile_renewals",
+    "request_renewal",
+    "scan_current",
+]

@@ -1,0 +1,351 @@
+"""The idempotent services behind the scheduler's periodic jobs (besides the renewal reconcile, which lives in
+:mod:`certmgr.renewal.service`). Each takes the runtime and ``now``; durable state is in certmgr's own tables
+and the audit log, never in the scheduler.
+
+* :class:`ProbeSweep` — TLS-probe phones whose verified certificate was last confirmed long ago, in bounded
+  batches; a phone serving another certificate is flagged ``drift`` (audited), which the renewal reconcile
+  turns into a reissue (trigger ``drift``). A passing probe refreshes ``last_verified_at``.
+* :func:`expiry_notify` — one digest notification about current certificates expiring within
+  ``notify_expiry_days`` (a current certificate is the verified one, so it has no verified successor yet).
+  De-duplicated through the audit log: ``certificate.expiry-notified`` / ``certificate.expired-notified`` per
+  serial, written only after a channel accepted the message.
+* :func:`ca_expiry_watch` — a ``ca-expiring`` notification per active CA certificate entering the watch
+  period, the last week, or expiry; de-duplicated the same way (``ca.expiry-notified`` per stage).
+* :func:`audit_checkpoint` — sign the audit chain head (idempotent: nothing new, nothing signed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+from sqlmodel import col
+
+from certmgr.audit.checkpoint import create_checkpoint, runtime_signer
+from certmgr.audit.log import NewEvent, append_events
+from certmgr.db.engine import session_scope
+from certmgr.db.models import (
+    AuditEvent,
+    CARecord,
+    Certificate,
+    Deployment,
+    Device,
+    DeviceStatus,
+    Enrollment,
+)
+from certmgr.deploy.states import UNFINISHED_STATES
+from certmgr.errors import CertmgrError
+from certmgr.notify.model import ExpiryFacts, Notification, expiry_notifications
+from certmgr.notify.notifier import Notifier
+from certmgr.wpi.probe import probe_once
+
+if TYPE_CHECKING:
+    from certmgr.runtime import Runtime
+
+log = logging.getLogger("certmgr.scheduling")
+
+ACTOR = "scheduler"
+EXPIRY_NOTIFIED = "certificate.expiry-notified"
+EXPIRED_NOTIFIED = "certificate.expired-notified"
+CA_NOTIFIED = "ca.expiry-notified"
+#: Certificates considered per expiry-notification run.
+NOTIFY_LIMIT = 5000
+
+
+# --- probe sweep -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Target:
+    device_id: int
+    mac: str
+    ip: str
+    cert_id: int
+    expected: str
+
+
+@dataclass
+class SweepReport:
+    """What one sweep did."""
+
+    probed: int = 0
+    passed: int = 0
+    drift: list[str] = field(default_factory=list)
+    unreachable: int = 0
+
+
+class ProbeSweep:
+    """Walks the fleet in bounded batches; the cursor (a device id) is only a scan position: losing it (restart)
+    restarts the walk, nothing else."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self._cursor = 0
+
+    def _targets(self, now: datetime) -> list[_Target]:
+        s = self.runtime.settings
+        stale = now - timedelta(hours=s.probe_sweep_min_age_hours)
+        with session_scope(self.runtime.engine) as session:
+            busy = select(col(Deployment.device_id)).where(
+                col(Deployment.state).in_([x.value for x in UNFINISHED_STATES])
+            )
+            rows = session.execute(
+                select(
+                    col(Device.id),
+                    col(Device.mac),
+                    col(Device.ip),
+                    col(Certificate.id),
+                    col(Certificate.fingerprint_sha256),
+                )
+                .join(Certificate, col(Certificate.id) == col(Device.current_certificate_id))
+                .where(
+                    col(Device.id) > self._cursor,
+                    col(Device.enrollment) == Enrollment.APPROVED.value,
+                    col(Device.status) == DeviceStatus.VERIFIED.value,
+                    col(Device.ip).is_not(None),
+                    (col(Device.last_verified_at).is_(None)) | (col(Device.last_verified_at) < stale),
+                    col(Device.id).not_in(busy),
+                )
+                .order_by(col(Device.id))
+                .limit(s.probe_sweep_batch)
+            ).all()
+        self._cursor = rows[-1][0] if len(rows) == s.probe_sweep_batch else 0
+        return [_Target(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+    def _probe(self, target: _Target) -> tuple[_Target, str | None, str | None]:
+        s = self.runtime.settings
+        try:
+            return target, probe_once(target.ip, s.wbm_port, s.probe_timeout_seconds), None
+        except CertmgrError as exc:
+            return target, None, exc.message
+
+    def run(self, now: datetime) -> SweepReport:
+        """Probe one batch and record the outcomes (one transaction).
+
+        Raises:
+            DatabaseError: if the database cannot be reached.
+        """
+        report = SweepReport()
+        targets = self._targets(now)
+        if not targets:
+            return report
+        workers = min(self.runtime.settings.probe_sweep_concurrency, len(targets))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe-sweep") as pool:
+            outcomes = list(pool.map(self._probe, targets))
+        events: list[NewEvent] = []
+        with session_scope(self.runtime.engine) as session:
+            for target, seen, error in outcomes:
+                report.probed += 1
+                device = session.get(Device, target.device_id)
+                if device is None or device.current_certificate_id != target.cert_id:
+                    continue  # moved on meanwhile
+                if seen is None:
+                    report.unreachable += 1
+                    log.info("probe sweep: %s unreachable: %s", target.mac, error)
+                    continue
+                if seen == target.expected:
+                    report.passed += 1
+                    device.last_verified_at = now
+                else:
+                    report.drift.append(target.mac)
+                    device.drift = True
+                    device.status = DeviceStatus.DRIFT
+                    events.append(
+                        NewEvent(
+                            ACTOR,
+                            "device.drift",
+                            "device",
+                            target.mac,
+                            {"source": "probe-sweep", "expected_sha256": target.expected, "seen_sha256": seen},
+                        )
+                    )
+                device.updated_at = now
+                session.add(device)
+            append_events(session, now, events)
+        return report
+
+
+# --- expiry notifications ----------------------------------------------------------------------------------
+@dataclass
+class NotifyReport:
+    """What one notification run did."""
+
+    candidates: int = 0
+    notified: int = 0
+    delivered: bool = False
+    skipped_reason: str | None = None
+
+
+def _already(session: object, action: str, subject_type: str, ids: list[str]) -> set[str]:
+    from sqlmodel import Session
+
+    assert isinstance(session, Session)
+    found: set[str] = set()
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        found |= {
+            str(sid)
+            for (sid,) in session.execute(
+                select(col(AuditEvent.subject_id)).where(
+                    col(AuditEvent.action) == action,
+                    col(AuditEvent.subject_type) == subject_type,
+                    col(AuditEvent.subject_id).in_(chunk),
+                )
+            ).all()
+        }
+    return found
+
+
+def _send(runtime: Runtime, notification: Notification) -> bool:
+    notifier = Notifier.from_settings(runtime.settings, clock=runtime.clock)
+    if not notifier.channels:
+        return False
+    results = asyncio.run(notifier.send(notification))
+    for r in results:
+        if not r.delivered:
+            log.warning("notification over %s to %s failed: %s", r.channel, r.target, r.error)
+    return any(r.delivered for r in results)
+
+
+def expiry_notify(runtime: Runtime, now: datetime) -> NotifyReport:
+    """Send one digest about current certificates expiring soon (or expired) not notified before.
+
+    Must run in a thread without a running event loop (it drives the async notifier itself).
+
+    Raises:
+        DatabaseError: if the database cannot be reached. ConfigError: if the notification settings are invalid.
+    """
+    report = NotifyReport()
+    days = runtime.settings.notify_expiry_days
+    if not Notifier.from_settings(runtime.settings, clock=runtime.clock).channels:
+        report.skipped_reason = "no notification channel configured"
+        return report
+    with session_scope(runtime.engine) as session:
+        rows = session.execute(
+            select(col(Certificate.serial), col(Device.mac), col(Certificate.not_after))
+            .join(Device, col(Device.current_certificate_id) == col(Certificate.id))
+            .where(
+                col(Certificate.not_after) <= now + timedelta(days=days),
+                col(Device.enrollment) == Enrollment.APPROVED.value,
+            )
+            .order_by(col(Certificate.not_after))
+            .limit(NOTIFY_LIMIT)
+        ).all()
+        expired_ids = [str(r[0]) for r in rows if r[2] <= now]
+        soon_ids = [str(r[0]) for r in rows if r[2] > now]
+        done_expired = _already(session, EXPIRED_NOTIFIED, "certificate", expired_ids)
+        done_soon = _already(session, EXPIRY_NOTIFIED, "certificate", soon_ids)
+    fresh = [
+        (serial, mac, not_after)
+        for serial, mac, not_after in rows
+        if (not_after <= now and serial not in done_expired) or (not_after > now and serial not in done_soon)
+    ]
+    report.candidates = len(fresh)
+    if not fresh:
+        return report
+    facts = [ExpiryFacts(serial, mac, not_after) for serial, mac, not_after in fresh]
+    notifications = expiry_notifications(facts, now, days)
+    if not notifications:
+        return report
+    report.delivered = _send(runtime, notifications[0])
+    if not report.delivered:
+        return report  # not recorded: the next run tries again
+    with session_scope(runtime.engine) as session:
+        append_events(
+            session,
+            now,
+            [
+                NewEvent(
+                    ACTOR,
+                    EXPIRED_NOTIFIED if not_after <= now else EXPIRY_NOTIFIED,
+                    "certificate",
+                    serial,
+                    {"mac": mac, "not_after": not_after.isoformat()},
+                )
+                for serial, mac, not_after in fresh
+            ],
+        )
+    report.notified = len(fresh)
+    return report
+
+
+def _ca_stage(not_after: datetime, now: datetime, watch_days: int) -> str | None:
+    if not_after <= now:
+        return "expired"
+    if not_after <= now + timedelta(days=7):
+        return "7d"
+    if not_after <= now + timedelta(days=watch_days):
+        return f"{watch_days}d"
+    return None
+
+
+def ca_expiry_watch(runtime: Runtime, now: datetime) -> list[str]:
+    """Notify once per active CA certificate and stage (watch period, last week, expired); returns the
+    ``<fingerprint>:<stage>`` keys notified in this run.
+
+    Raises:
+        DatabaseError: if the database cannot be reached.
+    """
+    days = runtime.settings.ca_watch_days
+    with session_scope(runtime.engine) as session:
+        cas = session.execute(select(CARecord).where(col(CARecord.active).is_(True))).scalars().all()
+        due = {
+            f"{ca.fingerprint_sha256}:{stage}": ca
+            for ca in cas
+            if (stage := _ca_stage(ca.not_after, now, days)) is not None
+        }
+        done = _already(session, CA_NOTIFIED, "ca", list(due))
+    fresh = {k: v for k, v in due.items() if k not in done}
+    if not fresh:
+        return []
+    lines = [f"{ca.role.value} CA {ca.subject} expires {ca.not_after.isoformat()}" for ca in fresh.values()]
+    notification = Notification(
+        kind="ca-expiring",
+        subject=f"{len(fresh)} CA certificate(s) expire within {days} days",
+        text="Renew or rotate these CA certificates; phone certificates cannot outlive them:\n\n" + "\n".join(lines),
+        data={
+            "cas": [
+                {"subject": ca.subject, "not_after": ca.not_after.isoformat(), "role": ca.role.value}
+                for ca in fresh.values()
+            ]
+        },
+    )
+    if not _send(runtime, notification):
+        return []
+    with session_scope(runtime.engine) as session:
+        append_events(
+            session,
+            now,
+            [
+                NewEvent(ACTOR, CA_NOTIFIED, "ca", key, {"subject": ca.subject, "not_after": ca.not_after.isoformat()})
+                for key, ca in fresh.items()
+            ],
+        )
+    return list(fresh)
+
+
+def audit_checkpoint(runtime: Runtime, now: datetime) -> bool:
+    """Sign the audit chain head if it moved since the last checkpoint; True if one was written.
+
+    Raises:
+        DatabaseError: database unreachable. ConfigError / CAError / StorageError: audit key unusable.
+    """
+    signer = runtime_signer(runtime)
+    with session_scope(runtime.engine) as session:
+        return create_checkpoint(session, signer, now) is not None
+
+
+__all__ = [
+    "CA_NOTIFIED",
+    "EXPIRED_NOTIFIED",
+    "EXPIRY_NOTIFIED",
+    "NotifyReport",
+    "ProbeSweep",
+    "SweepReport",
+    "audit_checkpoint",
+    "ca_expiry_watch",
+    "expiry_notify",
+]

@@ -1,0 +1,168 @@
+"""The renewal reconcile on the database (SQLite, controlled clock): due renewals, every reissue trigger with its
+recorded reason, rate limits, idempotence, urgency order after a long outage."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlmodel import col, select
+
+from certmgr.clock import ManualClock
+from certmgr.db.engine import session_scope
+from certmgr.db.models import (
+    AuditEvent,
+    Certificate,
+    CertificateStatus,
+    Deployment,
+    DeploymentState,
+    Device,
+    IssueReason,
+)
+from certmgr.policy import load_policies
+from certmgr.renewal.service import reconcile_renewals, request_renewal
+from certmgr.runtime import Runtime
+from certmgr.scheduling.scheduler import RENEWAL, job_specs, run_job
+from certmgr.settings import Settings
+from tests.integration.renewal_support import (
+    device,
+    enroll_verified,
+    mac_of,
+    open_test_runtime,
+    verify_all_queued,
+    write_policy,
+)
+
+
+@pytest.fixture
+def runtime(settings: Settings, clock: ManualClock, tmp_path: Path) -> Iterator[Runtime]:
+    rt = open_test_runtime(settings, clock, tmp_path)
+    try:
+        yield rt
+    finally:
+        rt.close()
+
+
+def _certs(rt: Runtime, reason: IssueReason | None = None) -> list[Certificate]:
+    with session_scope(rt.engine) as s:
+        q = select(Certificate).order_by(col(Certificate.id))
+        if reason is not None:
+            q = q.where(col(Certificate.reason) == reason.value)
+        return list(s.exec(q).all())
+
+
+def _events(rt: Runtime, action: str) -> list[AuditEvent]:
+    with session_scope(rt.engine) as s:
+        return list(s.exec(select(AuditEvent).where(col(AuditEvent.action) == action).order_by(col(AuditEvent.seq))))
+
+
+def test_nothing_due_nothing_issued(runtime: Runtime) -> None:
+    enroll_verified(runtime, range(3))
+    report = reconcile_renewals(runtime, runtime.clock.now())
+    assert report.scanned == 3
+    assert report.issued == []
+
+
+def test_due_renewal_issued_once_and_queued(runtime: Runtime, clock: ManualClock) -> None:
+    enroll_verified(runtime, range(3))
+    clock.advance(timedelta(days=21, minutes=30))  # 30d validity, renew 10d before expiry
+    first = reconcile_renewals(runtime, clock.now())
+    assert sorted(first.issued) == sorted(mac_of(n) for n in range(3))
+    again = reconcile_renewals(runtime, clock.now())
+    assert again.issued == []  # idempotent: the pending successor is under way
+    renewed = _certs(runtime, IssueReason.RENEWAL)
+    assert len(renewed) == 3
+    with session_scope(runtime.engine) as s:
+        for cert in renewed:
+            assert cert.status is CertificateStatus.PENDING
+            dev = s.get(Device, cert.device_id)
+            assert dev is not None
+            assert cert.previous_certificate_id == dev.current_certificate_id  # kept for rollback
+            deps = s.exec(select(Deployment).where(col(Deployment.certificate_id) == cert.id)).all()
+            assert [d.state for d in deps] == [DeploymentState.QUEUED]
+    reissues = _events(runtime, "certificate.reissue")
+    assert len(reissues) == 3
+    assert all(e.details["triggers"] == ["renewal-due"] for e in reissues)
+    # Once verified, the new certificate is current and nothing is due any more.
+    verify_all_queued(runtime)
+    assert reconcile_renewals(runtime, clock.now()).issued == []
+
+
+def test_every_trigger_is_recorded_with_its_reason(runtime: Runtime, clock: ManualClock, tmp_path: Path) -> None:
+    enroll_verified(runtime, range(5))
+    with session_scope(runtime.engine) as s:
+        d0 = s.exec(select(Device).where(col(Device.mac) == mac_of(0))).one()
+        d0.ip = "10.99.0.1"  # address change
+        d1 = s.exec(select(Device).where(col(Device.mac) == mac_of(1))).one()
+        d1.drift = True
+        d2 = s.exec(select(Device).where(col(Device.mac) == mac_of(2))).one()
+        cert2 = s.get(Certificate, d2.current_certificate_id)
+        assert cert2 is not None
+        cert2.status = CertificateStatus.REVOKED
+        cert2.revoked_at = clock.now()
+        s.add_all([d0, d1, cert2])
+        request_renewal(s, mac_of(3), clock.now(), actor="test", note="operator asked")
+    report = reconcile_renewals(runtime, clock.now())
+    assert sorted(report.issued) == sorted(mac_of(n) for n in range(4))
+    by_device = {device(runtime, n).id: n for n in range(5)}
+    reasons = {by_device[c.device_id]: c.reason for c in _certs(runtime) if c.status is CertificateStatus.PENDING}
+    assert reasons == {0: IssueReason.IP_CHANGE, 1: IssueReason.DRIFT, 2: IssueReason.REVOCATION, 3: IssueReason.MANUAL}
+    triggers = {e.subject_id: e.details["triggers"] for e in _events(runtime, "certificate.reissue")}
+    assert triggers[mac_of(0)] == ["address-change"]
+    assert triggers[mac_of(1)] == ["drift"]
+    assert triggers[mac_of(2)] == ["revoked"]
+    assert triggers[mac_of(3)] == ["manual"]
+    assert reconcile_renewals(runtime, clock.now()).issued == []  # each handled once
+    # A policy change that changes the certificate (key type) reissues with reason policy-change (spread over
+    # the hour like scheduled renewals: half past, the stagger puts them all at "now").
+    verify_all_queued(runtime)
+    clock.advance(timedelta(minutes=30))
+    write_policy(tmp_path / "policies2", key="ec-p384")
+    runtime.policies = load_policies(tmp_path / "policies2", known_secrets=set())
+    report = reconcile_renewals(runtime, clock.now())
+    assert len(report.issued) == 5
+    assert report.reasons == {"policy-change": 5}
+
+
+def test_hourly_and_per_run_limits(settings: Settings, clock: ManualClock, tmp_path: Path) -> None:
+    rt = open_test_runtime(settings, clock, tmp_path, renewal_max_per_run=2, renewal_max_per_hour=3)
+    try:
+        enroll_verified(rt, range(7))
+        clock.advance(timedelta(days=21, minutes=30))
+        per_run: list[int] = []
+        for _ in range(40):  # 40 runs, 5 minutes apart
+            per_run.append(len(reconcile_renewals(rt, clock.now()).issued))
+            clock.advance(timedelta(minutes=5))
+        assert max(per_run) <= 2
+        renewed = _certs(rt, IssueReason.RENEWAL)
+        assert len(renewed) == 7  # all renewed in the end, before expiry
+        hours = Counter(c.created_at.replace(minute=0, second=0, microsecond=0) for c in renewed)
+        assert max(hours.values()) <= 3
+        assert all(c.created_at < c.not_after for c in renewed)
+    finally:
+        rt.close()
+
+
+def test_catch_up_after_ten_days_down_in_one_run_most_urgent_first(
+    settings: Settings, clock: ManualClock, tmp_path: Path
+) -> None:
+    # The hourly limit is 1: expired certificates must not wait for it.
+    rt = open_test_runtime(settings, clock, tmp_path, renewal_max_per_hour=1)
+    try:
+        order = [4, 2, 0, 5, 1, 3]
+        for n in order:  # issued an hour apart: phone 4 expires first
+            enroll_verified(rt, [n])
+            clock.advance(timedelta(hours=1))
+        clock.advance(timedelta(days=30 + 10))  # "down" for ten days after every certificate expired
+        spec = next(s for s in job_specs(rt) if s.id == RENEWAL)
+        report = run_job(rt, spec)
+        assert report is not None
+        assert report.issued == [mac_of(n) for n in order]  # type: ignore[attr-defined]
+        reissued = [e.subject_id for e in _events(rt, "certificate.reissue")]
+        assert reissued == [mac_of(n) for n in order]
+        assert run_job(rt, spec).issued == []  # type: ignore[attr-defined]
+    finally:
+        rt.close()
