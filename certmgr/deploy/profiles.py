@@ -41,3 +41,27 @@ def choose_profile(
         raise InputError("profile_index must not be negative")
     order = profile_order(profiles, remembered)
     return order[profile_index] if profile_index < len(order) else None
+
+
+def next_profile(
+    profiles: Sequence[Pkcs12Profile], refused: Pkcs12Profile | None, rejections: int
+) -> Pkcs12Profile | None:
+    """The profile to try after ``refused`` was refused (``rejections`` refusals so far in this deployment), or
+    ``None`` once every profile was refused.
+
+    The next profile is the cyclic successor of the refused one in the policy's list. Unlike re-deriving the
+    order from the remembered profile (:func:`choose_profile`), this stays right when the remembered profile
+    changes between two attempts (another phone of the same model verified meanwhile with another profile):
+    the rotation may then start elsewhere, but successive successors still visit every profile exactly once.
+
+    Raises:
+        InputError: if ``profiles`` is empty or ``rejections`` is below 1.
+    """
+    if rejections < 1:
+        raise InputError("next_profile needs at least one rejection")
+    order = profile_order(profiles, None)
+    if rejections >= len(order):
+        return None
+    if refused is None or refused not in order:
+        return order[rejections]
+    return order[(order.index(refused) + 1) % len(order)]

@@ -57,7 +57,7 @@ from certmgr.identity import normalize_mac
 from certmgr.pki.keys import PrivateKey, generate_private_key
 from certmgr.pki.pkcs12 import open_pkcs12
 from certmgr.pki.types import KeyType
-from certmgr.simulator.faults import BUSY_CALL_SECONDS, NO_FAULTS, FaultSet, uses_legacy_pbe
+from certmgr.simulator.faults import BUSY_CALL_SECONDS, MAX_SLOW_SECONDS, NO_FAULTS, FaultSet, uses_legacy_pbe
 from certmgr.wpi.certinfo import format_certificate_info
 from certmgr.wpi.codec import encode_workpoint, parse_dls
 from certmgr.wpi.contactme import CONTACT_ME_PATH, parse_contact_me
@@ -159,6 +159,12 @@ class PhoneConfig:
     the phone refuse to call any service outside 127.0.0.0/8 (a contact-me naming another ``dls_ip_addr`` is
     then ignored and recorded as ``last_error``).
 
+    Two timing knobs model slow but healthy firmware (tests use them to stop the service at a precise protocol
+    step): ``callback_delay`` — seconds between answering a contact-me and calling the service with
+    ``solicited``; ``switch_delay`` — seconds during which the WBM keeps serving the previous certificate after
+    accepting a new one (the web server restarts later, open question 4; the certificate info already
+    describes the new one).
+
     Raises:
         InputError: (on construction) for a bad MAC, a non-loopback ``ip``/``alt_ip``, ports outside
             1..65535, a non-HTTPS ``dls_url``, or a negative gap or timeout.
@@ -183,6 +189,8 @@ class PhoneConfig:
     alt_ip: str | None = None
     factory_key_type: KeyType = KeyType.EC_P256
     loopback_only: bool = True
+    callback_delay: float = 0.0
+    switch_delay: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mac", normalize_mac(self.mac))
@@ -199,6 +207,10 @@ class PhoneConfig:
             value = getattr(self, name)
             if value < 0 or (name.endswith("timeout") and value == 0):
                 raise InputError(f"{name} must not be negative (timeouts must be positive)")
+        for name in ("callback_delay", "switch_delay"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= MAX_SLOW_SECONDS:
+                raise InputError(f"{name} must be between 0 and {MAX_SLOW_SECONDS:g} seconds")
         if not 1 <= self.max_round_trips <= 1000:
             raise InputError("max_round_trips must be in 1..1000")
         if any(not isinstance(p, bytes) for p in self.pkcs12_passwords):
@@ -433,6 +445,7 @@ class SimPhone:
         self.history: list[InteractionRecord] = []
         self._factory: _Identity | None = None
         self._identity: _Identity | None = None
+        self._installing: _Identity | None = None  # accepted, not yet served (``switch_delay``)
         self._decoy: x509.Certificate | None = None
         self._items: dict[str, str] = {}
         self._servers: list[asyncio.Server] = []
@@ -574,6 +587,7 @@ class SimPhone:
     # --- identity / items ---------------------------------------------------------------------------------
     def _set_identity(self, identity: _Identity) -> None:
         self._identity = identity
+        self._installing = None
         self.stats.current_cert_sha256 = identity.sha256
         self.stats.factory_cert = identity.factory
 
@@ -615,13 +629,14 @@ class SimPhone:
 
     def _info_text(self) -> str:
         assert self._identity is not None
+        current = self._installing or self._identity
         if self.faults.unparseable_info:
             return _UNPARSEABLE_INFO
         if self.faults.wrong_info:
             if self._decoy is None:
                 self._decoy = self_signed("OpenStage Decoy", KeyType.EC_P256, self._clock).cert
             return certificate_info_text(self._decoy)
-        return certificate_info_text(self._identity.cert)
+        return certificate_info_text(current.cert)
 
     # --- servers --------------------------------------------------------------------------------------------
     async def _start_servers(self) -> None:
@@ -743,7 +758,13 @@ class SimPhone:
         except InputError as exc:
             self.stats.last_error = exc.message
             return None
+        if self.config.callback_delay > 0:
+            return functools.partial(self._late_callback, url)
         return functools.partial(self._interact, Reason.SOLICITED, url)
+
+    async def _late_callback(self, url: str) -> None:
+        await asyncio.sleep(self.config.callback_delay)
+        await self._interact(Reason.SOLICITED, url)
 
     def _callback_url(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address | None, port: int | None) -> str:
         parts = urlsplit(self.config.dls_url)
@@ -1016,7 +1037,11 @@ class SimPhone:
                 # Opening the PKCS#12 and loading the key take CPU time: keep the loop (and the fleet) responsive.
                 result = await asyncio.to_thread(self._open_certificate, it.value or "", delivered)
                 if isinstance(result, _Identity):
-                    self._set_identity(result)
+                    if self.config.switch_delay > 0:
+                        self._installing = result
+                        self._spawn(self._switch_later(result))
+                    else:
+                        self._set_identity(result)
                     outcome.certificate_installed = True
                 else:
                     self.stats.last_error = result
@@ -1035,6 +1060,12 @@ class SimPhone:
             self.stats.writes_accepted += 1
         # Item problems keep the message-level status "accepted", like the Guide's error examples (§4.2).
         return ReplyStatus.ACCEPTED, tuple(failed)
+
+    async def _switch_later(self, identity: _Identity) -> None:
+        """``switch_delay``: the web server picks up the accepted certificate a while later."""
+        await asyncio.sleep(self.config.switch_delay)
+        if self._installing is identity:
+            self._set_identity(identity)
 
     def _open_certificate(self, value: str, delivered: list[bytes]) -> _Identity | str:
         """Open the base64 PKCS#12 and build its server context; returns it or an error text (no secrets).

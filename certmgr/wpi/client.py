@@ -53,6 +53,9 @@ async def send_contact_me(
         raise DeploymentError(f"cannot build contact-me: {exc.message}") from exc
     try:
         response = await client.post(target.url, content=body, headers={"Content-Type": CONTACT_ME_CONTENT_TYPE})
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        # Nothing answered on the phone's contact-me port: the phone is off, unplugged or filtered.
+        raise DeploymentError(f"contact-me to {target.host} failed: phone unreachable ({type(exc).__name__})") from exc
     except httpx.HTTPError as exc:
         raise DeploymentError(f"contact-me to {target.host} failed: {type(exc).__name__}") from exc
     if not 200 <= response.status_code < 300:
