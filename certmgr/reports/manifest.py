@@ -27,7 +27,7 @@ import binascii
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from certmgr.audit.checkpoint import SIGNATURE_ALGORITHM, AuditSigner, AuditVeri
 from certmgr.errors import ConfigError, InputError, StorageError
 from certmgr.fsutil import atomic_write
 from certmgr.reports.queries import ReportSpec, Row
-from certmgr.reports.render import ReportFormat, write_report
+from certmgr.reports.render import ByteSink, ReportFormat, write_report
 
 MANIFEST_SUFFIX = ".manifest.json"
 MANIFEST_VERSION = 1
@@ -84,10 +84,59 @@ class _CountingRows:
         self._rows = rows
         self.count = 0
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[Row]:
         for row in self._rows:
             self.count += 1
             yield row
+
+
+class HashingWriter:
+    """A write-only file wrapper that hashes (SHA-256) and counts the bytes on their way to ``out``."""
+
+    def __init__(self, out: ByteSink) -> None:
+        self._out = out
+        self._digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self._out.write(data)
+        self._digest.update(data)
+        self.size += len(data)
+        return len(data)
+
+    @property
+    def digest(self) -> bytes:
+        """SHA-256 of everything written so far."""
+        return self._digest.digest()
+
+
+def sign_manifest(
+    file_name: str, size: int, digest: bytes, spec: ReportSpec, fmt: ReportFormat, rows: int, signer: AuditSigner
+) -> dict[str, Any]:
+    """The signed manifest of a file called ``file_name`` of ``size`` bytes whose SHA-256 is ``digest``."""
+    doc: dict[str, Any] = {
+        "manifest_version": MANIFEST_VERSION,
+        "file": file_name,
+        "size": size,
+        "sha256": digest.hex(),
+        "kind": spec.kind.value,
+        "format": fmt.value,
+        "rows": rows,
+        "params": spec.params.as_dict(spec.kind),
+        "generated_at": spec.generated_at.isoformat(),
+        "signature_algorithm": SIGNATURE_ALGORITHM,
+        "signature": encode_signature(signer.sign_digest(digest)),
+        "public_key_pem": signer.public_pem.decode("ascii"),
+        "public_key_sha256": signer.fingerprint,
+        "verify_with_openssl": openssl_commands(file_name),
+    }
+    doc["manifest_signature"] = encode_signature(signer.sign(_canonical(doc)))
+    return doc
+
+
+def manifest_bytes(doc: dict[str, Any]) -> bytes:
+    """A manifest as written to ``FILE.manifest.json`` (indented UTF-8 JSON, final newline)."""
+    return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def build_manifest(export: Path, spec: ReportSpec, fmt: ReportFormat, rows: int, signer: AuditSigner) -> dict[str, Any]:
@@ -100,24 +149,22 @@ def build_manifest(export: Path, spec: ReportSpec, fmt: ReportFormat, rows: int,
         digest, size = _sha256_file(export)
     except OSError as exc:
         raise StorageError(f"cannot read {export}: {exc.strerror or exc}") from exc
-    doc: dict[str, Any] = {
-        "manifest_version": MANIFEST_VERSION,
-        "file": export.name,
-        "size": size,
-        "sha256": digest.hex(),
-        "kind": spec.kind.value,
-        "format": fmt.value,
-        "rows": rows,
-        "params": spec.params.as_dict(spec.kind),
-        "generated_at": spec.generated_at.isoformat(),
-        "signature_algorithm": SIGNATURE_ALGORITHM,
-        "signature": encode_signature(signer.sign_digest(digest)),
-        "public_key_pem": signer.public_pem.decode("ascii"),
-        "public_key_sha256": signer.fingerprint,
-        "verify_with_openssl": openssl_commands(export.name),
-    }
-    doc["manifest_signature"] = encode_signature(signer.sign(_canonical(doc)))
-    return doc
+    return sign_manifest(export.name, size, digest, spec, fmt, rows, signer)
+
+
+def render_signed(
+    spec: ReportSpec, rows: Iterable[Row], fmt: ReportFormat, out: ByteSink, file_name: str, signer: AuditSigner
+) -> dict[str, Any]:
+    """Render the report into ``out``, hashing on the way, and return the signed manifest of what was written
+    (as the file ``file_name``): one pass over the rows, no second read of the output.
+
+    Raises:
+        OSError: if ``out`` cannot be written.
+    """
+    counted = _CountingRows(rows)
+    hashing = HashingWriter(out)
+    write_report(spec, counted, fmt, hashing)
+    return sign_manifest(file_name, hashing.size, hashing.digest, spec, fmt, counted.count, signer)
 
 
 def export_report(
@@ -128,20 +175,21 @@ def export_report(
     Raises:
         StorageError: if the files cannot be written.
     """
-    counted = _CountingRows(rows)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as fh:
-            write_report(spec, counted, fmt, fh)
+            doc = render_signed(spec, rows, fmt, fh, out.name, signer)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, out)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise StorageError(f"cannot write {out}: {exc.strerror or exc}") from exc
-    doc = build_manifest(out, spec, fmt, counted.count, signer)
-    atomic_write(manifest_path(out), (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    atomic_write(manifest_path(out), manifest_bytes(doc))
     return doc
 
 
@@ -230,11 +278,15 @@ def verify_export(
 
 __all__ = [
     "MANIFEST_SUFFIX",
+    "HashingWriter",
     "ManifestVerdict",
     "build_manifest",
     "export_report",
     "load_manifest",
+    "manifest_bytes",
     "manifest_path",
     "openssl_commands",
+    "render_signed",
+    "sign_manifest",
     "verify_export",
 ]

@@ -8,8 +8,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,7 +24,7 @@ from pypdf import PdfReader
 
 from certmgr.audit.checkpoint import key_paths
 from certmgr.cli.main import main
-from certmgr.reports.manifest import manifest_path, openssl_commands
+from certmgr.reports.manifest import MANIFEST_SUFFIX, manifest_path, openssl_commands
 from certmgr.reports.queries import (
     AUDIT_COLUMNS,
     COMPLIANCE_COLUMNS,
@@ -38,6 +43,7 @@ from tests.integration.test_api_support import (  # noqa: F401 - fixtures
     rt,
     tokens,
 )
+from tests.unit.test_reports_render import bar_heights
 
 COLUMNS = {
     "inventory": INVENTORY_COLUMNS,
@@ -123,10 +129,12 @@ def test_inventory_and_compliance_content(
 def test_expiry_pdf_has_a_chart(rt: Runtime, fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "expiry.pdf"
     assert _run(capsys, "report", "expiry", "--format", "pdf", "--weeks", "8", "--out", str(out))[0] == 0
-    text = _pdf_text(out.read_bytes())
-    assert "Certificates expiring per week" in text
+    reader = PdfReader(out, strict=True)
+    first = reader.pages[0].extract_text()
+    assert "Certificates expiring per week" in first  # the chart's title and its week labels
     for week in ("W1", "W8"):
-        assert week in text
+        assert week in first
+    assert len(bar_heights(reader)) == 1  # one filled bar: the "soon" certificate in W1; the other weeks are empty
     out_csv = tmp_path / "expiry.csv"
     assert _run(capsys, "report", "expiry", "--weeks", "8", "--out", str(out_csv))[0] == 0
     counts = {r["week"]: int(r["certificates"]) for r in _read_csv(out_csv)}
@@ -239,3 +247,158 @@ def test_api_streams_reports(rt: Runtime, client: TestClient, tokens: dict[str, 
     assert exported[0]["actor"] == "token:viewer-1"
     assert client.get("/api/v1/reports/secrets", headers=auth(tokens["viewer"])).status_code == 422
     assert client.get("/api/v1/reports/expiry", params={"weeks": 0}, headers=auth(tokens["viewer"])).status_code == 422
+
+
+# --- API bundles: the report with its signed manifest --------------------------------------------------------
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "reports.md"
+BUNDLE_CASES = [("inventory", "csv"), ("expiry", "pdf"), ("audit", "json")]
+
+
+def _documented_bundle_commands() -> list[str]:
+    """The curl, unzip and certmgr lines of the "Downloading a signed export from the API" block."""
+    section = DOCS.read_text().split("## Downloading a signed export from the API", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    lines = [line for line in block.splitlines() if line.strip()]
+    assert [line.split()[0] for line in lines] == ["curl", "unzip", "certmgr"], lines
+    return lines
+
+
+def _for(command: str, kind: str, fmt: str) -> str:
+    return (
+        command.replace("inventory.csv", f"{kind}.{fmt}")
+        .replace("inventory", kind)
+        .replace("format=csv", f"format={fmt}")
+    )
+
+
+def _sh(command: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["/bin/sh", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def _audited_sha256(client: TestClient, token: str, kind: str) -> list[str]:
+    r = client.get("/api/v1/audit/events", params={"action": "report.exported", "limit": 500}, headers=auth(token))
+    assert r.status_code == 200, r.text
+    return [e["details"].get("sha256") for e in r.json()["items"] if e["subject_id"] == kind]
+
+
+@pytest.mark.parametrize(("kind", "fmt"), BUNDLE_CASES)
+def test_api_bundle_holds_the_report_and_its_signed_manifest(
+    kind: str,
+    fmt: str,
+    rt: Runtime,
+    client: TestClient,
+    tokens: dict[str, str],
+    fleet: Fleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    r = client.get(f"/api/v1/reports/{kind}/bundle", params={"format": fmt}, headers=auth(tokens["viewer"]))
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/zip"
+    assert f'filename="{kind}-20261126T090000Z.{fmt}.zip"' in r.headers["content-disposition"]
+    name = f"{kind}.{fmt}"
+    with zipfile.ZipFile(io.BytesIO(r.content)) as bundle:
+        assert bundle.namelist() == [name, name + MANIFEST_SUFFIX]
+        assert bundle.testzip() is None
+        bundle.extractall(tmp_path)
+    manifest = json.loads(manifest_path(tmp_path / name).read_text())
+    assert (manifest["file"], manifest["kind"], manifest["format"]) == (name, kind, fmt)
+    assert manifest["generated_at"] == T0.isoformat()
+    pinned = key_paths(rt.settings.data_dir)[1]
+    code, output = _run(capsys, "report", "verify", str(tmp_path / name), "--public-key", str(pinned))
+    assert code == 0, output
+    data = (tmp_path / name).read_bytes()
+    if fmt == "csv":
+        assert len(list(csv.DictReader(io.StringIO(data.decode())))) == manifest["rows"] == 4
+    elif fmt == "json":
+        assert len(json.loads(data)) == manifest["rows"]
+    else:
+        text = _pdf_text(data)
+        assert "Certificates expiring per week" in text
+        assert f"{manifest['rows']} rows." in text
+    assert manifest["sha256"] in _audited_sha256(client, tokens["viewer"], kind)
+    assert list((rt.settings.data_dir / "tmp").iterdir()) == []  # the spooled file is gone
+    # the same download, tampered with after unzipping, fails
+    (tmp_path / name).write_bytes(data + b"\n")
+    code, output = _run(capsys, "report", "verify", str(tmp_path / name), "--public-key", str(pinned))
+    assert code == 1
+    assert "sha256" in output
+
+
+def test_api_bundle_needs_a_token_and_valid_parameters(client: TestClient, tokens: dict[str, str]) -> None:
+    assert client.get("/api/v1/reports/inventory/bundle").status_code == 401
+    h = auth(tokens["viewer"])
+    assert client.get("/api/v1/reports/inventory/bundle", params={"format": "xlsx"}, headers=h).status_code == 422
+    assert client.get("/api/v1/reports/expiry/bundle", params={"weeks": 105}, headers=h).status_code == 422
+    r = client.get("/api/v1/reports/audit/bundle", params={"since": "2026-11-01T00:00:00"}, headers=h)
+    assert r.status_code == 422
+    assert "time zone" in r.json()["detail"]
+
+
+@pytest.fixture
+def live_api(rt: Runtime) -> Iterator[str]:
+    """The API served by uvicorn on a loopback port (in a thread), for curl; yields its base URL."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from certmgr.api.app import create_app
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(rt), log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+        assert server.started, "uvicorn did not start"
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+@pytest.mark.skipif(
+    any(shutil.which(tool) is None for tool in ("curl", "unzip", "openssl", "jq")),
+    reason="needs curl, unzip, openssl and jq",
+)
+@pytest.mark.parametrize(("kind", "fmt"), [("inventory", "csv"), ("expiry", "pdf")])
+def test_api_bundle_verifies_with_the_documented_commands(
+    kind: str, fmt: str, rt: Runtime, live_api: str, tokens: dict[str, str], fleet: Fleet, tmp_path: Path
+) -> None:
+    """docs/reports.md verbatim: curl downloads the bundle from a real listener, unzip unpacks it, then
+    ``certmgr report verify`` (the installed entry point) and the five openssl commands check it."""
+    work = tmp_path / "download"  # tmp_path also holds the database and the data dir
+    work.mkdir()
+    env = {**os.environ, "CERTMGR_URL": live_api, "CERTMGR_TOKEN": tokens["viewer"]}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    curl, unzip, verify = (_for(c, kind, fmt) for c in _documented_bundle_commands())
+    for command in (curl, unzip):
+        done = _sh(command, work, env)
+        assert done.returncode == 0, (command, done.stderr)
+    name = f"{kind}.{fmt}"
+    assert sorted(p.name for p in work.iterdir()) == sorted([f"{kind}.zip", name, name + MANIFEST_SUFFIX])
+    assert ((work / name).stat().st_mode & 0o777) == 0o600
+    shutil.copy(key_paths(rt.settings.data_dir)[1], work / "audit-key.pinned.pem")
+    done = _sh(verify, work, env)
+    assert done.returncode == 0, (verify, done.stdout, done.stderr)
+    assert f"{name}: OK" in done.stdout
+    manifest = json.loads(manifest_path(work / name).read_text())
+    results = []
+    for command in openssl_commands(name):
+        done = _sh(command, work)
+        assert done.returncode == 0, (command, done.stderr)
+        results.append(done.stdout)
+    assert results[2].strip() == "Verified OK"
+    assert manifest["public_key_sha256"] in results[3]
+    assert manifest["sha256"] in results[4]
+    # a token is required: curl -f fails on the 401
+    done = _sh(curl, work, {**env, "CERTMGR_TOKEN": "cmt_not-a-token"})
+    assert done.returncode != 0

@@ -1,4 +1,4 @@
-"""The streaming PDF writer (:mod:`certmgr.reports.pdfstream`), a candidate for large scheduled PDF exports:
+"""The streaming PDF writer (:mod:`certmgr.reports.pdfstream`) that renders every PDF report (CLI, API, scheduled):
 a valid PDF that pypdf reads, every row present, column names on every page."""
 
 from __future__ import annotations

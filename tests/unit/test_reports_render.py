@@ -10,9 +10,11 @@ from datetime import timedelta
 
 import pytest
 from pypdf import PdfReader
+from pypdf.generic import ContentStream
 from sqlmodel import Session
 
 from certmgr.errors import InputError
+from certmgr.reports.pdfstream import BAR_RGB, FLUSH_BYTES, iter_pdf
 from certmgr.reports.queries import ReportKind, ReportParams, ReportSpec, Row, compliance_issues, parse_kind
 from certmgr.reports.render import CHUNK_ROWS, ReportFormat, iter_csv, iter_json, parse_format, write_pdf
 from tests.conftest import T0
@@ -50,19 +52,57 @@ def test_empty_json_is_an_empty_array() -> None:
     assert json.loads(b"".join(iter_json(_spec([]), []))) == []
 
 
+def bar_heights(reader: PdfReader) -> list[float]:
+    """Heights of the bars drawn on the first page: the ``re`` operators filled in :data:`BAR_RGB`."""
+    ops = ContentStream(reader.pages[0].get_contents(), reader).operations
+    heights: list[float] = []
+    in_bars = False
+    for operands, operator in ops:
+        if operator == b"rg":
+            in_bars = tuple(round(float(v), 3) for v in operands) == BAR_RGB
+        elif operator == b"re" and in_bars:
+            heights.append(float(operands[3]))
+        elif operator == b"Q":
+            in_bars = False
+    return heights
+
+
 def test_pdf_with_chart_and_many_rows() -> None:
     rows: list[Row] = []
     rows.extend((f"W{i}", "s", i) for i in range(1, 9))
+    rows.append(("W9", "s", 0))  # an empty week: labelled, no bar
     rows.extend((f"row{i}", "x" * 100, i) for i in range(450))
     out = io.BytesIO()
-    write_pdf(_spec(rows, chart="Bars per week"), rows, out)
-    reader = PdfReader(io.BytesIO(out.getvalue()))
+    write_pdf(_spec(rows, chart="Bars per week"), iter(rows), out)
+    reader = PdfReader(io.BytesIO(out.getvalue()), strict=True)
     text = "\n".join(p.extract_text() or "" for p in reader.pages)
     assert "Test report" in text
     assert "Bars per week" in text
+    assert "W9" in reader.pages[0].extract_text()
     assert "row449" in text
-    assert "458 rows." in text
+    assert "459 rows." in text
     assert len(reader.pages) > 3
+    heights = bar_heights(reader)
+    assert len(heights) == 8  # one filled rectangle per non-empty week
+    assert heights == sorted(heights)
+    assert heights[-1] == pytest.approx(8 * heights[0], rel=1e-3)  # proportional to the counts
+
+
+def test_pdf_without_chart_draws_no_bars() -> None:
+    rows: list[Row] = [(f"W{i}", "s", i) for i in range(1, 5)]
+    out = io.BytesIO()
+    write_pdf(_spec(rows), rows, out)
+    reader = PdfReader(io.BytesIO(out.getvalue()), strict=True)
+    assert bar_heights(reader) == []
+    assert "4 rows." in reader.pages[0].extract_text()
+
+
+def test_iter_pdf_streams_page_by_page() -> None:
+    rows: list[Row] = [(f"row{i}", "y" * 40, i) for i in range(20_000)]
+    chunks = list(iter_pdf(_spec(rows), iter(rows)))
+    assert len(chunks) > 3  # written while the rows arrive, not at the end
+    assert max(len(c) for c in chunks) < 2 * FLUSH_BYTES
+    assert "20000 rows." in PdfReader(io.BytesIO(b"".join(chunks))).pages[-1].extract_text()
 
 
 def test_compliance_rules() -> None:
