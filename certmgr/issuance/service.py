@@ -19,12 +19,12 @@ from sqlmodel import Session, col, select
 from certmgr.audit.log import NewEvent, append_events
 from certmgr.db.engine import session_scope
 from certmgr.db.models import Certificate, CertificateStatus, Device, IssueReason
-from certmgr.errors import InputError
+from certmgr.errors import InputError, IssuanceError
 from certmgr.fsutil import atomic_write_many
 from certmgr.identity import DeviceIdentity, mac_token
-from certmgr.pki.keys import PrivateKey, fingerprint_sha256
+from certmgr.pki.keys import PrivateKey, fingerprint_sha256, key_type_of
 from certmgr.pki.keystore import KeyVault
-from certmgr.pki.leaf import LeafSpec, issue_key_and_leaf
+from certmgr.pki.leaf import LeafSpec, build_leaf, issue_key_and_leaf
 from certmgr.pki.pkcs12 import build_pkcs12
 from certmgr.pki.store import Issuer
 from certmgr.pki.types import Pkcs12Profile
@@ -76,8 +76,11 @@ class BuiltCertificate:
         )
 
 
-def build_certificate(identity: DeviceIdentity, policy: Policy, issuer: Issuer, now: datetime) -> BuiltCertificate:
-    """Generate a key and sign the phone certificate ``policy`` describes for ``identity``. No I/O.
+def build_certificate(
+    identity: DeviceIdentity, policy: Policy, issuer: Issuer, now: datetime, key: PrivateKey | None = None
+) -> BuiltCertificate:
+    """Sign the phone certificate ``policy`` describes for ``identity`` over a new key (or ``key``, generated
+    beforehand e.g. by a :class:`certmgr.pki.keypool.KeyPool`, which must be of the policy's key type). No I/O.
 
     Raises:
         InputError: if a template renders an invalid name. IssuanceError: if the validity would pass the
@@ -91,7 +94,12 @@ def build_certificate(identity: DeviceIdentity, policy: Policy, issuer: Issuer, 
         validity=policy.validity,
         clip_to_ca=policy.clip_to_ca,
     )
-    key, cert = issue_key_and_leaf(spec, policy.key_type, issuer, now)
+    if key is None:
+        key, cert = issue_key_and_leaf(spec, policy.key_type, issuer, now)
+    else:
+        if key_type_of(key) is not policy.key_type:
+            raise IssuanceError(f"pre-generated key is {key_type_of(key).value}, policy wants {policy.key_type.value}")
+        cert = build_leaf(spec, key.public_key(), issuer, now)
     return BuiltCertificate(identity, policy, key, cert, issuer.chain, issuer.root)
 
 

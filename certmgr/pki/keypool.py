@@ -1,0 +1,63 @@
+"""Private-key generation on every core.
+
+RSA key generation dominates issuance (tens of milliseconds per key, see ``docs/benchmarks.md``), and one
+Python process uses one core. :class:`KeyPool` generates keys in worker processes and hands them back to the
+caller as PKCS#8 DER over the pool's pipe — process memory only, never a file, a log or argv — where they are
+loaded again. Workers are started with the ``spawn`` method, so they never inherit the service's threads,
+event loop, database connections or CA key.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from certmgr.pki.keys import PrivateKey, generate_private_key
+from certmgr.pki.types import KeyType
+
+
+def _generate_der(key_type: str) -> bytes:
+    key = generate_private_key(KeyType(key_type))
+    return key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _load(der: bytes) -> PrivateKey:
+    key = serialization.load_der_private_key(der, password=None)
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+        raise TypeError(f"unexpected key type {type(key).__name__}")
+    return key
+
+
+class KeyPool:
+    """Generates keys in ``workers`` processes (default: one per core); with one worker, in this process."""
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
+        self._executor: ProcessPoolExecutor | None = None
+
+    def _pool(self) -> ProcessPoolExecutor:
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        return self._executor
+
+    def generate(self, key_types: Sequence[KeyType]) -> list[PrivateKey]:
+        """One new key per entry of ``key_types``, in order. Blocks until all are generated."""
+        if not key_types:
+            return []
+        if self.workers == 1 or len(key_types) == 1:
+            return [generate_private_key(kt) for kt in key_types]
+        ders = self._pool().map(_generate_der, [kt.value for kt in key_types])
+        return [_load(der) for der in ders]
+
+    def close(self) -> None:
+        """Stop the worker processes (idempotent)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
