@@ -114,8 +114,14 @@ def build_listeners(runtime: Runtime, role: Role) -> tuple[list[Listener], list[
     listeners: list[Listener] = []
     background: list[BackgroundTask] = []
     hub = None
+    monitor = None
+    if role in (Role.ALL, Role.SCHEDULER) and settings.scheduler_enabled:
+        from certmgr.scheduling.scheduler import SchedulerMonitor
+
+        monitor = SchedulerMonitor()  # what GET /api/v1/scheduler shows when the API runs in this process
     if role in (Role.ALL, Role.API):
-        listeners.append(make_listener("api", create_app(runtime), settings.api_host, settings.api_port))
+        app = create_app(runtime, scheduler=monitor)
+        listeners.append(make_listener("api", app, settings.api_host, settings.api_port))
     if role in (Role.ALL, Role.WPI):
         from certmgr.deploy.hub import DeploymentHub
         from certmgr.wpi.server import create_poll_app, create_wpi_app, ensure_wpi_tls
@@ -148,11 +154,11 @@ def build_listeners(runtime: Runtime, role: Role) -> tuple[list[Listener], list[
             await dispatcher.run(stop)
 
         background.append(deployment_dispatch)
-    if role in (Role.ALL, Role.SCHEDULER) and settings.scheduler_enabled:
+    if monitor is not None:
         from certmgr.scheduling.scheduler import run_scheduler
 
         async def scheduler(stop: asyncio.Event) -> None:
-            await run_scheduler(runtime, stop)
+            await run_scheduler(runtime, stop, monitor=monitor)
 
         background.append(scheduler)
     return listeners, background

@@ -186,6 +186,12 @@ class Settings(BaseSettings):
     export_every: Literal["daily", "weekly"] = Field(
         default="daily", description="One export folder per UTC day (YYYY-MM-DD) or ISO week (YYYY-Www)."
     )
+    export_interval_seconds: float = Field(
+        default=3600.0, gt=0, description="How often the report-export job looks for a period not exported yet."
+    )
+    crl_refresh_interval_seconds: float = Field(
+        default=3600.0, gt=0, description="How often the crl-refresh job re-signs the CRL if it is near nextUpdate."
+    )
 
     @field_validator("log_level")
     @classmethod

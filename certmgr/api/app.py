@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from sqlalchemy import text
@@ -11,6 +11,9 @@ from certmgr import __version__
 from certmgr.api.errors import install_error_handlers
 from certmgr.errors import CANotInitialisedError, DatabaseError
 from certmgr.runtime import Runtime
+
+if TYPE_CHECKING:
+    from certmgr.scheduling.scheduler import SchedulerMonitor
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -21,14 +24,16 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def create_app(runtime: Runtime) -> FastAPI:
-    """Build the API application around an opened :class:`Runtime`."""
+def create_app(runtime: Runtime, scheduler: SchedulerMonitor | None = None) -> FastAPI:
+    """Build the API application around an opened :class:`Runtime`; ``scheduler`` is the status of the scheduler
+    running in this process (``None``: this process runs none, ``GET /api/v1/scheduler`` says so)."""
     app = FastAPI(
         title="certmgr",
         version=__version__,
         description="Keeps the WBM HTTPS certificates of OpenStage / OpenScape Desk Phones valid and verified.",
     )
     app.state.runtime = runtime
+    app.state.scheduler = scheduler
     install_error_handlers(app)
     # Imported here: the route modules depend on get_runtime above (no import cycle, no import-time app).
     from certmgr.api import (
@@ -36,11 +41,20 @@ def create_app(runtime: Runtime) -> FastAPI:
         routes_audit,
         routes_inventory,
         routes_reports,
+        routes_scheduler,
         routes_system,
         routes_tokens,
     )
 
-    for module in (routes_inventory, routes_actions, routes_system, routes_audit, routes_tokens, routes_reports):
+    for module in (
+        routes_inventory,
+        routes_actions,
+        routes_system,
+        routes_audit,
+        routes_tokens,
+        routes_reports,
+        routes_scheduler,
+    ):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["health"])

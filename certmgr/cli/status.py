@@ -1,4 +1,10 @@
-"""``certmgr status``: the fleet at a glance (device states, deployments, next renewals, failures, expiry)."""
+"""``certmgr status``: the fleet at a glance (device states, deployments, next renewals, failures, expiry) and the
+scheduler's jobs.
+
+The jobs' last runs are known only to the process that runs the scheduler (kept in its memory, see
+:mod:`certmgr.scheduling.scheduler`); this command runs in a process of its own, so it lists the configured
+jobs and their intervals and points at ``GET /api/v1/scheduler`` of the serving process for the rest.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from certmgr.identity import DeviceIdentity
 
 if TYPE_CHECKING:
     from certmgr.runtime import Runtime
+    from certmgr.settings import Settings
 
 _out = Console(highlight=False, soft_wrap=True)
 
@@ -116,6 +123,30 @@ def _ts(value: datetime | None) -> str:
     return value.isoformat(timespec="seconds") if value else "-"
 
 
+def _every(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
+
+
+def render_jobs(settings: Settings, console: Console) -> None:
+    """Print the scheduler's configured jobs (id, interval, whether one node at a time runs it)."""
+    from certmgr.scheduling.scheduler import configured_jobs
+
+    jobs = Table(title="Scheduler jobs" + ("" if settings.scheduler_enabled else " (scheduler_enabled = false)"))
+    for name in ("job", "every", "runs on"):
+        jobs.add_column(name)
+    for job in configured_jobs(settings):
+        jobs.add_row(job.id, _every(job.interval), "the leader node" if job.singleton else "every node")
+    console.print(jobs)
+    console.print(
+        "last runs and next run times: GET /api/v1/scheduler on the process that runs the scheduler "
+        "(kept in its memory)"
+    )
+
+
 def render(status: FleetStatus, console: Console) -> None:
     """Print ``status`` as rich tables."""
     devices = Table(title="Phones by status")
@@ -167,3 +198,4 @@ def status_command(
     finally:
         runtime.close()
     render(status, _out)
+    render_jobs(runtime.settings, _out)

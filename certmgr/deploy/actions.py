@@ -3,9 +3,9 @@ revoke and renew certificates; retry and cancel deployments.
 
 Each action is one transaction holding the change and its audit events (actor ``token:<name>``). Keys are
 generated before that transaction opens (as in :mod:`certmgr.deploy.reconcile`), and the CRL is re-signed after
-it commits. New certificates take the reconcile path's shape: the certificate is recorded ``pending``, older
-unfinished deployments of the phone are superseded, and a ``queued`` deployment (due at once) is created for
-the dispatcher.
+it commits. New certificates take the reconcile path: :func:`certmgr.deploy.reconcile.issue_and_queue` locks
+the device row, re-checks under that lock, records the certificate ``pending``, supersedes older unfinished
+deployments of the phone and queues a deployment (due at once) for the dispatcher.
 
 Unknown ids raise :class:`~certmgr.errors.NotFoundError`; an action the object's state does not allow raises
 :class:`~certmgr.errors.ConflictError`.
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 from sqlmodel import Session, col, select
@@ -36,13 +37,13 @@ from certmgr.db.models import (
     Enrollment,
     IssueReason,
 )
-from certmgr.deploy.reconcile import needs_certificate
+from certmgr.deploy.reconcile import issue_and_queue, needs_certificate
 from certmgr.deploy.states import IN_FLIGHT_STATES, UNFINISHED_STATES, check_transition
 from certmgr.errors import CertmgrError, ConflictError, NotFoundError, PolicyError
 from certmgr.identity import DeviceIdentity, parse_ip
 from certmgr.inventory.service import approve_device
 from certmgr.issuance.revocation import refresh_crl, revoke_in_session
-from certmgr.issuance.service import BuiltCertificate, build_certificate, record_certificate
+from certmgr.issuance.service import BuiltCertificate, build_certificate
 from certmgr.pki.crl import RevocationReason
 
 if TYPE_CHECKING:
@@ -123,66 +124,6 @@ def _cancel(dep: Deployment, now: datetime, why: str) -> None:
     dep.state = check_transition(dep.state, S.CANCELLED)
     dep.finished_at = dep.updated_at = now
     dep.last_error = why[:500]
-
-
-def _queue_new_certificate(
-    runtime: Runtime,
-    session: Session,
-    device: Device,
-    built: BuiltCertificate,
-    reason: IssueReason,
-    actor: str,
-    now: datetime,
-) -> tuple[Certificate, Deployment, list[NewEvent]]:
-    """Record ``built`` (pending), supersede the phone's unfinished deployments and pending certificates, and
-    queue a deployment due now: the reconcile path's recording step, attributed to ``actor``."""
-    events: list[NewEvent] = []
-    for dep in session.exec(
-        select(Deployment).where(
-            col(Deployment.device_id) == device.id,
-            col(Deployment.state).in_([s.value for s in UNFINISHED_STATES]),
-        )
-    ):
-        dep.state = check_transition(dep.state, S.SUPERSEDED)
-        dep.finished_at = dep.updated_at = now
-        dep.last_error = f"new certificate ({reason.value})"
-        session.add(dep)
-        events.append(
-            NewEvent(
-                actor, "deployment.superseded", "deployment", str(dep.id), {"mac": device.mac, "reason": reason.value}
-            )
-        )
-    for old in session.exec(
-        select(Certificate).where(
-            col(Certificate.device_id) == device.id, col(Certificate.status) == CertificateStatus.PENDING.value
-        )
-    ):
-        old.status = CertificateStatus.SUPERSEDED
-        session.add(old)
-        events.append(NewEvent(actor, "certificate.superseded", "certificate", old.serial, {"mac": device.mac}))
-    cert = record_certificate(session, built, runtime.vault, now=now, reason=reason, actor=actor, device=device)
-    assert cert.id is not None
-    assert device.id is not None
-    dep = Deployment(
-        device_id=device.id,
-        certificate_id=cert.id,
-        state=S.QUEUED,
-        next_attempt_at=None,
-        created_at=now,
-        updated_at=now,
-    )
-    session.add(dep)
-    session.flush()
-    events.append(
-        NewEvent(
-            actor,
-            "deployment.created",
-            "deployment",
-            str(dep.id),
-            {"mac": device.mac, "serial": cert.serial, "reason": reason.value},
-        )
-    )
-    return cert, dep, events
 
 
 def _refresh_crl_quietly(runtime: Runtime) -> int | None:
@@ -377,19 +318,28 @@ def revoke_certificate(runtime: Runtime, certificate_id: int, reason: Revocation
         if issue_error is not None:
             events.append(NewEvent(actor, "certificate.issue-failed", "device", device.mac, {"reason": issue_error}))
         append_events(session, now, events)  # the revocation first, then the replacement's events
-        events = []
-        if (
-            built is not None
-            and device.ip is not None
-            and str(built.identity.ips[0]) == str(parse_ip(device.ip))
-            and needs_certificate(session, device, now) is not None
-        ):
-            new_cert, dep, more = _queue_new_certificate(
-                runtime, session, device, built, IssueReason.REVOCATION, actor, now
+        if built is not None:
+            replacement_for = built
+
+            def still_needed(session: Session, current: Device) -> bool:
+                return (
+                    current.ip is not None
+                    and str(replacement_for.identity.ips[0]) == str(parse_ip(current.ip))
+                    and needs_certificate(session, current, now) is not None
+                )
+
+            queued = issue_and_queue(
+                session,
+                runtime,
+                device_id=cert.device_id,
+                built=built,
+                reason=IssueReason.REVOCATION,
+                actor=actor,
+                now=now,
+                still_needed=still_needed,
             )
-            events += more
-            replacement = (new_cert.id, dep.id)
-        append_events(session, now, events)
+            if queued is not None:
+                replacement = (queued.certificate.id, queued.deployment.id)
     return RevokeResult(cert, replacement[0], replacement[1], _refresh_crl_quietly(runtime))
 
 
@@ -414,6 +364,9 @@ def renew_certificate(runtime: Runtime, certificate_id: int, actor: str) -> Rene
     with session_scope(runtime.engine) as session:
         cert = _certificate(session, certificate_id)
         device = _device(session, cert.device_id)
+        newest = session.exec(
+            select(func.max(col(Certificate.id))).where(col(Certificate.device_id) == cert.device_id)
+        ).one()
         session.expunge_all()
     if cert.status not in _LIVE_CERTS:
         raise ConflictError(
@@ -426,18 +379,36 @@ def renew_certificate(runtime: Runtime, certificate_id: int, actor: str) -> Rene
         raise ConflictError(f"phone {device.mac} has no known IP address yet", mac=device.mac)
     built = _build(runtime, device, now)
     with _transaction(runtime) as session:
-        cert = _certificate(session, certificate_id)
-        current = _device(session, cert.device_id)
-        if cert.status not in _LIVE_CERTS or current.enrollment is not Enrollment.APPROVED or current.ip != device.ip:
-            raise ConflictError("the phone or certificate changed meanwhile; try again", mac=device.mac)
-        new_cert, dep, events = _queue_new_certificate(runtime, session, current, built, IssueReason.MANUAL, actor, now)
-        events.insert(
-            0, NewEvent(actor, "certificate.renew-requested", "certificate", cert.serial, {"mac": current.mac})
+        cert = _certificate(session, certificate_id)  # locked: its status is current
+        live = cert.status in _LIVE_CERTS
+
+        def still_needed(session: Session, current: Device) -> bool:
+            # Under the device lock: the certificate and the phone are as they were, and nothing was issued for
+            # the phone since we looked (a concurrent renew request, the reconciler or the renewal job).
+            since = select(col(Certificate.id)).where(
+                col(Certificate.device_id) == current.id, col(Certificate.id) > newest
+            )
+            newer = session.exec(since).first()
+            return live and newer is None and current.enrollment is Enrollment.APPROVED and current.ip == device.ip
+
+        queued = issue_and_queue(
+            session,
+            runtime,
+            device_id=cert.device_id,
+            built=built,
+            reason=IssueReason.MANUAL,
+            actor=actor,
+            now=now,
+            still_needed=still_needed,
+            events_before=[
+                NewEvent(actor, "certificate.renew-requested", "certificate", cert.serial, {"mac": device.mac})
+            ],
         )
-        append_events(session, now, events)
-        assert new_cert.id is not None
-        assert dep.id is not None
-        return RenewResult(new_cert.id, dep.id, new_cert.serial)
+        if queued is None:
+            raise ConflictError("the phone or certificate changed meanwhile; try again", mac=device.mac)
+        assert queued.certificate.id is not None
+        assert queued.deployment.id is not None
+        return RenewResult(queued.certificate.id, queued.deployment.id, queued.certificate.serial)
 
 
 # --- deployments --------------------------------------------------------------------------------------------

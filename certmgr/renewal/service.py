@@ -3,12 +3,21 @@
 One run (:func:`reconcile_renewals`):
 
 1. **Scan** every approved phone's *current* certificate (``device.current_certificate_id``) in keyset batches
-   of ``renewal_scan_batch`` rows, reading only the columns the planner needs (never the PEM or the sealed key,
-   never the whole fleet in memory).
-2. **Decide** for each row with the pure core: :func:`~certmgr.renewal.triggers.reissue_reasons` (revocation,
-   CA rotation, policy change, address change, drift, manual request, renewal due) with the planner's due time
-   (:func:`~certmgr.renewal.planner.plan_renewal`). Only plans due within ``renewal_horizon_hours`` are kept
-   (small tuples), so memory follows the renewals coming up, not the fleet.
+   of ``renewal_scan_batch`` rows, in two passes (never the PEM or the sealed key, never the whole fleet in
+   memory):
+
+   a. the **first pass** (:func:`scan_first_pass`) reads small rows through the raw DBAPI cursor — no ORM, no
+      SQLAlchemy type processing: validity as epoch seconds computed by the database (``julianday`` on SQLite,
+      ``extract(epoch …)`` on PostgreSQL), JSON columns as text — and drops every row that is *plain* (nothing
+      but the date can fire: not revoked, issued by the active CA under the phone's current policy digest,
+      SANs exactly the phone's IP, no drift, no operator request) and whose base renewal time
+      (:func:`~certmgr.renewal.planner.base_time`, computed from per-policy cached values) lies after the
+      horizon. That is sound because a plan is never due before its base time (jitter and windows only delay).
+   b. the **second pass** loads the full planner columns of the few rows left (:func:`load_current`).
+2. **Decide** for each row of the second pass with the pure core: :func:`~certmgr.renewal.triggers.reissue_reasons`
+   (revocation, CA rotation, policy change, address change, drift, manual request, renewal due) with the
+   planner's due time (:func:`~certmgr.renewal.planner.plan_renewal`). Only plans due within
+   ``renewal_horizon_hours`` are kept (small tuples), so memory follows the renewals coming up, not the fleet.
 3. **Spread and limit**: the kept plans go through :func:`~certmgr.renewal.planner.spread` with
    ``renewal_max_per_hour``; what is due now after spreading is taken most urgent first. Certificates that
    are expired, revoked, serve the wrong address, drift or were requested by an operator are *immediate*:
@@ -17,12 +26,12 @@ One run (:func:`reconcile_renewals`):
    hourly budget left (``renewal_max_per_hour`` minus what was issued in the last hour) and everything by
    ``renewal_max_per_run``.
 4. **Issue** each chosen one: key and certificate are built with no transaction open, then one short
-   transaction per phone locks the device row (:func:`~certmgr.scheduling.locks.claim_device`: ``FOR UPDATE
-   SKIP LOCKED`` on PostgreSQL), re-checks that the phone still has the same current certificate and no newer
-   pending one, records the certificate with its :class:`~certmgr.db.models.IssueReason`, a
-   ``certificate.reissue`` audit event with every reason and explanation, supersedes the phone's unfinished
-   deployments and queues a deployment through the pipeline (which honours maintenance windows, the global
-   concurrency limit and backoff).
+   transaction per phone runs :func:`certmgr.deploy.reconcile.issue_and_queue`: it locks the device row
+   (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), re-checks (our callback) that the phone still has the same
+   current certificate and no newer pending one, supersedes the phone's unfinished deployments, records the
+   certificate with its :class:`~certmgr.db.models.IssueReason` and a ``certificate.reissue`` audit event with
+   every reason and explanation, and queues a deployment through the pipeline (which honours maintenance
+   windows, the global concurrency limit and backoff).
 
 Idempotence: a phone with a pending certificate newer than its current one is left alone (its renewal is
 under way, or failed and is flagged); a second run therefore issues nothing twice. A manual request
@@ -39,7 +48,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -47,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select
 from sqlmodel import Session, col
 
-from certmgr.audit.log import NewEvent, append_event, append_events
+from certmgr.audit.log import append_event
 from certmgr.db.engine import session_scope
 from certmgr.db.models import (
     AuditEvent,
@@ -56,20 +65,19 @@ from certmgr.db.models import (
     Certificate,
     CertificateStatus,
     Deployment,
-    DeploymentState,
     Device,
     Enrollment,
     IssueReason,
 )
+from certmgr.deploy.reconcile import issue_and_queue
 from certmgr.deploy.states import UNFINISHED_STATES
 from certmgr.errors import CertmgrError, InputError, NotFoundError
 from certmgr.identity import DeviceIdentity, normalize_mac, parse_ip
-from certmgr.inventory.service import supersede_unfinished
-from certmgr.issuance.service import BuiltCertificate, build_certificate, record_certificate
+from certmgr.issuance.service import BuiltCertificate, build_certificate
 from certmgr.policy import Policy
+from certmgr.policy.model import DEFAULT_RENEW_AT_FRACTION
 from certmgr.renewal.planner import RenewalInput, RenewalPlan, plan_renewal, spread
 from certmgr.renewal.triggers import CertFacts, DeviceFacts, PolicyFacts, Reason, Trigger, reissue_reasons
-from certmgr.scheduling.locks import claim_device
 
 if TYPE_CHECKING:
     from certmgr.runtime import Runtime
@@ -189,6 +197,155 @@ def scan_current(session: Session, batch: int) -> Iterator[list[CurrentRow]]:
         after = out[-1].device_id
         if len(rows) < batch:
             return
+
+
+#: The first pass reads ``renewal_scan_batch`` times this many rows per batch (its rows are small).
+PREFILTER_BATCH_FACTOR = 5
+#: Slack (seconds) on the first pass's horizon test: the epoch arithmetic is floating point.
+_FIRST_PASS_SLACK_S = 1.0
+
+
+@dataclass(frozen=True)
+class _PolicyDates:
+    """What the first pass needs of one policy (cached per run)."""
+
+    digest: str
+    renew_before_s: float | None
+    fraction: float
+    date_only: bool  # san.ip and no DNS templates: the SANs are exactly the phone's IP
+
+
+def _policy_dates(policy: Policy) -> _PolicyDates:
+    renewal = policy.renewal
+    return _PolicyDates(
+        digest=policy.digest,
+        renew_before_s=renewal.renew_before.total_seconds() if renewal.renew_before is not None else None,
+        fraction=renewal.renew_at_fraction if renewal.renew_at_fraction is not None else DEFAULT_RENEW_AT_FRACTION,
+        date_only=bool(policy.san.ip and not policy.san.dns),
+    )
+
+
+#: The first pass's query per dialect: epoch seconds computed by the database (SQLite stores the UTC wall time as
+#: text, PostgreSQL ``timestamptz``), JSON columns as text, driver parameter style.
+_PREFILTER_SQLITE = (
+    "SELECT d.id, d.mac, d.ip, d.dns_names, d.drift, d.policy_name, "
+    "(julianday(c.not_before) - 2440587.5) * 86400.0, (julianday(c.not_after) - 2440587.5) * 86400.0, "
+    "c.sans, c.issuer_fingerprint, c.policy_name, c.policy_digest, c.status, c.revoked_at IS NULL "
+    "FROM device d JOIN certificate c ON c.id = d.current_certificate_id "
+    "WHERE d.id > :after AND d.enrollment = :approved ORDER BY d.id LIMIT :limit"
+)
+_PREFILTER_POSTGRES = (
+    "SELECT d.id, d.mac, d.ip, d.dns_names::text, d.drift, d.policy_name, "
+    "extract(epoch from c.not_before)::float8, extract(epoch from c.not_after)::float8, "
+    "c.sans::text, c.issuer_fingerprint, c.policy_name, c.policy_digest, c.status, c.revoked_at IS NULL "
+    "FROM device d JOIN certificate c ON c.id = d.current_certificate_id "
+    "WHERE d.id > %(after)s AND d.enrollment = %(approved)s ORDER BY d.id LIMIT %(limit)s"
+)
+#: Dialect name → the first pass's query (parameters ``after``, ``approved``, ``limit``).
+PREFILTER_SQL: Mapping[str, str] = {"sqlite": _PREFILTER_SQLITE, "postgresql": _PREFILTER_POSTGRES}
+
+
+def scan_first_pass(
+    session: Session,
+    runtime: Runtime,
+    horizon: datetime,
+    issuing_ca: str | None,
+    manual: Mapping[str, datetime],
+    batch: int,
+) -> Iterator[tuple[int, list[int]]]:
+    """The first pass of the scan (step 1a of the module docstring): yields, per keyset batch, the number of rows
+    read and the device ids that need the full check (second pass). Raw DBAPI cursor on the session's
+    connection; a row is dropped only when nothing but its date can fire and its base renewal time is after
+    ``horizon``.
+
+    Raises:
+        DatabaseError: if the database cannot be reached.
+    """
+    connection = session.connection()
+    sql = PREFILTER_SQL["postgresql" if connection.dialect.name == "postgresql" else "sqlite"]
+    limit_s = horizon.timestamp() + _FIRST_PASS_SLACK_S
+    dates: dict[str, _PolicyDates | None] = {}
+
+    def policy_dates(name: str) -> _PolicyDates | None:
+        if name not in dates:
+            try:
+                dates[name] = _policy_dates(runtime.policies.get(name))
+            except InputError:
+                dates[name] = None  # a policy removed since: the full check selects one
+        return dates[name]
+
+    revoked = CertificateStatus.REVOKED.value
+    after = 0
+    cursor = connection.connection.cursor()
+    try:
+        while True:
+            cursor.execute(sql, {"after": after, "approved": Enrollment.APPROVED.value, "limit": batch})
+            rows = cursor.fetchall()
+            if not rows:
+                return
+            full: list[int] = []
+            for (device_id, mac, ip, dns, drift, device_policy, not_before, not_after, sans, issuer, cert_policy,
+                 cert_digest, status, not_revoked) in rows:  # fmt: skip
+                pol = policy_dates(device_policy) if device_policy is not None else None
+                if (
+                    pol is None
+                    or not pol.date_only
+                    or drift
+                    or not not_revoked
+                    or status == revoked
+                    or (issuing_ca is not None and issuer != issuing_ca)
+                    or cert_policy != device_policy
+                    or cert_digest != pol.digest
+                    or ip is None
+                    or dns != "[]"
+                    or sans != f'["IP:{ip}"]'
+                    or mac in manual
+                ):
+                    full.append(device_id)  # something besides the date may fire: the full check decides
+                    continue
+                lifetime = not_after - not_before
+                if lifetime <= 0:
+                    full.append(device_id)  # inconsistent dates: the full check reports them
+                    continue
+                if pol.renew_before_s is not None and pol.renew_before_s < lifetime:
+                    base = not_after - pol.renew_before_s
+                else:
+                    base = not_before + lifetime * pol.fraction
+                if base <= limit_s:
+                    full.append(device_id)
+            yield len(rows), full
+            after = rows[-1][0]
+            if len(rows) < batch:
+                return
+    finally:
+        cursor.close()
+
+
+def _regroup(first_pass: Iterator[tuple[int, list[int]]], size: int) -> Iterator[tuple[int, list[int]]]:
+    """The first pass's output in groups of at least ``size`` ids (the last one smaller): one second-pass query
+    per group instead of one per first-pass batch, memory still bounded by about two groups."""
+    read, ids = 0, []
+    for n, more in first_pass:
+        read += n
+        ids += more
+        if len(ids) >= size:
+            yield read, ids
+            read, ids = 0, []
+    if read or ids:
+        yield read, ids
+
+
+def load_current(session: Session, device_ids: Sequence[int]) -> list[CurrentRow]:
+    """The full planner columns (step 1b) of the phones ``device_ids`` that have a current certificate, by id."""
+    if not device_ids:
+        return []
+    rows = session.execute(
+        select(*_COLUMNS)
+        .join(Certificate, col(Certificate.id) == col(Device.current_certificate_id))
+        .where(col(Device.id).in_(list(device_ids)))
+        .order_by(col(Device.id))
+    ).all()
+    return [_current_row(r) for r in rows]
 
 
 # --- decisions ---------------------------------------------------------------------------------------------
@@ -397,8 +554,12 @@ def plan_fleet(runtime: Runtime, now: datetime) -> tuple[list[Candidate], Renewa
     with session_scope(runtime.engine) as session:
         issuing = _active_issuing_ca(session)
         manual = _manual_requests(session)
-        for batch in scan_current(session, settings.renewal_scan_batch):
-            report.scanned += len(batch)
+        first = scan_first_pass(
+            session, runtime, horizon, issuing, manual, settings.renewal_scan_batch * PREFILTER_BATCH_FACTOR
+        )
+        for read, ids in _regroup(first, settings.renewal_scan_batch):
+            report.scanned += read
+            batch = load_current(session, ids)
             fired: list[tuple[CurrentRow, RenewalPlan, list[Reason]]] = []
             for row in batch:
                 try:
@@ -492,11 +653,8 @@ def _load_identity(runtime: Runtime, device_id: int) -> tuple[DeviceIdentity, Po
 
 
 def _record(runtime: Runtime, cand: Candidate, built: BuiltCertificate, now: datetime) -> bool:
-    with session_scope(runtime.engine) as session:
-        if not claim_device(session, cand.device_id):
-            return False  # another node is issuing for this phone right now
-        device = session.get(Device, cand.device_id)
-        if device is None or device.current_certificate_id != cand.cert_id:
+    def still_needed(session: Session, device: Device) -> bool:
+        if device.current_certificate_id != cand.cert_id:
             return False  # the phone moved on meanwhile; the next run looks again
         newer = session.execute(
             select(col(Certificate.id)).where(
@@ -506,59 +664,28 @@ def _record(runtime: Runtime, cand: Candidate, built: BuiltCertificate, now: dat
                 col(Certificate.created_at) >= now if cand.override_pending else col(Certificate.id) > 0,
             )
         ).first()
-        if newer is not None:
-            return False  # a renewal is already under way (or was issued by this very run elsewhere)
-        events = supersede_unfinished(session, device, now, f"new certificate ({cand.issue_reason.value})")
-        for old in session.execute(
-            select(Certificate).where(
-                col(Certificate.device_id) == device.id, col(Certificate.status) == CertificateStatus.PENDING.value
-            )
-        ).scalars():
-            old.status = CertificateStatus.SUPERSEDED
-            session.add(old)
-        cert = record_certificate(
-            session, built, runtime.vault, now=now, reason=cand.issue_reason, actor=ACTOR, device=device
+        return newer is None  # else a renewal is already under way (or was issued by this very run elsewhere)
+
+    with session_scope(runtime.engine) as session:
+        queued = issue_and_queue(
+            session,
+            runtime,
+            cand.device_id,
+            built,
+            reason=cand.issue_reason,
+            actor=ACTOR,
+            now=now,
+            still_needed=still_needed,
+            reissue={
+                "previous_serial": cand.serial,
+                "reason": cand.issue_reason.value,
+                "triggers": [r.trigger.value for r in cand.reasons],
+                "explanations": [r.explanation for r in cand.reasons],
+                "plan": cand.plan.reason,
+                "not_after": cand.not_after.isoformat(),
+            },
         )
-        assert cert.id is not None
-        assert device.id is not None
-        dep = Deployment(
-            device_id=device.id,
-            certificate_id=cert.id,
-            state=DeploymentState.QUEUED,
-            next_attempt_at=None,
-            created_at=now,
-            updated_at=now,
-        )
-        session.add(dep)
-        session.flush()
-        events.append(
-            NewEvent(
-                ACTOR,
-                "certificate.reissue",
-                "device",
-                device.mac,
-                {
-                    "previous_serial": cand.serial,
-                    "serial": cert.serial,
-                    "reason": cand.issue_reason.value,
-                    "triggers": [r.trigger.value for r in cand.reasons],
-                    "explanations": [r.explanation for r in cand.reasons],
-                    "plan": cand.plan.reason,
-                    "not_after": cand.not_after.isoformat(),
-                },
-            )
-        )
-        events.append(
-            NewEvent(
-                ACTOR,
-                "deployment.created",
-                "deployment",
-                str(dep.id),
-                {"mac": device.mac, "serial": cert.serial, "reason": cand.issue_reason.value},
-            )
-        )
-        append_events(session, now, events)
-        return True
+        return queued is not None
 
 
 def reconcile_renewals(runtime: Runtime, now: datetime) -> RenewalReport:
@@ -622,14 +749,17 @@ def request_renewal(session: Session, mac: str, now: datetime, actor: str, note:
 
 __all__ = [
     "IMMEDIATE",
+    "PREFILTER_SQL",
     "RENEWAL_REQUESTED",
     "Candidate",
     "CurrentRow",
     "RenewalReport",
     "decide",
     "issued_in_last_hour",
+    "load_current",
     "plan_fleet",
     "reconcile_renewals",
     "request_renewal",
     "scan_current",
+    "scan_first_pass",
 ]

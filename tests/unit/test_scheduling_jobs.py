@@ -39,6 +39,8 @@ def test_jobs_have_explicit_ids_and_safe_defaults(tmp_path: Path) -> None:
         "ca-expiry-watch",
         "probe-sweep",
         "audit-checkpoint",
+        "crl-refresh",
+        "report-export",
     }
     for job in jobs.values():
         assert job.coalesce is True
