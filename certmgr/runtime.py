@@ -7,6 +7,7 @@ a half-initialised data dir behind.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -21,9 +22,11 @@ from certmgr.db.models import CARecord, CARole
 from certmgr.errors import CANotInitialisedError, ConfigError, SchemaOutdatedError
 from certmgr.fsutil import ensure_private_dir
 from certmgr.pki.ca import load_ca_definition
-from certmgr.pki.keys import fingerprint_sha256
+from certmgr.pki.keypool import KeyPool
+from certmgr.pki.keys import PrivateKey, fingerprint_sha256
 from certmgr.pki.keystore import KeyVault
 from certmgr.pki.store import CAInfo, CAStore, Issuer
+from certmgr.pki.types import KeyType
 from certmgr.policy import PolicySet, load_policies
 from certmgr.settings import Settings, ca_passphrase, master_key
 
@@ -48,6 +51,7 @@ class Runtime:
     notices: list[str] = field(default_factory=list)
     _passphrase: SecretStr | None = None
     _issuer: Issuer | None = None
+    _key_pool: KeyPool | None = None
 
     def issuer(self) -> Issuer:
         """The issuing CA (certificate + decrypted key), loaded once.
@@ -94,7 +98,15 @@ class Runtime:
 
         return Session(self.engine, expire_on_commit=False)
 
+    def generate_keys(self, key_types: Sequence[KeyType]) -> list[PrivateKey]:
+        """New private keys, one per entry, generated on every core (setting ``issuance_workers``)."""
+        if self._key_pool is None:
+            self._key_pool = KeyPool(self.settings.issuance_workers or None)
+        return self._key_pool.generate(key_types)
+
     def close(self) -> None:
+        if self._key_pool is not None:
+            self._key_pool.close()
         self.engine.dispose()
 
 

@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     probe_interval_seconds: float = Field(default=1.0, ge=0, le=10)
     probe_timeout_seconds: float = Field(default=5.0, gt=0, le=30)
     reconcile_issue_batch: int = Field(default=20, ge=1, description="Certificates issued per dispatcher tick.")
+    issuance_workers: int = Field(
+        default=0, ge=0, le=64, description="Processes generating phone keys (0 = one per core, 1 = in-process)."
+    )
     reconcile_scan_batch: int = Field(default=500, ge=1, description="Devices checked per dispatcher tick.")
     wpi_max_body: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024, description="Cap on a WPI POST body.")
 

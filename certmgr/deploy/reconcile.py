@@ -37,6 +37,8 @@ from certmgr.deploy.states import UNFINISHED_STATES, check_transition
 from certmgr.errors import CertmgrError
 from certmgr.identity import DeviceIdentity, parse_ip
 from certmgr.issuance.service import BuiltCertificate, build_certificate, record_certificate
+from certmgr.pki.keys import PrivateKey
+from certmgr.policy import Policy
 from certmgr.scheduling.locks import claim_device
 
 if TYPE_CHECKING:
@@ -100,9 +102,17 @@ class Reconciler:
         settings = self._runtime.settings
         candidates = self._candidates(now, settings.reconcile_scan_batch, settings.reconcile_issue_batch)
         created = 0
+        policies: dict[str, Policy] = {}
         for cand in candidates:
             try:
-                built = self._build(cand, now)
+                policies[cand.mac] = self._policy(cand)
+            except CertmgrError:
+                continue  # reported by _build below
+        # Key generation dominates issuance: do the whole batch at once, on every core.
+        keys = dict(zip(policies, self._runtime.generate_keys([p.key_type for p in policies.values()]), strict=True))
+        for cand in candidates:
+            try:
+                built = self._build(cand, now, keys.get(cand.mac))
             except CertmgrError as exc:
                 with session_scope(self._runtime.engine) as session:
                     append_events(
@@ -159,10 +169,12 @@ class Reconciler:
                     break
         return found
 
-    def _build(self, cand: _Candidate, now: datetime) -> BuiltCertificate:
+    def _policy(self, cand: _Candidate) -> Policy:
         runtime = self._runtime
-        policy = runtime.policies.get(cand.policy_name) if cand.policy_name else runtime.policies.select(cand.identity)
-        return build_certificate(cand.identity, policy, runtime.issuer(), now)
+        return runtime.policies.get(cand.policy_name) if cand.policy_name else runtime.policies.select(cand.identity)
+
+    def _build(self, cand: _Candidate, now: datetime, key: PrivateKey | None = None) -> BuiltCertificate:
+        return build_certificate(cand.identity, self._policy(cand), self._runtime.issuer(), now, key=key)
 
     def _record(self, cand: _Candidate, built: BuiltCertificate, now: datetime) -> bool:
         def still_needed(session: Session, device: Device) -> bool:

@@ -74,6 +74,7 @@ from certmgr.deploy.states import UNFINISHED_STATES
 from certmgr.errors import CertmgrError, InputError, NotFoundError
 from certmgr.identity import DeviceIdentity, normalize_mac, parse_ip
 from certmgr.issuance.service import BuiltCertificate, build_certificate
+from certmgr.pki.keys import PrivateKey, key_type_of
 from certmgr.policy import Policy
 from certmgr.policy.model import DEFAULT_RENEW_AT_FRACTION
 from certmgr.renewal.planner import RenewalInput, RenewalPlan, plan_renewal, spread
@@ -84,6 +85,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("certmgr.renewal")
 
+KEY_CHUNK = 64  # keys generated per parallel batch during a renewal run
 ACTOR = "renewal"
 #: Audit action of an operator's request for a new certificate (see :func:`request_renewal`).
 RENEWAL_REQUESTED = "device.renewal-requested"
@@ -695,13 +697,17 @@ def reconcile_renewals(runtime: Runtime, now: datetime) -> RenewalReport:
         DatabaseError: if the database cannot be reached. (A phone whose issuance fails is audited and skipped.)
     """
     candidates, report = plan_fleet(runtime, now)
-    for cand in candidates:
+    keys: list[PrivateKey] = []
+    for n, cand in enumerate(candidates):
         loaded = _load_identity(runtime, cand.device_id)
         if loaded is None:
             continue
         identity, policy = loaded
+        if not keys:  # key generation dominates: the next chunk of keys at once, on every core
+            keys = runtime.generate_keys([policy.key_type] * min(KEY_CHUNK, len(candidates) - n))
+        key = keys.pop() if key_type_of(keys[-1]) is policy.key_type else None
         try:
-            built = build_certificate(identity, policy, runtime.issuer(), now)
+            built = build_certificate(identity, policy, runtime.issuer(), now, key=key)
         except CertmgrError as exc:
             report.failed += 1
             with session_scope(runtime.engine) as session:
@@ -717,8 +723,8 @@ def reconcile_renewals(runtime: Runtime, now: datetime) -> RenewalReport:
             continue
         if _record(runtime, cand, built, now):
             report.issued.append(cand.mac)
-            key = cand.issue_reason.value
-            report.reasons[key] = report.reasons.get(key, 0) + 1
+            why = cand.issue_reason.value
+            report.reasons[why] = report.reasons.get(why, 0) + 1
         else:
             report.skipped_in_progress += 1
     return report
