@@ -13,7 +13,7 @@ from sqlmodel import col
 
 from certmgr.api.app import RuntimeDep
 from certmgr.api.auth import Admin, Viewer
-from certmgr.api.routes_common import Cursor, Limit, Page, SessionDep, Text, after, aware, page
+from certmgr.api.routes_common import Cursor, Limit, Page, SessionDep, Text, after, aware, fetch_page
 from certmgr.audit.checkpoint import create_checkpoint, load_verifier, runtime_signer, verify_audit
 from certmgr.audit.log import append_event
 from certmgr.db.models import AuditEvent
@@ -95,9 +95,7 @@ def audit_events(
         query = query.where(col(AuditEvent.subject_type) == subject_type)
     if subject_id is not None:
         query = query.where(col(AuditEvent.subject_id) == subject_id)
-    rows = list(session.execute(query.order_by(col(AuditEvent.seq)).limit(limit + 1)).scalars())
-    items = [AuditEventPublic.model_validate(row, from_attributes=True) for row in rows]
-    return page(items, rows[min(len(rows), limit) - 1].seq if rows else None, limit)
+    return fetch_page(session, query, col(AuditEvent.seq), limit, AuditEventPublic)
 
 
 @router.post("/checkpoints", response_model=CheckpointResult)

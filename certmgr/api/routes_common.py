@@ -9,18 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Depends, Path, Query
 from pydantic import BaseModel
-from sqlmodel import Session
+from sqlalchemy import Select
+from sqlalchemy.orm import Mapped
+from sqlmodel import Session, SQLModel
 
 from certmgr.api.app import RuntimeDep
 from certmgr.clock import ensure_utc
 from certmgr.db.engine import session_scope
-from certmgr.errors import InputError
+from certmgr.errors import InputError, NotFoundError
 
 T = TypeVar("T")
+P = TypeVar("P", bound=BaseModel)
+M = TypeVar("M", bound=SQLModel)
 
 MAX_INT32 = 2_147_483_647
 MAX_INT64 = 9_223_372_036_854_775_807
@@ -71,6 +75,27 @@ def page(items: list[T], key: int | None, limit: int) -> Page[T]:
     if len(items) > limit:
         return Page(items=items[:limit], next_cursor=str(key))
     return Page(items=items, next_cursor=None)
+
+
+def fetch_page(session: Session, query: Select[Any], key: Mapped[Any], limit: int, public: type[P]) -> Page[P]:
+    """Run ``query`` (already filtered to rows after the cursor) ordered by ``key`` and return one page of
+    ``public`` models; the cursor is the ``key`` value of the last row kept."""
+    rows = list(session.execute(query.order_by(key).limit(limit + 1)).scalars())
+    items = [public.model_validate(row, from_attributes=True) for row in rows]
+    last = getattr(rows[min(len(rows), limit) - 1], key.key) if rows else None  # type: ignore[attr-defined]
+    return page(items, last, limit)
+
+
+def get_or_404(session: Session, model: type[M], ident: int, what: str) -> M:
+    """The ``model`` row with primary key ``ident``.
+
+    Raises:
+        NotFoundError: if there is none (404).
+    """
+    row = session.get(model, ident)
+    if row is None:
+        raise NotFoundError(f"no {what} with id {ident}", id=ident)
+    return row
 
 
 def aware(value: datetime | None, name: str) -> datetime | None:

@@ -17,7 +17,18 @@ from sqlmodel import Session, col
 
 from certmgr.api.app import RuntimeDep
 from certmgr.api.auth import Viewer
-from certmgr.api.routes_common import Cursor, IdPath, Limit, Page, SessionDep, Text, after, like_pattern, page
+from certmgr.api.routes_common import (
+    Cursor,
+    IdPath,
+    Limit,
+    Page,
+    SessionDep,
+    Text,
+    after,
+    fetch_page,
+    get_or_404,
+    like_pattern,
+)
 from certmgr.db.models import (
     Certificate,
     CertificateStatus,
@@ -28,7 +39,6 @@ from certmgr.db.models import (
     Enrollment,
     IssueReason,
 )
-from certmgr.errors import NotFoundError
 
 router = APIRouter(prefix="/api/v1", tags=["inventory"])
 
@@ -168,16 +178,11 @@ def devices_list(
                 col(Device.ip).ilike(pattern, escape="\\"),
             )
         )
-    rows = list(session.execute(query.order_by(col(Device.id)).limit(limit + 1)).scalars())
-    items = [DevicePublic.model_validate(r) for r in rows]
-    return page(items, rows[min(len(rows), limit) - 1].id if rows else None, limit)
+    return fetch_page(session, query, col(Device.id), limit, DevicePublic)
 
 
 def _device(session: Session, device_id: int) -> Device:
-    row = session.get(Device, device_id)
-    if row is None:
-        raise NotFoundError(f"no device with id {device_id}", id=device_id)
-    return row
+    return get_or_404(session, Device, device_id, "device")
 
 
 @router.get("/devices/{device_id}", response_model=DeviceDetail)
@@ -235,16 +240,11 @@ def certificates_list(
         query = query.where(col(Certificate.policy_name) == policy)
     if expiring_within is not None:
         query = query.where(col(Certificate.not_after) <= rt.clock.now() + timedelta(days=expiring_within))
-    rows = list(session.execute(query.order_by(col(Certificate.id)).limit(limit + 1)).scalars())
-    items = [CertificatePublic.model_validate(r) for r in rows]
-    return page(items, rows[min(len(rows), limit) - 1].id if rows else None, limit)
+    return fetch_page(session, query, col(Certificate.id), limit, CertificatePublic)
 
 
 def _certificate(session: Session, certificate_id: int) -> Certificate:
-    row = session.get(Certificate, certificate_id)
-    if row is None:
-        raise NotFoundError(f"no certificate with id {certificate_id}", id=certificate_id)
-    return row
+    return get_or_404(session, Certificate, certificate_id, "certificate")
 
 
 @router.get("/certificates/{certificate_id}", response_model=CertificatePublic)
@@ -287,15 +287,10 @@ def deployments_list(
         query = query.where(col(Deployment.device_id) == device_id)
     if certificate_id is not None:
         query = query.where(col(Deployment.certificate_id) == certificate_id)
-    rows = list(session.execute(query.order_by(col(Deployment.id)).limit(limit + 1)).scalars())
-    items = [DeploymentPublic.model_validate(r) for r in rows]
-    return page(items, rows[min(len(rows), limit) - 1].id if rows else None, limit)
+    return fetch_page(session, query, col(Deployment.id), limit, DeploymentPublic)
 
 
 @router.get("/deployments/{deployment_id}", response_model=DeploymentDetail)
 def deployment_detail(deployment_id: IdPath, _who: Viewer, session: SessionDep) -> DeploymentDetail:
     """One deployment with its transcript as stored (viewer); 404 if unknown."""
-    row = session.get(Deployment, deployment_id)
-    if row is None:
-        raise NotFoundError(f"no deployment with id {deployment_id}", id=deployment_id)
-    return DeploymentDetail.model_validate(row)
+    return DeploymentDetail.model_validate(get_or_404(session, Deployment, deployment_id, "deployment"))
