@@ -29,7 +29,9 @@ def _generate_der(key_type: str) -> bytes:
 
 
 def _load(der: bytes) -> PrivateKey:
-    key = serialization.load_der_private_key(der, password=None)
+    # The key was generated a moment ago by our own worker: re-validating it (RSA primality checks) would cost
+    # about as much as generating it, so the check is skipped.
+    key = serialization.load_der_private_key(der, password=None, unsafe_skip_rsa_key_validation=True)
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
         raise TypeError(f"unexpected key type {type(key).__name__}")
     return key
