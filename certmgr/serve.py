@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable, Coroutine, Generator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -167,4 +168,13 @@ def build_listeners(runtime: Runtime, role: Role) -> tuple[list[Listener], list[
 def serve(runtime: Runtime, role: Role = Role.ALL, announce: Callable[[str], None] = print) -> None:
     """Run the service for ``role`` in the foreground until interrupted."""
     listeners, background = build_listeners(runtime, role)
-    asyncio.run(run_forever(listeners, background, announce))
+
+    async def main() -> None:
+        # Database steps and TLS probes of in-flight phones run in worker threads (asyncio.to_thread). The
+        # default pool (cores + 4 threads) would queue 50 concurrent phones behind a handful of threads, so it
+        # is sized to the deployment concurrency.
+        workers = runtime.settings.deploy_concurrency + 8
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(workers, thread_name_prefix="certmgr"))
+        await run_forever(listeners, background, announce)
+
+    asyncio.run(main())
