@@ -54,7 +54,7 @@ from sqlmodel import col, select
 
 from certmgr.db.engine import create_db_engine, session_scope
 from certmgr.db.models import Certificate, Deployment, DeploymentState
-from certmgr.simulator.fleet import fleet_addresses, fleet_mac
+from certmgr.simulator.fleet import fleet_addresses, fleet_mac, port_free_on_all
 from certmgr.simulator.phone import PhoneConfig, SimPhone
 from certmgr.wpi.codec import encode_dls
 from certmgr.wpi.contactme import build_contact_me
@@ -72,20 +72,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
-
-
-def port_free_on_all(hosts: list[str]) -> int:
-    for _ in range(50):
-        port = free_port(hosts[0])
-        try:
-            for host in hosts:
-                with socket.socket() as s:
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    s.bind((host, port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no port free on every phone address")
 
 
 def raise_nofile() -> tuple[int, int]:

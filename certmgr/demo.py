@@ -24,7 +24,6 @@ import logging
 import os
 import secrets
 import shutil
-import socket
 import ssl
 import sys
 import tempfile
@@ -47,7 +46,7 @@ from certmgr.runtime import Runtime, open_runtime
 from certmgr.serve import Role, build_listeners, run_forever
 from certmgr.settings import Settings
 from certmgr.simulator.faults import parse_fault_spec
-from certmgr.simulator.fleet import fleet_addresses, fleet_mac
+from certmgr.simulator.fleet import fleet_addresses, fleet_mac, port_free_on_all
 from certmgr.simulator.phone import PhoneConfig, SimPhone, new_nonce
 from certmgr.wpi.codec import encode_workpoint
 from certmgr.wpi.messages import Item, Reason, WorkpointMessage
@@ -78,29 +77,6 @@ VERIFIED = DeploymentState.VERIFIED
 FINISHED = (DeploymentState.VERIFIED, DeploymentState.FAILED, DeploymentState.SUPERSEDED, DeploymentState.CANCELLED)
 
 
-def _port_free_on_all(hosts: Sequence[str], preferred: int | None) -> int:
-    """``preferred`` if it can be bound on every host, else a free high port that can (bounded tries).
-
-    Raises:
-        RuntimeError: if no port is free on all hosts.
-    """
-    candidates = [preferred] if preferred is not None else []
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind((hosts[0], 0))
-            candidates.append(int(s.getsockname()[1]))
-    for port in candidates:
-        try:
-            for host in hosts:
-                with socket.socket() as s:
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    s.bind((host, port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no TCP port is free on every demo address")
-
-
 def demo_settings(data_dir: Path, hosts: Sequence[str]) -> Settings:
     """Settings of the demo service: private data dir, legacy+plain policy, short timings, loopback only."""
     policy_dir = data_dir / "policies"
@@ -119,10 +95,10 @@ def demo_settings(data_dir: Path, hosts: Sequence[str]) -> Settings:
         master_key=SecretStr(secrets.token_urlsafe(32)),
         pkcs12_passwords={PASSWORD_SECRET: SecretStr(secrets.token_urlsafe(16))},
         wpi_host="127.0.0.1",
-        wpi_port=_port_free_on_all(["127.0.0.1"], None),
-        wpi_poll_port=_port_free_on_all(["127.0.0.1"], None),
-        wbm_port=_port_free_on_all(hosts, 443 if root else None),
-        contact_me_port=_port_free_on_all(hosts, 8085 if root else None),
+        wpi_port=port_free_on_all(["127.0.0.1"]),
+        wpi_poll_port=port_free_on_all(["127.0.0.1"]),
+        wbm_port=port_free_on_all(hosts, preferred=(443,) if root else ()),
+        contact_me_port=port_free_on_all(hosts, preferred=(8085,) if root else ()),
         contact_gap_seconds=1,
         callback_timeout_seconds=6,
         retry_base_seconds=1,

@@ -14,7 +14,6 @@ import os
 import queue
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -35,7 +34,7 @@ from certmgr.db.engine import create_db_engine, session_scope
 from certmgr.db.models import AuditEvent, Certificate, Deployment, Device
 from certmgr.errors import DeploymentError
 from certmgr.simulator.faults import parse_fault_spec
-from certmgr.simulator.fleet import fleet_mac
+from certmgr.simulator.fleet import fleet_mac, port_free_on_all
 from certmgr.simulator.phone import PhoneConfig, SimPhone, alternate_ip, new_nonce
 from certmgr.wpi.codec import encode_workpoint
 from certmgr.wpi.messages import Item, Reason, WorkpointMessage
@@ -66,29 +65,6 @@ def loopback_block() -> tuple[int, int]:
     second = 40 + worker_index() % 40
     third = (os.getpid() * 7 + next(_counter) * 13) % 250 + 1
     return second, third
-
-
-def port_free_on_all(hosts: Sequence[str], *, preferred: Sequence[int] = (), tries: int = 60) -> int:
-    """A TCP port that can be bound on every one of ``hosts`` (``preferred`` ones first; bounded tries).
-
-    Raises:
-        RuntimeError: if no such port turns up.
-    """
-    candidates: list[int] = list(preferred)
-    for _ in range(tries):
-        with socket.socket() as s:
-            s.bind((hosts[0], 0))
-            candidates.append(int(s.getsockname()[1]))
-    for port in candidates:
-        try:
-            for host in hosts:
-                with socket.socket() as s:
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    s.bind((host, port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError(f"no port free on all {len(hosts)} hosts")
 
 
 def wait_until(predicate: Callable[[], T], timeout: float, interval: float = 0.25, what: str = "condition") -> T:

@@ -12,8 +12,8 @@ from sqlmodel import col, select
 from certmgr.db.engine import session_scope
 from certmgr.db.models import CheckProbe, Deployment, DeploymentState, Device, DeviceStatus
 from certmgr.settings import Settings
-from certmgr.simulator.fleet import Fleet
-from tests.integration.fake_phone import Stack, address_block, free_port, free_port_on_all, wait_for
+from certmgr.simulator.fleet import Fleet, port_free_on_all
+from tests.integration.fake_phone import Stack, address_block, free_port, wait_for
 from tests.integration.test_wpi_server import _runtime
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 def test_five_simulated_phones_all_verified(settings: Settings, tmp_path: Path) -> None:
     block = address_block()
     hosts = [f"127.0.{block}.{n}" for n in range(1, 6)]
-    runtime = _runtime(settings, tmp_path, block, wbm_port=free_port_on_all(hosts), contact_me_port=free_port(hosts[0]))
+    runtime = _runtime(settings, tmp_path, block, wbm_port=port_free_on_all(hosts), contact_me_port=free_port(hosts[0]))
     stack = Stack(runtime)
     loop = asyncio.new_event_loop()
     stop = threading.Event()
@@ -32,7 +32,7 @@ def test_five_simulated_phones_all_verified(settings: Settings, tmp_path: Path) 
         dls_url=f"{stack.wpi_url}/DeploymentService/LoginService",
         contact_gap=0,
         wbm_port=runtime.settings.wbm_port,
-        contact_port=free_port_on_all(hosts),
+        contact_port=port_free_on_all(hosts),
         request_timeout=10,
     )
 

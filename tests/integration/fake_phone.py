@@ -52,20 +52,6 @@ def free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
-def free_port_on_all(hosts: list[str]) -> int:
-    """A port free on every host in ``hosts`` (bounded tries)."""
-    for _ in range(50):
-        port = free_port(hosts[0])
-        try:
-            for host in hosts[1:]:
-                with socket.socket() as s:
-                    s.bind((host, port))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no common free port")
-
-
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1) -> Any:
     """Poll ``predicate`` until it returns something truthy (bounded); returns that value."""
     deadline = time.monotonic() + timeout

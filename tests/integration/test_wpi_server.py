@@ -27,6 +27,7 @@ from certmgr.inventory.service import approve_device
 from certmgr.pki.types import Pkcs12Profile
 from certmgr.runtime import Runtime, open_runtime
 from certmgr.settings import Settings
+from certmgr.simulator.fleet import port_free_on_all
 from certmgr.wpi.messages import Action, Reason, WorkpointMessage
 from tests.conftest import REPO
 from tests.integration.fake_phone import (
@@ -36,7 +37,6 @@ from tests.integration.fake_phone import (
     Stack,
     address_block,
     free_port,
-    free_port_on_all,
     wait_for,
 )
 
@@ -67,7 +67,7 @@ def _runtime(settings: Settings, tmp_path: Path, block: int, *, approve: bool = 
             "wpi_host": "127.0.0.1",
             "wpi_port": free_port("127.0.0.1"),
             "wpi_poll_port": free_port("127.0.0.1"),
-            "wbm_port": free_port_on_all(hosts),
+            "wbm_port": port_free_on_all(hosts),
             "contact_gap_seconds": 0,
             "callback_timeout_seconds": 3,
             "retry_base_seconds": 1,
