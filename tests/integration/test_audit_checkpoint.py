@@ -28,6 +28,7 @@ from certmgr.audit.log import append_event
 from certmgr.cli.main import main
 from certmgr.db.engine import session_scope
 from certmgr.db.models import AuditCheckpoint, AuditEvent, AuditHead
+from certmgr.pki.keys import ENCRYPTED_KEY_PEM_HEADER
 from certmgr.runtime import Runtime
 from tests.conftest import T0
 from tests.integration.test_api_support import auth, ca_template, client, rt, tokens  # noqa: F401 - fixtures
@@ -72,7 +73,7 @@ def test_key_is_generated_encrypted_0600_with_public_key(rt: Runtime) -> None:
     signer = runtime_signer(rt)
     key_file, pub_file = key_paths(rt.settings.data_dir)
     assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
-    assert b"BEGIN ENCRYPTED PRIVATE KEY" in key_file.read_bytes()
+    assert ENCRYPTED_KEY_PEM_HEADER in key_file.read_bytes()
     assert pub_file.read_bytes() == signer.public_pem
     again = runtime_signer(rt)  # loaded, not regenerated
     assert again.fingerprint == signer.fingerprint

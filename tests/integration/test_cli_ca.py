@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
-from certmgr.pki.keys import fingerprint_sha256
+from certmgr.pki.keys import ENCRYPTED_KEY_PEM_HEADER, PLAINTEXT_KEY_PEM_HEADERS, fingerprint_sha256
 from tests.integration.test_cli_support import (
     assert_one_line_error,
     copy_data_dir,
@@ -47,10 +47,8 @@ def test_ca_init_creates_root_and_issuing_with_encrypted_private_keys(tmp_path: 
         assert stat.S_IMODE((ca / name).stat().st_mode) == 0o600, name
     for key in ("root.key", "issuing.key"):
         pem = (ca / key).read_bytes()
-        assert pem.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
-        assert b"BEGIN PRIVATE KEY" not in pem
-        assert b"BEGIN RSA PRIVATE KEY" not in pem
-        assert b"BEGIN EC PRIVATE KEY" not in pem
+        assert pem.startswith(ENCRYPTED_KEY_PEM_HEADER)
+        assert not any(header in pem for header in PLAINTEXT_KEY_PEM_HEADERS)
         with pytest.raises(TypeError):  # needs a password
             serialization.load_pem_private_key(pem, None)
     certs = _certs(data_dir)
@@ -184,7 +182,7 @@ def _check_imported_and_issue(data_dir: Path, tmp_path: Path, enterprise: dict[s
     stored = x509.load_pem_x509_certificate((data_dir / "ca" / "issuing.pem").read_bytes())
     assert stored == issuing
     key_pem = (data_dir / "ca" / "issuing.key").read_bytes()
-    assert key_pem.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    assert key_pem.startswith(ENCRYPTED_KEY_PEM_HEADER)
     assert not (data_dir / "ca" / "root.key").exists()
     assert count_rows(data_dir, "ca", "WHERE imported AND active") >= 1
     assert count_rows(data_dir, "audit_event", "WHERE action = 'ca.imported'") >= 1

@@ -13,7 +13,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from certmgr.pki.keys import fingerprint_sha256, public_keys_match
+from certmgr.pki.keys import PLAINTEXT_KEY_PEM_HEADERS, fingerprint_sha256, public_keys_match
 from tests.integration.test_cli_support import copy_data_dir, count_rows, init_template, ok, run_cli
 
 MAC = "00:1a:e8:12:34:56"
@@ -86,7 +86,7 @@ def test_p12_opens_with_cryptography_and_openssl(data_dir: Path, tmp_path: Path)
         check=False,
     )
     assert dumped.returncode == 0, dumped.stderr
-    assert "BEGIN PRIVATE KEY" in dumped.stdout
+    assert PLAINTEXT_KEY_PEM_HEADERS[0].decode() in dumped.stdout
     assert dumped.stdout.count("BEGIN CERTIFICATE") == 2
     pem_certs = x509.load_pem_x509_certificates(dumped.stdout.encode())
     assert leaf in pem_certs

@@ -15,6 +15,7 @@ from certmgr.db.engine import create_db_engine
 from certmgr.db.migrate import head_revision
 from certmgr.db.models import AuditEvent, CARecord, CARole
 from certmgr.errors import CAError, CANotInitialisedError, PolicySetError, SchemaTooNewError, StorageError
+from certmgr.pki.keys import ENCRYPTED_KEY_PEM_HEADER, PLAINTEXT_KEY_PEM_HEADERS
 from certmgr.pki.store import ALL_FILES
 from certmgr.runtime import open_runtime
 from certmgr.settings import MASTER_KEY_FILE_NAME, PASSPHRASE_FILE_NAME, Settings
@@ -36,9 +37,8 @@ def test_first_start_migrates_creates_ca_and_records_it(settings: Settings, db_u
             assert stat.S_IMODE(path.stat().st_mode) == 0o600, name
         for key_file in ("root.key", "issuing.key"):
             pem = (ca_dir / key_file).read_bytes()
-            assert b"BEGIN ENCRYPTED PRIVATE KEY" in pem
-            assert b"BEGIN PRIVATE KEY" not in pem
-            assert b"BEGIN RSA PRIVATE KEY" not in pem
+            assert ENCRYPTED_KEY_PEM_HEADER in pem
+            assert not any(header in pem for header in PLAINTEXT_KEY_PEM_HEADERS)
         assert any("created a new CA" in n for n in runtime.notices)
         with Session(runtime.engine) as session:
             rows = list(session.exec(select(CARecord)))

@@ -12,6 +12,7 @@ from cryptography.x509.oid import NameOID
 
 from certmgr.errors import CACorruptError, CAPassphraseError, InputError
 from certmgr.pki.keys import (
+    ENCRYPTED_KEY_PEM_HEADER,
     PrivateKey,
     encrypt_private_key_pem,
     fingerprint_sha256,
@@ -61,7 +62,7 @@ def test_key_type_of_rejects_unsupported_sizes() -> None:
 def test_encrypted_pem_round_trip() -> None:
     key = generate_private_key(KeyType.EC_P256)
     pem = encrypt_private_key_pem(key, b"s3cret")
-    assert pem.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    assert pem.startswith(ENCRYPTED_KEY_PEM_HEADER)
     loaded = load_private_key_pem(pem, b"s3cret")
     assert loaded.private_numbers() == key.private_numbers()
 
@@ -101,7 +102,7 @@ def test_missing_passphrase_for_encrypted_key() -> None:
     [
         b"",
         b"garbage",
-        b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n",
+        ENCRYPTED_KEY_PEM_HEADER + b"\nAAAA\n" + ENCRYPTED_KEY_PEM_HEADER.replace(b"BEGIN", b"END") + b"\n",
     ],
 )
 def test_garbage_is_corrupt(data: bytes) -> None:

@@ -20,7 +20,14 @@ from certmgr.errors import (
     InputError,
 )
 from certmgr.pki.ca import CADefinition, CAHierarchyDefinition, build_issuing, build_root
-from certmgr.pki.keys import PrivateKey, fingerprint_sha256, generate_private_key, public_keys_match
+from certmgr.pki.keys import (
+    ENCRYPTED_KEY_PEM_HEADER,
+    PLAINTEXT_KEY_PEM_HEADERS,
+    PrivateKey,
+    fingerprint_sha256,
+    generate_private_key,
+    public_keys_match,
+)
 from certmgr.pki.leaf import LeafSpec, issue_key_and_leaf
 from certmgr.pki.store import ALL_FILES, CAStore, Issuer
 from certmgr.pki.types import KeyType
@@ -111,10 +118,8 @@ def test_files_modes_and_encrypted_keys(initialised: CAStore) -> None:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, name
     for name in ("root.key", "issuing.key"):
         data = (initialised.ca_dir / name).read_bytes()
-        assert data.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
-        assert b"BEGIN PRIVATE KEY" not in data
-        assert b"BEGIN RSA PRIVATE KEY" not in data
-        assert b"BEGIN EC PRIVATE KEY" not in data
+        assert data.startswith(ENCRYPTED_KEY_PEM_HEADER)
+        assert not any(header in data for header in PLAINTEXT_KEY_PEM_HEADERS)
     chain = x509.load_pem_x509_certificates((initialised.ca_dir / "chain.pem").read_bytes())
     info = initialised.load_public()
     assert chain == [info.issuing_cert, info.root_cert]
@@ -236,7 +241,7 @@ def _assert_imported(store: CAStore, ent: Enterprise, with_root: bool) -> Issuer
     assert not (store.ca_dir / "root.key").exists()
     assert (store.ca_dir / "root.pem").exists() is with_root
     key_file = (store.ca_dir / "issuing.key").read_bytes()
-    assert key_file.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    assert key_file.startswith(ENCRYPTED_KEY_PEM_HEADER)
     _, leaf = issue_key_and_leaf(SPEC, KeyType.RSA_2048, issuer, NOW)
     leaf.verify_directly_issued_by(ent.issuing)
     return issuer
