@@ -74,6 +74,7 @@ CHECKPOINT = "audit-checkpoint"
 ROLLBACK = "deployment-rollback"
 REPORT_EXPORT = "report-export"
 CRL_REFRESH = "crl-refresh"
+INCIDENT_NOTIFY = "incident-notify"
 DISPATCH = "deployment-dispatch"  # the Dispatcher's own loop (see the module docstring)
 
 
@@ -144,6 +145,7 @@ def configured_jobs(settings: Settings) -> list[ConfiguredJob]:
         ConfiguredJob(ROLLBACK, max(s.dispatch_tick_seconds * 10, 5.0), False, 0.0),
         ConfiguredJob(EXPIRY_NOTIFY, s.notify_interval_seconds, True, 1.0),
         ConfiguredJob(CA_WATCH, s.notify_interval_seconds, True, 1.5),
+        ConfiguredJob(INCIDENT_NOTIFY, s.notify_interval_seconds, True, 1.8),
         ConfiguredJob(PROBE_SWEEP, s.probe_sweep_interval_seconds, True, 2.0),
         ConfiguredJob(CHECKPOINT, s.checkpoint_interval_seconds, True, 3.0),
         ConfiguredJob(CRL_REFRESH, s.crl_refresh_interval_seconds, True, 4.0),
@@ -155,7 +157,7 @@ def job_specs(runtime: Runtime) -> list[JobSpec]:
     """The jobs of the scheduler role (:func:`configured_jobs`) bound to their services."""
     from certmgr.deploy.rollback import rollback_failed
     from certmgr.renewal.service import reconcile_renewals
-    from certmgr.scheduling.tasks import ProbeSweep, audit_checkpoint, ca_expiry_watch, expiry_notify
+    from certmgr.scheduling.tasks import ProbeSweep, audit_checkpoint, ca_expiry_watch, expiry_notify, incident_notify
 
     sweep = ProbeSweep(runtime)
     calls: dict[str, Callable[[Runtime, datetime], object]] = {
@@ -163,6 +165,7 @@ def job_specs(runtime: Runtime) -> list[JobSpec]:
         ROLLBACK: rollback_failed,
         EXPIRY_NOTIFY: expiry_notify,
         CA_WATCH: ca_expiry_watch,
+        INCIDENT_NOTIFY: incident_notify,
         PROBE_SWEEP: lambda _rt, now: sweep.run(now),
         CHECKPOINT: audit_checkpoint,
         CRL_REFRESH: crl_refresh,

@@ -349,3 +349,105 @@ __all__ = [
     "ca_expiry_watch",
     "expiry_notify",
 ]
+
+
+# --- incidents: deployments failed for good, drift, audit-chain failure ----------------------------------------------
+INCIDENTS_NOTIFIED = "incidents.notified"
+AUDIT_FAILURE_NOTIFIED = "audit.failure-notified"
+INCIDENT_ACTIONS: dict[str, tuple[str, str]] = {
+    # audit action -> (notification kind, what it means)
+    "deployment.failed": ("deployment-failed", "deployment failed for good"),
+    "device.drift": ("drift", "phone serves a different certificate than certmgr deployed"),
+}
+_LIST_MAX = 50
+
+
+@dataclass
+class IncidentReport:
+    """What :func:`incident_notify` found and sent."""
+
+    audit_ok: bool = True
+    incidents: dict[str, int] = field(default_factory=dict)
+    notified: list[str] = field(default_factory=list)
+
+
+def incident_notify(runtime: Runtime, now: datetime) -> IncidentReport:
+    """Notify, once each, deployments that failed for good and drift (from the audit log since the last run)
+    and an audit chain that no longer verifies.
+
+    Progress is an audit event (``incidents.notified`` with the highest sequence number reported), written only
+    after a channel accepted the message, so nothing is lost when no channel is reachable. Verifying the chain
+    walks it in batches; its cost grows with the log (see docs/benchmarks.md for scan rates).
+
+    Raises:
+        DatabaseError: if the database cannot be reached.
+    """
+    from certmgr.audit.log import verify_log
+
+    report = IncidentReport()
+    with session_scope(runtime.engine) as session:
+        verdict = verify_log(session)
+        last = session.execute(
+            select(col(AuditEvent.details))
+            .where(col(AuditEvent.action) == INCIDENTS_NOTIFIED)
+            .order_by(col(AuditEvent.seq).desc())
+            .limit(1)
+        ).scalar_one_or_none()
+        since = int(last.get("up_to_seq", 0)) if isinstance(last, dict) else 0
+        rows = session.execute(
+            select(
+                col(AuditEvent.seq),
+                col(AuditEvent.action),
+                col(AuditEvent.subject_id),
+                col(AuditEvent.details),
+                col(AuditEvent.at),
+            )
+            .where(col(AuditEvent.seq) > since, col(AuditEvent.action).in_(list(INCIDENT_ACTIONS)))
+            .order_by(col(AuditEvent.seq))
+        ).all()
+        bad_seq = str(verdict.first_bad_seq) if not verdict.ok else None
+        audit_done = bool(bad_seq) and bool(_already(session, AUDIT_FAILURE_NOTIFIED, "audit", [str(bad_seq)]))
+    report.audit_ok = verdict.ok
+    if bad_seq is not None and not audit_done:
+        text = f"The audit chain does not verify: event {bad_seq}: {verdict.reason}. Run `certmgr audit verify`."
+        if _send(runtime, Notification("audit-chain-failure", "certmgr audit chain failure", text, {"seq": bad_seq})):
+            report.notified.append("audit-chain-failure")
+            with session_scope(runtime.engine) as session:
+                append_events(
+                    session,
+                    now,
+                    [NewEvent(ACTOR, AUDIT_FAILURE_NOTIFIED, "audit", bad_seq, {"reason": verdict.reason})],
+                )
+    if not rows:
+        return report
+    by_kind: dict[str, list[tuple[str, str]]] = {}
+    for _seq, action, subject, details, at in rows:
+        kind, _ = INCIDENT_ACTIONS[action]
+        reason = str((details or {}).get("reason") or (details or {}).get("deployment") or "")
+        by_kind.setdefault(kind, []).append((f"{at.isoformat()} {subject} {reason}".strip(), str(subject)))
+    delivered = True
+    for action, (kind, meaning) in INCIDENT_ACTIONS.items():
+        items = by_kind.get(kind)
+        if not items:
+            continue
+        report.incidents[kind] = len(items)
+        lines = [line for line, _ in items[:_LIST_MAX]]
+        more = f"\n… and {len(items) - _LIST_MAX} more" if len(items) > _LIST_MAX else ""
+        notification = Notification(
+            kind,  # type: ignore[arg-type]
+            f"{len(items)} phone(s): {meaning}",
+            f"{meaning} ({action}):\n\n" + "\n".join(lines) + more,
+            {"count": len(items), "phones": sorted({mac for _, mac in items})[:1000]},
+        )
+        if _send(runtime, notification):
+            report.notified.append(kind)
+        else:
+            delivered = False
+    if delivered:
+        with session_scope(runtime.engine) as session:
+            append_events(
+                session,
+                now,
+                [NewEvent(ACTOR, INCIDENTS_NOTIFIED, "audit", str(rows[-1][0]), {"up_to_seq": rows[-1][0]})],
+            )
+    return report

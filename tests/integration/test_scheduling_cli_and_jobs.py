@@ -197,3 +197,41 @@ def test_scheduler_runs_every_job_once_at_start(runtime: Runtime) -> None:
 
     asyncio.run(go())
     assert sorted(ran) == ["a", "b", "c"]
+
+
+def test_incidents_are_notified_once_each(runtime: Runtime, clock: ManualClock, hook: _Hook) -> None:
+    from certmgr.audit.log import NewEvent, append_events
+    from certmgr.scheduling.tasks import incident_notify
+
+    def record(action: str, mac: str, **details: object) -> None:
+        with session_scope(runtime.engine) as s:
+            append_events(s, clock.now(), [NewEvent("test", action, "device", mac, dict(details))])
+
+    record("deployment.failed", "00:1A:E8:00:00:01", reason="phone unreachable")
+    record("device.drift", "00:1A:E8:00:00:02", deployment=7)
+    record("deployment.verified", "00:1A:E8:00:00:03")  # not an incident
+    report = incident_notify(runtime, clock.now())
+    assert report.audit_ok
+    assert report.incidents == {"deployment-failed": 1, "drift": 1}
+    assert sorted(b["kind"] for b in hook.bodies) == ["deployment-failed", "drift"]
+    assert "00:1A:E8:00:00:01" in next(b for b in hook.bodies if b["kind"] == "deployment-failed")["text"]
+    assert incident_notify(runtime, clock.now()).notified == []  # remembered in the audit log
+    record("deployment.failed", "00:1A:E8:00:00:04", reason="every PKCS#12 profile refused")
+    assert incident_notify(runtime, clock.now()).incidents == {"deployment-failed": 1}
+    assert len(hook.bodies) == 3
+
+
+def test_audit_chain_failure_is_notified_once(runtime: Runtime, clock: ManualClock, hook: _Hook) -> None:
+    from sqlalchemy import update
+
+    from certmgr.scheduling.tasks import incident_notify
+
+    enroll_verified(runtime, range(1))
+    with session_scope(runtime.engine) as s:
+        s.execute(update(AuditEvent).where(col(AuditEvent.seq) == 2).values(actor="mallory"))
+    report = incident_notify(runtime, clock.now())
+    assert not report.audit_ok
+    assert [b["kind"] for b in hook.bodies] == ["audit-chain-failure"]
+    assert hook.bodies[0]["data"]["seq"] == "2"
+    assert incident_notify(runtime, clock.now()).notified == []
+    assert len(hook.bodies) == 1

@@ -37,6 +37,7 @@ def test_jobs_have_explicit_ids_and_safe_defaults(tmp_path: Path) -> None:
         "deployment-rollback",
         "expiry-notify",
         "ca-expiry-watch",
+        "incident-notify",
         "probe-sweep",
         "audit-checkpoint",
         "crl-refresh",
