@@ -17,13 +17,15 @@ from sqlmodel import Session, col
 
 from certmgr.api.app import RuntimeDep
 from certmgr.api.auth import Viewer
-from certmgr.api.routes_common import Page, SessionDep
+from certmgr.api.routes_common import IdPath, Page, SessionDep, get_or_404
 from certmgr.db.models import Certificate, CertificateStatus, Deployment, DeploymentState, Device, DeviceStatus
 from certmgr.errors import InputError, PolicyError, PolicySetError
+from certmgr.identity import DeviceIdentity, parse_ip
 from certmgr.issuance.revocation import crl_status, refresh_crl
 from certmgr.pki.crl import MEDIA_TYPE
 from certmgr.pki.keys import fingerprint_sha256
 from certmgr.policy import Policy, format_duration, parse_policy
+from certmgr.policy.templates import render_leaf_names
 
 router = APIRouter(tags=["system"])
 
@@ -310,3 +312,47 @@ def metrics(_who: Viewer, rt: RuntimeDep, session: SessionDep) -> PlainTextRespo
         seconds = (earliest - rt.clock.now()) / timedelta(seconds=1)
         lines.append(f"certmgr_earliest_expiry_seconds {seconds:.0f}")
     return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+class EffectivePolicy(BaseModel):
+    """The policy that governs a phone and what its next certificate would look like under it."""
+
+    device_id: int
+    mac: str
+    policy: PolicySummary
+    assigned: str | None  # the policy recorded for the phone (kept while it is loaded)
+    selected_now: str  # the policy the selectors pick today (first match)
+    subject: str
+    dns_names: list[str]
+    ip_addresses: list[str]
+
+
+@router.get("/api/v1/devices/{device_id}/policy", response_model=EffectivePolicy, tags=["policies"])
+def device_effective_policy(device_id: IdPath, _who: Viewer, rt: RuntimeDep, session: SessionDep) -> EffectivePolicy:
+    """The effective policy of one phone (viewer): its assigned policy if still loaded, else the first match; with
+    the subject and SANs its next certificate would get. 404 for an unknown id; 422 if no SAN can be built (e.g. a
+    pre-registered phone without an address under a policy that needs one)."""
+    device = get_or_404(session, Device, device_id, "device")
+    identity = DeviceIdentity(
+        mac=device.mac,
+        ips=(parse_ip(device.ip),) if device.ip else (),
+        dns_names=tuple(device.dns_names),
+        e164=device.e164,
+        model=device.device_type,
+        firmware=device.software_version,
+        hostname=device.hostname,
+    )
+    selected = rt.policies.select(identity)
+    assigned = device.policy_name if device.policy_name in rt.policies.names else None
+    policy = rt.policies.get(assigned) if assigned else selected
+    names = render_leaf_names(policy, identity)
+    return EffectivePolicy(
+        device_id=device_id,
+        mac=device.mac,
+        policy=_summary(policy),
+        assigned=device.policy_name,
+        selected_now=selected.name,
+        subject=names.subject.rfc4514_string(),
+        dns_names=list(names.dns_names),
+        ip_addresses=[str(ip) for ip in names.ip_addresses],
+    )

@@ -95,6 +95,19 @@ def test_device_detail(client: TestClient, tokens: dict[str, str], fleet: Fleet)
     assert empty["certificates"] == []
 
 
+def test_device_effective_policy(client: TestClient, tokens: dict[str, str], fleet: Fleet) -> None:
+    body = _get(client, tokens["viewer"], f"/api/v1/devices/{fleet.devices['expired']}/policy")
+    assert body["mac"] == "00:1A:E8:00:00:03"
+    assert body["selected_now"] == "default"
+    policy = body["policy"]
+    assert isinstance(policy, dict)
+    assert policy["name"] == "default"
+    assert body["ip_addresses"]  # the default policy puts the phone's address in an IP SAN
+    assert str(body["subject"]).startswith("CN=") or "CN=" in str(body["subject"])
+    missing = client.get("/api/v1/devices/999999/policy", headers={"Authorization": f"Bearer {tokens['viewer']}"})
+    assert missing.status_code == 404
+
+
 def test_certificates(client: TestClient, tokens: dict[str, str], fleet: Fleet) -> None:
     t = tokens["viewer"]
     listed = _get(client, t, "/api/v1/certificates")
