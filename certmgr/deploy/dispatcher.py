@@ -55,7 +55,7 @@ class Dispatcher:
         timeout = httpx.Timeout(self.runtime.settings.contact_me_timeout_seconds)
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as client:
             try:
-                recovered = await asyncio.to_thread(service.recover, self.runtime, self.runtime.clock.now())
+                recovered = await run_db(service.recover, self.runtime, self.runtime.clock.now())
                 if recovered:
                     log.info("recovered %d unfinished deployments", recovered)
             except CertmgrError as exc:
@@ -84,11 +84,12 @@ class Dispatcher:
         hub = self.hub
         if hub is not None:
             hub.sweep()
-        await asyncio.to_thread(self.reconciler.run, runtime.clock.now())
+        await run_db(self.reconciler.run, runtime.clock.now())
         active = hub.active_deployments() if hub is not None else frozenset()
-        await asyncio.to_thread(service.expire_stale, runtime, runtime.clock.now(), active_deployments=active)
+        await run_db(service.expire_stale, runtime, runtime.clock.now(), active_deployments=active)
         busy = hub.active_macs() if hub is not None else frozenset()
-        tasks = await asyncio.to_thread(service.claim_due, runtime, runtime.clock.now(), exclude_macs=busy)
+        # run_db: a phone calling back may change one of the claimed deployments in the same instant (optimistic lock).
+        tasks = await run_db(service.claim_due, runtime, runtime.clock.now(), exclude_macs=busy)
         for task in tasks:
             job = asyncio.create_task(self._contact(client, task), name=f"contact-{task.mac}")
             self._contacts.add(job)

@@ -7,7 +7,6 @@ These apps serve phones only — never the security team's API. They are thin: t
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 from datetime import timedelta
@@ -21,6 +20,7 @@ from fastapi.responses import PlainTextResponse, Response
 
 from certmgr.deploy import service
 from certmgr.deploy.hub import COOKIE_NAME, DeploymentHub
+from certmgr.deploy.txretry import run_db
 from certmgr.errors import CertmgrError, ConfigError, InputError
 from certmgr.fsutil import atomic_write, ensure_private_dir
 from certmgr.identity import normalize_mac
@@ -76,7 +76,7 @@ def create_poll_app(runtime: Runtime) -> FastAPI:
         except InputError:
             return PlainTextResponse("invalid device-id\n", status_code=400)
         try:
-            pending = await asyncio.to_thread(service.poll, runtime, mac, runtime.clock.now())
+            pending = await run_db(service.poll, runtime, mac, runtime.clock.now())
         except CertmgrError as exc:
             log.error("poll for %s failed: %s", mac, exc.message)
             pending = False
