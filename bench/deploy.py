@@ -54,12 +54,12 @@ from sqlmodel import col, select
 
 from certmgr.db.engine import create_db_engine, session_scope
 from certmgr.db.models import Certificate, Deployment, DeploymentState
+from certmgr.phones.probe import probe_once
 from certmgr.simulator.fleet import fleet_addresses, fleet_mac, port_free_on_all
 from certmgr.simulator.phone import PhoneConfig, SimPhone
 from certmgr.wpi.codec import encode_dls
 from certmgr.wpi.contactme import build_contact_me
 from certmgr.wpi.messages import Action, DLSMessage, Item, cleanup_message
-from certmgr.wpi.probe import probe_once
 
 REPO = Path(__file__).resolve().parent.parent
 BASE_IP = "127.200.0.1"

@@ -11,21 +11,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from cryptography.hazmat.primitives.serialization import Encoding
 from pydantic import SecretStr
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from certmgr.audit.log import append_event
 from certmgr.clock import Clock, SystemClock
 from certmgr.db.engine import create_db_engine, session_scope
 from certmgr.db.migrate import check_schema, upgrade
 from certmgr.db.models import CARecord, CARole
-from certmgr.errors import CANotInitialisedError, ConfigError, SchemaOutdatedError
+from certmgr.errors import CACorruptError, CANotInitialisedError, ConfigError, SchemaOutdatedError
 from certmgr.fsutil import ensure_private_dir
 from certmgr.pki.ca import load_ca_definition
 from certmgr.pki.keypool import KeyPool
 from certmgr.pki.keys import PrivateKey, fingerprint_sha256
 from certmgr.pki.keystore import KeyVault
-from certmgr.pki.store import CAInfo, CAStore, Issuer
+from certmgr.pki.store import CAInfo, CAStore, Issuer, issuer_from_pem, split_chain
 from certmgr.pki.types import KeyType
 from certmgr.policy import PolicySet, load_policies
 from certmgr.settings import Settings, ca_passphrase, master_key
@@ -33,7 +34,6 @@ from certmgr.settings import Settings, ca_passphrase, master_key
 if TYPE_CHECKING:
     from cryptography import x509
     from sqlalchemy.engine import Engine
-    from sqlmodel import Session
 
 CA_DEFINITION_FILE = "ca.toml"
 
@@ -51,23 +51,55 @@ class Runtime:
     notices: list[str] = field(default_factory=list)
     _passphrase: SecretStr | None = None
     _issuer: Issuer | None = None
+    _issuer_fp: str | None = None
     _key_pool: KeyPool | None = None
 
     def issuer(self) -> Issuer:
-        """The issuing CA (certificate + decrypted key), loaded once.
+        """The issuing CA that signs now: the active issuing CA recorded in the database (the source of truth
+        shared by every node), decrypted once per CA and reloaded as soon as another CA becomes active — a
+        ``certmgr ca init --force`` or ``ca import`` on any node is picked up by the next certificate issued here,
+        without a restart. A database without the CA's material (before migration 0002 filled it) falls back to
+        the CA files of the data dir.
 
         Raises:
             CANotInitialisedError: if no CA exists yet.
             CAPassphraseError: if the passphrase does not decrypt the key.
-            CACorruptError: if CA files are missing or inconsistent.
+            CACorruptError: if the CA material is missing or inconsistent.
         """
-        if self._issuer is None:
-            if not self.ca_store.exists():
-                raise CANotInitialisedError(
-                    f"no CA in {self.ca_store.ca_dir}: run `certmgr ca init` (or `certmgr ca import`)"
-                )
-            self._issuer = self.ca_store.load_issuer(self.passphrase().get_secret_value().encode())
-        return self._issuer
+        with session_scope(self.engine) as session:
+            row = active_issuing_record(session)
+            fingerprint = row.fingerprint_sha256 if row is not None else None
+            if self._issuer is not None and self._issuer_fp == fingerprint:
+                return self._issuer
+            material = (row.chain_pem, row.key_pem) if row is not None else (None, None)
+        chain_pem, key_pem = material
+        secret = self.passphrase().get_secret_value().encode()
+        if chain_pem and key_pem:
+            issuer = issuer_from_pem(chain_pem.encode(), key_pem.encode(), secret)
+        elif self.ca_store.exists():
+            issuer = self.ca_store.load_issuer(secret)
+        else:
+            raise CANotInitialisedError(
+                f"no CA in {self.ca_store.ca_dir}: run `certmgr ca init` (or `certmgr ca import`)"
+            )
+        if fingerprint is not None and fingerprint_sha256(issuer.cert) != fingerprint:
+            raise CACorruptError("the CA files do not hold the issuing CA the database names as active")
+        self._issuer, self._issuer_fp = issuer, fingerprint
+        return issuer
+
+    def ca_info(self) -> CAInfo:
+        """Public facts of the active CA (no passphrase, nothing decrypted): from the database, or the CA files.
+
+        Raises:
+            CANotInitialisedError: if no CA exists yet. CACorruptError: if its material is inconsistent.
+        """
+        with session_scope(self.engine) as session:
+            row = active_issuing_record(session)
+            chain_pem = row.chain_pem if row is not None else None
+        if chain_pem:
+            chain, root = split_chain(chain_pem.encode())
+            return CAInfo.from_certs(chain, root, root_key_present=False)
+        return self.ca_store.load_public()
 
     def passphrase(self) -> SecretStr:
         """The CA passphrase (configured, or the generated file in the data dir).
@@ -94,8 +126,6 @@ class Runtime:
 
     def session(self) -> Session:
         """A new database session (caller closes it); prefer :func:`certmgr.db.engine.session_scope`."""
-        from sqlmodel import Session
-
         return Session(self.engine, expire_on_commit=False)
 
     def generate_keys(self, key_types: Sequence[KeyType]) -> list[PrivateKey]:
@@ -168,20 +198,69 @@ def open_runtime(
             notices=notices,
             _passphrase=passphrase,
         )
-        # 3. The CA, created last so that a failure above leaves no key material behind.
-        if definition is not None and passphrase is not None:
+        # 3. The CA, created last so that a failure above leaves no key material behind — and only if the
+        #    database holds none either (another node created or imported it: that one is used).
+        if definition is not None and passphrase is not None and not _database_has_ca(engine):
             info = store.initialise(definition, passphrase.get_secret_value().encode(), clock.now())
             notices.append(f"created a new CA in {store.ca_dir}: {info.issuing_subject}")
         if store.exists():
-            record_ca(runtime, store.load_public(), actor="system")
+            adopt_ca_files(runtime)
         return runtime
     except BaseException:
         engine.dispose()
         raise
 
 
+def _database_has_ca(engine: Engine) -> bool:
+    with session_scope(engine) as session:
+        row = active_issuing_record(session)
+        return row is not None and bool(row.key_pem)
+
+
+def active_issuing_record(session: Session) -> CARecord | None:
+    """The active issuing CA of the database (the newest, should several be marked active)."""
+    return session.exec(
+        select(CARecord)
+        .where(col(CARecord.active).is_(True), col(CARecord.role) == CARole.ISSUING.value)
+        .order_by(col(CARecord.id).desc())
+    ).first()
+
+
+def adopt_ca_files(runtime: Runtime) -> None:
+    """At start-up: make sure the database knows the CA of the data dir's files, without overriding the database.
+
+    * No active issuing CA recorded yet (first start, or a database from before migration 0002): the files' CA is
+      recorded as the active one (:func:`record_ca`).
+    * The files hold the active CA: its chain and encrypted key are copied into its record if missing.
+    * The files hold another CA (the CA was rotated on another node): the database wins; a notice says so.
+
+    Raises:
+        CAError: if the CA files are inconsistent. DatabaseError: if the database cannot be reached.
+    """
+    store = runtime.ca_store
+    info = store.load_public()
+    with session_scope(runtime.engine) as session:
+        row = active_issuing_record(session)
+        if row is not None and row.fingerprint_sha256 != info.issuing_fingerprint_sha256:
+            runtime.notices.append(
+                f"the CA files in {store.ca_dir} are not the active CA ({row.subject}); issuing with the database's"
+            )
+            return
+        if row is not None and row.key_pem:
+            return
+    record_ca(runtime, info, actor="system")
+
+
 def record_ca(runtime: Runtime, info: CAInfo, *, actor: str, imported: bool = False) -> None:
-    """Make the database's CA table reflect ``info``: insert unknown certificates, mark the others inactive."""
+    """Make ``info`` (the CA just written to the data dir's files) the active CA of the database: insert unknown
+    certificates, mark the others inactive, and store the issuing CA's chain and encrypted key (copied from the
+    files, never decrypted). Every node sharing the database issues with it from then on
+    (:meth:`Runtime.issuer`).
+
+    Raises:
+        CAError: if the CA files are unreadable. DatabaseError: if the database cannot be reached.
+    """
+    chain_pem, key_pem = runtime.ca_store.stored_material()
     certs: list[tuple[CARole, x509.Certificate]] = [(CARole.ISSUING, info.issuing_cert)]
     if info.root_cert is not None:
         certs.append((CARole.ROOT, info.root_cert))
@@ -194,10 +273,14 @@ def record_ca(runtime: Runtime, info: CAInfo, *, actor: str, imported: bool = Fa
                 session.add(row)
         for role, cert in certs:
             fp = fingerprint_sha256(cert)
-            if session.exec(select(CARecord).where(col(CARecord.fingerprint_sha256) == fp)).first() is not None:
+            material = (chain_pem.decode(), key_pem.decode()) if role is CARole.ISSUING else (None, None)
+            known = session.exec(select(CARecord).where(col(CARecord.fingerprint_sha256) == fp)).first()
+            if known is not None:
+                known.active = True
+                if role is CARole.ISSUING:
+                    known.chain_pem, known.key_pem = material
+                session.add(known)
                 continue
-            from cryptography.hazmat.primitives.serialization import Encoding
-
             session.add(
                 CARecord(
                     role=role,
@@ -209,6 +292,8 @@ def record_ca(runtime: Runtime, info: CAInfo, *, actor: str, imported: bool = Fa
                     cert_pem=cert.public_bytes(Encoding.PEM).decode(),
                     imported=imported,
                     active=True,
+                    chain_pem=material[0],
+                    key_pem=material[1],
                     created_at=now,
                 )
             )

@@ -124,8 +124,9 @@ def build_listeners(runtime: Runtime, role: Role) -> tuple[list[Listener], list[
         app = create_app(runtime, scheduler=monitor)
         listeners.append(make_listener("api", app, settings.api_host, settings.api_port))
     if role in (Role.ALL, Role.WPI):
-        from certmgr.deploy.hub import DeploymentHub
-        from certmgr.wpi.server import create_poll_app, create_wpi_app, ensure_wpi_tls
+        from certmgr.phones.hub import DeploymentHub
+        from certmgr.phones.listener import create_poll_app, create_wpi_app
+        from certmgr.phones.tls import ensure_wpi_tls
 
         cert_file, key_file = ensure_wpi_tls(runtime)
         hub = DeploymentHub(runtime)
@@ -147,7 +148,7 @@ def build_listeners(runtime: Runtime, role: Role) -> tuple[list[Listener], list[
             make_listener("wpi-poll", create_poll_app(runtime), settings.wpi_host, settings.wpi_poll_port, **phone)
         )
     if role is Role.ALL or role.value == settings.dispatch_role:
-        from certmgr.deploy.dispatcher import Dispatcher
+        from certmgr.phones.dispatcher import Dispatcher
 
         dispatcher = Dispatcher(runtime, hub)
 

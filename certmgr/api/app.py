@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from certmgr import __version__
 from certmgr.api.errors import install_error_handlers
-from certmgr.errors import CANotInitialisedError, DatabaseError
+from certmgr.errors import DatabaseError
 from certmgr.runtime import Runtime
 
 if TYPE_CHECKING:
@@ -70,9 +70,7 @@ def create_app(runtime: Runtime, scheduler: SchedulerMonitor | None = None) -> F
                 conn.execute(text("SELECT 1"))
         except Exception as exc:
             raise DatabaseError("database unreachable") from exc
-        if not rt.ca_store.exists():
-            raise CANotInitialisedError("no CA in the data dir")
-        info = rt.ca_store.load_public()
+        info = rt.ca_info()
         return {"status": "ready", "ca": info.issuing_subject, "ca_not_after": info.not_after.isoformat()}
 
     return app

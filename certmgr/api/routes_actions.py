@@ -1,5 +1,5 @@
 """The write side of the fleet: actions on devices, certificates and deployments (operator; admin to revoke
-or decommission). The logic lives in :mod:`certmgr.deploy.actions`; these routes validate the body, pass the
+or decommission). The logic lives in :mod:`certmgr.operations`; these routes validate the body, pass the
 caller's identity (audited as ``token:<name>``) and shape the answer.
 
 Unknown ids answer 404, an action the object's state does not allow 409, a bad body 422.
@@ -12,11 +12,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body
 from pydantic import BaseModel, ConfigDict, Field
 
+from certmgr import operations as actions
 from certmgr.api.app import RuntimeDep
 from certmgr.api.auth import Admin, Operator
 from certmgr.api.routes_common import NO_NUL, IdPath
 from certmgr.api.routes_inventory import CertificatePublic, DeploymentPublic, DevicePublic
-from certmgr.deploy import actions
 from certmgr.pki.crl import RevocationReason
 
 router = APIRouter(prefix="/api/v1", tags=["actions"])

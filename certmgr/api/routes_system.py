@@ -45,7 +45,7 @@ def ca_chain(rt: RuntimeDep) -> Response:
     Raises:
         CANotInitialisedError: 503 while no CA exists.
     """
-    info = rt.ca_store.load_public()
+    info = rt.ca_info()
     certs = list(info.chain)
     if info.root_cert is not None and info.root_cert not in certs:
         certs.append(info.root_cert)
@@ -130,7 +130,7 @@ def ca_status(_who: Viewer, rt: RuntimeDep) -> CAStatus:
         CANotInitialisedError: 503 while no CA exists.
     """
     now = rt.clock.now()
-    info = rt.ca_store.load_public()
+    info = rt.ca_info()
     chain = [_chain_entry("issuing" if i == 0 else "intermediate", cert, now) for i, cert in enumerate(info.chain)]
     if info.root_cert is not None:
         chain.append(_chain_entry("root", info.root_cert, now))

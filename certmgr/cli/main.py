@@ -231,7 +231,7 @@ def device_list(
 ) -> None:
     """List known phones: MAC, model, IP, policy, enrollment, status, last seen."""
     from certmgr.db.engine import session_scope
-    from certmgr.inventory.service import list_devices
+    from certmgr.inventory.enrollment import list_devices
     from certmgr.runtime import open_runtime
 
     runtime = open_runtime(_settings())
@@ -262,7 +262,7 @@ def device_list(
 def device_approve(mac: Annotated[str, typer.Argument(help="The phone's MAC address.")]) -> None:
     """Approve a pending phone (policy enrollment = approve) so that certmgr deploys to it."""
     from certmgr.db.engine import session_scope
-    from certmgr.inventory.service import approve_device
+    from certmgr.inventory.enrollment import approve_device
     from certmgr.runtime import open_runtime
 
     runtime = open_runtime(_settings())
@@ -314,6 +314,7 @@ def issue(
     policy: Annotated[str | None, typer.Option(help="Policy name (default: first matching policy).")] = None,
     e164: Annotated[str | None, typer.Option(help="The phone's number.")] = None,
     model: Annotated[str | None, typer.Option(help="Device type, e.g. 'OpenStage 60'.")] = None,
+    hostname: Annotated[str | None, typer.Option(help="The phone's host name (template variable {hostname}).")] = None,
 ) -> None:
     """Issue a certificate for one phone and write it as PEM + PKCS#12 (first profile of its policy)."""
     from certmgr.issuance.service import issue_to_files
@@ -330,6 +331,7 @@ def issue(
             dns_names=dns or [],
             e164=e164,
             model=model,
+            hostname=hostname,
             policy_name=policy,
             out_dir=out_dir,
         )

@@ -139,6 +139,13 @@ class CheckInfo(StrEnum):
     UNDECIDED = "undecided"
 
 
+class VerifyFailure(StrEnum):
+    """How the last verification of an accepted write failed (see :mod:`certmgr.deploy.verdict`)."""
+
+    DRIFT = "drift"  # the phone reports or serves another certificate than the one written
+    UNDECIDED = "undecided"  # nothing contradicts the write, nothing proves it (info undecided, WBM unreachable)
+
+
 class CheckProbe(StrEnum):
     """Outcome of the TLS probe against the phone's WBM."""
 
@@ -170,6 +177,10 @@ class CARecord(SQLModel, table=True):
     cert_pem: str = Field(sa_type=Text, nullable=False)
     imported: bool = Field(default=False, nullable=False)
     active: bool = Field(default=True, nullable=False)
+    #: Issuing CA only: the chain (issuing first, the root last if known) and the issuing key encrypted with the
+    #: CA passphrase (PKCS#8 PEM), so that every node sharing the database issues with the same CA.
+    chain_pem: str | None = Field(default=None, sa_type=Text, repr=False)
+    key_pem: str | None = Field(default=None, sa_type=Text, repr=False)
     created_at: datetime = _ts()
 
 
@@ -267,6 +278,11 @@ class Deployment(SQLModel, table=True):
     check_info: CheckInfo | None = Field(default=None, sa_type=StrEnumType(CheckInfo, 16))
     check_probe: CheckProbe | None = Field(default=None, sa_type=StrEnumType(CheckProbe, 16))
     info_raw: str | None = Field(default=None, sa_type=Text)
+    #: Verifications of an accepted write that ended without ``verified``, and how the last one failed.
+    verify_failures: int = Field(default=0, nullable=False)
+    verify_failure: VerifyFailure | None = Field(default=None, sa_type=StrEnumType(VerifyFailure, 16))
+    #: Set on a rollback deployment: the failed deployment whose previous certificate it puts back.
+    rollback_of: int | None = Field(default=None, foreign_key="deployment.id", nullable=True)
     transcript: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON, nullable=False)
     lease_owner: str | None = Field(default=None, sa_type=String(NAME_LEN))
     lease_until: datetime | None = _ts(nullable=True)
@@ -375,4 +391,5 @@ __all__ = [
     "Enrollment",
     "IssueReason",
     "ProfileMemory",
+    "VerifyFailure",
 ]

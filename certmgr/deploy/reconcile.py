@@ -6,40 +6,31 @@ read transaction picks candidates, (2) keys and certificates are built with no t
 short transaction per phone runs :func:`issue_and_queue`. Work per call is bounded (``scan`` devices looked
 at, ``issue`` certificates built).
 
-:func:`issue_and_queue` is the one place where a new certificate is recorded and its deployment queued — the
-reconciler, the renewal reconcile (:mod:`certmgr.renewal.service`) and the API actions
-(:mod:`certmgr.deploy.actions`) all call it. It first locks the device row
-(:func:`~certmgr.scheduling.locks.claim_device`), so two nodes (or two API requests) never both issue for one
+:func:`certmgr.deploy.queue.issue_and_queue` is the one place where a new certificate is recorded and its
+deployment queued — the reconciler, the renewal reconcile (:mod:`certmgr.renewal.service`) and the operator
+actions (:mod:`certmgr.operations`) all call it. It first locks the device row
+(:func:`~certmgr.db.locks.claim_device`), so two nodes (or two API requests) never both issue for one
 phone: the second one's re-check, run under that lock, sees the first one's certificate.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlmodel import Session, col, select
 
 from certmgr.audit.log import NewEvent, append_events
 from certmgr.db.engine import session_scope
-from certmgr.db.models import (
-    Certificate,
-    CertificateStatus,
-    Deployment,
-    DeploymentState,
-    Device,
-    Enrollment,
-    IssueReason,
-)
-from certmgr.deploy.states import UNFINISHED_STATES, check_transition
+from certmgr.db.models import Certificate, CertificateStatus, Device, Enrollment, IssueReason
+from certmgr.deploy.queue import issue_and_queue
 from certmgr.errors import CertmgrError
 from certmgr.identity import DeviceIdentity, parse_ip
-from certmgr.issuance.service import BuiltCertificate, build_certificate, record_certificate
+from certmgr.inventory.phones import identity_of, policy_for
+from certmgr.issuance.service import BuiltCertificate, build_certificate
 from certmgr.pki.keys import PrivateKey
 from certmgr.policy import Policy
-from certmgr.scheduling.locks import claim_device
 
 if TYPE_CHECKING:
     from certmgr.runtime import Runtime
@@ -155,23 +146,14 @@ class Reconciler:
                 reason = needs_certificate(session, device, now)
                 if reason is None:
                     continue
-                identity = DeviceIdentity(
-                    mac=device.mac,
-                    ips=(parse_ip(device.ip),),
-                    dns_names=tuple(device.dns_names),
-                    e164=device.e164,
-                    model=device.device_type,
-                    firmware=device.software_version,
-                    hostname=device.hostname,
-                )
+                identity = identity_of(device)
                 found.append(_Candidate(device.id, device.mac, device.ip, reason, identity, device.policy_name))
                 if len(found) >= issue:
                     break
         return found
 
     def _policy(self, cand: _Candidate) -> Policy:
-        runtime = self._runtime
-        return runtime.policies.get(cand.policy_name) if cand.policy_name else runtime.policies.select(cand.identity)
+        return policy_for(self._runtime.policies, cand.policy_name, cand.identity).policy
 
     def _build(self, cand: _Candidate, now: datetime, key: PrivateKey | None = None) -> BuiltCertificate:
         return build_certificate(cand.identity, self._policy(cand), self._runtime.issuer(), now, key=key)
@@ -192,103 +174,3 @@ class Reconciler:
                 still_needed=still_needed,
             )
             return queued is not None
-
-
-# --- the one recording step -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class QueuedCertificate:
-    """What :func:`issue_and_queue` recorded: the pending certificate and the deployment that carries it."""
-
-    certificate: Certificate
-    deployment: Deployment
-
-
-def _always(_session: Session, _device: Device) -> bool:
-    return True
-
-
-def issue_and_queue(
-    session: Session,
-    runtime: Runtime,
-    device_id: int,
-    built: BuiltCertificate,
-    *,
-    reason: IssueReason,
-    actor: str,
-    now: datetime,
-    still_needed: Callable[[Session, Device], bool] = _always,
-    events_before: Sequence[NewEvent] = (),
-    reissue: Mapping[str, Any] | None = None,
-) -> QueuedCertificate | None:
-    """Record ``built`` for phone ``device_id`` and queue its deployment, in the caller's transaction.
-
-    In order: lock the device row (:func:`~certmgr.scheduling.locks.claim_device`), reload the phone and ask
-    ``still_needed`` (the caller's re-check, now under the lock: did another node or request issue meanwhile?
-    did the phone change?); then mark the phone's unfinished deployments and pending certificates superseded,
-    record the certificate ``pending`` with ``reason`` (audit ``certificate.issued``), and queue a deployment
-    due at once (audit ``deployment.created``). ``events_before`` are audited first (e.g. the operator's
-    request), ``reissue`` — if given — becomes the details of a ``certificate.reissue`` event (the renewal
-    reconcile's reasons). Every event is attributed to ``actor``.
-
-    Returns ``None``, with nothing written, if the row is locked by another node (PostgreSQL ``SKIP LOCKED``),
-    the phone is gone, or ``still_needed`` says no.
-
-    Raises:
-        sqlalchemy.exc.SQLAlchemyError: if the database fails (the caller's transaction rolls back).
-    """
-    session.flush()  # the caller's pending changes first: the reload below must not discard them
-    if not claim_device(session, device_id):
-        return None  # another node is issuing for this phone right now
-    device = session.get(Device, device_id, populate_existing=True)
-    if device is None or not still_needed(session, device):
-        return None  # changed meanwhile; the caller's next pass looks again
-    why = f"new certificate ({reason.value})"
-    events: list[NewEvent] = list(events_before)
-    for dep in session.exec(
-        select(Deployment).where(
-            col(Deployment.device_id) == device_id,
-            col(Deployment.state).in_([s.value for s in UNFINISHED_STATES]),
-        )
-    ).all():
-        dep.state = check_transition(dep.state, DeploymentState.SUPERSEDED)
-        dep.finished_at = dep.updated_at = now
-        dep.last_error = why
-        session.add(dep)
-        events.append(
-            NewEvent(actor, "deployment.superseded", "deployment", str(dep.id), {"mac": device.mac, "reason": why})
-        )
-    for old in session.exec(
-        select(Certificate).where(
-            col(Certificate.device_id) == device_id, col(Certificate.status) == CertificateStatus.PENDING.value
-        )
-    ).all():
-        old.status = CertificateStatus.SUPERSEDED
-        session.add(old)
-        events.append(NewEvent(actor, "certificate.superseded", "certificate", old.serial, {"mac": device.mac}))
-    append_events(session, now, events)
-    cert = record_certificate(session, built, runtime.vault, now=now, reason=reason, actor=actor, device=device)
-    assert cert.id is not None
-    dep = Deployment(
-        device_id=device_id,
-        certificate_id=cert.id,
-        state=DeploymentState.QUEUED,
-        next_attempt_at=None,
-        created_at=now,
-        updated_at=now,
-    )
-    session.add(dep)
-    session.flush()
-    after: list[NewEvent] = []
-    if reissue is not None:
-        after.append(NewEvent(actor, "certificate.reissue", "device", device.mac, {"serial": cert.serial, **reissue}))
-    after.append(
-        NewEvent(
-            actor,
-            "deployment.created",
-            "deployment",
-            str(dep.id),
-            {"mac": device.mac, "serial": cert.serial, "reason": reason.value},
-        )
-    )
-    append_events(session, now, after)
-    return QueuedCertificate(cert, dep)

@@ -1,14 +1,14 @@
 """Rollback: put the last known-good certificate back on a phone that accepted a new one but does not serve it.
 
-A deployment *failed after acceptance* when the phone accepted the write (a TLS probe was made, which only
-happens after the write was accepted and the certificate info came back) and verification kept failing — the
-WBM serves nothing or another certificate — either until the deployment failed for good, or for
+A deployment *failed after acceptance* when the phone accepted the write and verification kept failing — the
+WBM serves nothing or another certificate (``Deployment.verify_failures`` counts those verdicts; a probe is only
+made after the write was accepted) — either until the deployment failed for good, or for
 ``rollback_after_verify_failures`` verdicts. Then :func:`rollback_failed`:
 
 * ends that deployment (``failed``, if it was still being retried);
 * if the new certificate's predecessor (``Certificate.previous_certificate_id``, its key is still sealed in
-  the database) is still valid for ``MIN_REMAINING`` and not revoked, queues a deployment of it whose
-  transcript starts with a ``rollback`` entry, and audits ``deployment.rollback``;
+  the database) is still valid for ``MIN_REMAINING`` and not revoked, queues a deployment of it marked as a
+  rollback (``Deployment.rollback_of``), and audits ``deployment.rollback``;
 * otherwise audits ``deployment.rollback-impossible``;
 * flags the phone either way (``device.status = failed`` and a ``device.flagged`` audit event).
 
@@ -22,13 +22,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlmodel import col
 
 from certmgr.audit.log import NewEvent, append_events
+from certmgr.db.deployments import move
 from certmgr.db.engine import session_scope
+from certmgr.db.locks import skip_locked
 from certmgr.db.models import (
     AuditEvent,
     Certificate,
@@ -38,9 +40,6 @@ from certmgr.db.models import (
     Device,
     DeviceStatus,
 )
-from certmgr.deploy.states import check_transition
-from certmgr.deploy.verdict import Verdict
-from certmgr.scheduling.locks import skip_locked
 
 if TYPE_CHECKING:
     from certmgr.runtime import Runtime
@@ -56,18 +55,16 @@ _HANDLED = ("deployment.rollback", "deployment.rollback-impossible")
 
 
 def is_rollback(dep: Deployment) -> bool:
-    """True if ``dep`` is itself a rollback deployment (its transcript starts with a ``rollback`` entry)."""
-    return bool(dep.transcript) and dep.transcript[0].get("dir") == "rollback"
+    """True if ``dep`` is itself a rollback deployment."""
+    return dep.rollback_of is not None
 
 
-def verify_failures(transcript: list[dict[str, Any]]) -> int:
-    """How many probes of an accepted certificate ended without a verified verdict."""
-    return sum(1 for e in transcript if e.get("dir") == "probe" and e.get("verdict", "") != Verdict.VERIFIED.value)
-
-
-def accepted(transcript: list[dict[str, Any]]) -> bool:
-    """True if the phone accepted the write at some point (a probe was made)."""
-    return any(e.get("dir") == "probe" for e in transcript)
+def failed_after_acceptance(dep: Deployment, threshold: int) -> bool:
+    """True if ``dep`` (not a rollback) was accepted by the phone and then failed verification for good, or
+    ``threshold`` times."""
+    if is_rollback(dep) or dep.verify_failures == 0:
+        return False
+    return dep.state is DeploymentState.FAILED or dep.verify_failures >= threshold
 
 
 @dataclass(frozen=True)
@@ -94,19 +91,16 @@ def rollback_failed(runtime: Runtime, now: datetime) -> list[RollbackResult]:
             .where(
                 (col(Deployment.state) == DeploymentState.FAILED.value)
                 & (col(Deployment.finished_at) >= now - LOOKBACK)
-                | (col(Deployment.state) == DeploymentState.QUEUED.value) & (col(Deployment.attempts) >= threshold)
+                | (col(Deployment.state) == DeploymentState.QUEUED.value)
+                & (col(Deployment.verify_failures) >= threshold),
+                col(Deployment.rollback_of).is_(None),
+                col(Deployment.verify_failures) > 0,
             )
             .order_by(col(Deployment.id))
             .limit(BATCH * 10)
         )
         rows = session.execute(skip_locked(query, session, of=Deployment)).scalars().all()
-        chosen = [
-            d
-            for d in rows
-            if not is_rollback(d)
-            and accepted(d.transcript)
-            and (d.state is DeploymentState.FAILED or verify_failures(d.transcript) >= threshold)
-        ][:BATCH]
+        chosen = [d for d in rows if failed_after_acceptance(d, threshold)][:BATCH]
         if not chosen:
             return results
         handled = {
@@ -136,9 +130,8 @@ def rollback_failed(runtime: Runtime, now: datetime) -> list[RollbackResult]:
             assert failed_cert is not None
             assert dep.id is not None
             if not dep.state.is_final:
-                dep.state = check_transition(dep.state, DeploymentState.FAILED)
-                dep.finished_at = dep.updated_at = now
-                dep.last_error = "verification failed after the phone accepted the certificate"
+                why = "verification failed after the phone accepted the certificate"
+                move(dep, DeploymentState.FAILED, now, error=why)
                 session.add(dep)
                 events.append(
                     NewEvent(
@@ -149,7 +142,7 @@ def rollback_failed(runtime: Runtime, now: datetime) -> list[RollbackResult]:
                         {
                             "mac": device.mac,
                             "reason": dep.last_error,
-                            "verify_failures": verify_failures(dep.transcript),
+                            "verify_failures": dep.verify_failures,
                         },
                     )
                 )
@@ -177,7 +170,8 @@ def rollback_failed(runtime: Runtime, now: datetime) -> list[RollbackResult]:
                     certificate_id=previous.id,
                     state=DeploymentState.QUEUED,
                     next_attempt_at=None,
-                    transcript=[
+                    rollback_of=dep.id,
+                    transcript=[  # for people; decisions read rollback_of
                         {
                             "at": now.isoformat(),
                             "dir": "rollback",
@@ -232,4 +226,4 @@ def rollback_failed(runtime: Runtime, now: datetime) -> list[RollbackResult]:
     return results
 
 
-__all__ = ["MIN_REMAINING", "RollbackResult", "accepted", "is_rollback", "rollback_failed", "verify_failures"]
+__all__ = ["MIN_REMAINING", "RollbackResult", "failed_after_acceptance", "is_rollback", "rollback_failed"]

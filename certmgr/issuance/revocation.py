@@ -15,12 +15,11 @@ from typing import TYPE_CHECKING
 from sqlmodel import Session, col, select
 
 from certmgr.audit.log import NewEvent, append_event
+from certmgr.db.deployments import UNFINISHED_STATES, move
 from certmgr.db.engine import session_scope
 from certmgr.db.models import Certificate, CertificateStatus, Deployment, DeploymentState
-from certmgr.deploy.states import UNFINISHED_STATES, check_transition
 from certmgr.errors import ConflictError
 from certmgr.pki.crl import CRLStore, RevocationReason, RevokedEntry, StoredCRL, entries_digest, parse_serial
-from certmgr.pki.keys import fingerprint_sha256
 
 if TYPE_CHECKING:
     from certmgr.runtime import Runtime
@@ -103,9 +102,7 @@ def revoke_in_session(
         )
     ).all()
     for dep in deployments:
-        dep.state = check_transition(dep.state, DeploymentState.CANCELLED)
-        dep.finished_at = dep.updated_at = now
-        dep.last_error = "certificate revoked"
+        move(dep, DeploymentState.CANCELLED, now, error="certificate revoked")
         session.add(dep)
         events.append(
             NewEvent(
@@ -124,8 +121,7 @@ def refresh_crl(runtime: Runtime, *, force: bool = False) -> StoredCRL:
         StorageError: if the CRL cannot be written. DatabaseError: if the database cannot be read.
     """
     settings = runtime.settings
-    info = runtime.ca_store.load_public()
-    issuer_fp = fingerprint_sha256(info.issuing_cert)
+    issuer_fp = runtime.ca_info().issuing_fingerprint_sha256
     validity = timedelta(hours=settings.crl_validity_hours)
     refresh_before = min(timedelta(hours=settings.crl_refresh_before_hours), validity / 2)
     store = crl_store(settings)

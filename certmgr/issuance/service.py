@@ -22,14 +22,15 @@ from certmgr.db.models import Certificate, CertificateStatus, Device, IssueReaso
 from certmgr.errors import InputError, IssuanceError
 from certmgr.fsutil import atomic_write_many
 from certmgr.identity import DeviceIdentity, mac_token
+from certmgr.inventory.phones import policy_for
+from certmgr.issuance.packaging import bundle_chain, package
 from certmgr.pki.keys import PrivateKey, fingerprint_sha256, key_type_of
 from certmgr.pki.keystore import KeyVault
 from certmgr.pki.leaf import LeafSpec, build_leaf, issue_key_and_leaf
-from certmgr.pki.pkcs12 import build_pkcs12
 from certmgr.pki.store import Issuer
 from certmgr.pki.types import Pkcs12Profile
 from certmgr.policy import Policy
-from certmgr.policy.templates import render_friendly_name, render_leaf_names
+from certmgr.policy.templates import render_leaf_names
 
 if TYPE_CHECKING:
     from certmgr.runtime import Runtime
@@ -55,24 +56,24 @@ class BuiltCertificate:
         return fingerprint_sha256(self.cert)
 
     def bundle_chain(self) -> tuple[x509.Certificate, ...]:
-        """The chain that goes into the PKCS#12: issuing chain, plus the root only if the policy says so."""
-        if self.policy.pkcs12.include_root and self.root is not None:
-            return (*self.chain, self.root)
-        return self.chain
+        """The chain that goes into the PKCS#12 (:func:`certmgr.issuance.packaging.bundle_chain`)."""
+        return bundle_chain(self.chain, self.root, self.policy)
 
     def pkcs12(self, profile: Pkcs12Profile, password: bytes | None) -> bytes:
-        """Package key + certificate + chain in ``profile``.
+        """Package key + certificate + chain in ``profile`` (:func:`certmgr.issuance.packaging.package`).
 
         Raises:
             InputError: if ``profile`` needs a password and none is given.
         """
-        return build_pkcs12(
+        return package(
             self.key,
             self.cert,
-            self.bundle_chain(),
-            profile,
-            password,
-            render_friendly_name(self.policy, self.identity),
+            self.chain,
+            self.root,
+            policy=self.policy,
+            identity=self.identity,
+            profile=profile,
+            password=password,
         )
 
 
@@ -314,6 +315,7 @@ def issue_to_files(
     out_dir: Path,
     e164: str | None = None,
     model: str | None = None,
+    hostname: str | None = None,
     policy_name: str | None = None,
 ) -> IssueResult:
     """Issue for one phone, record it, and write ``<mac>.pem``, ``<mac>.p12`` and ``chain.pem`` to ``out_dir``.
@@ -325,10 +327,18 @@ def issue_to_files(
         InputError: invalid MAC/IP/DNS name or unknown policy. CAError: CA unusable. IssuanceError: validity
         beyond the CA. StorageError: ``out_dir`` not writable. DatabaseError: the record cannot be stored.
     """
-    identity = DeviceIdentity.create(mac=mac, ips=list(ips), dns_names=list(dns_names), e164=e164, model=model)
+    identity = DeviceIdentity.create(
+        mac=mac, ips=list(ips), dns_names=list(dns_names), e164=e164, model=model, hostname=hostname
+    )
     if not identity.ips:
         raise InputError("at least one --ip is required (the certificate's IP SAN)")
-    policy = runtime.policies.get(policy_name) if policy_name else runtime.policies.select(identity)
+    if policy_name:
+        policy = runtime.policies.get(policy_name)
+    else:
+        with session_scope(runtime.engine) as session:
+            known = session.exec(select(Device).where(col(Device.mac) == identity.mac)).first()
+            recorded = known.policy_name if known is not None else None
+        policy = policy_for(runtime.policies, recorded, identity).policy
     profile = policy.pkcs12.profiles[0]
     password = runtime.pkcs12_password(policy.pkcs12.password_secret) if profile.needs_password else None
     issuer = runtime.issuer()

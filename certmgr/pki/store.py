@@ -54,7 +54,7 @@ ISSUING_KEY = "issuing.key"
 CHAIN = "chain.pem"
 ALL_FILES = (ROOT_CERT, ROOT_KEY, ISSUING_CERT, ISSUING_KEY, CHAIN)
 
-__all__ = ["ALL_FILES", "CAInfo", "CAStore", "Issuer"]
+__all__ = ["ALL_FILES", "CAInfo", "CAStore", "Issuer", "issuer_from_pem", "split_chain"]
 
 
 @dataclass(frozen=True)
@@ -192,12 +192,19 @@ class CAStore:
             CACorruptError: if a required file is missing or unreadable, or the key does not match.
             CAPassphraseError: if ``passphrase`` does not decrypt the issuing key.
         """
-        chain, root = self._load_chain()
-        key_pem = self._read(ISSUING_KEY)
-        key = load_private_key_pem(key_pem, passphrase)
-        if not public_keys_match(key, chain[0]):
-            raise CACorruptError(f"{ISSUING_KEY} does not belong to the certificate in {ISSUING_CERT}")
-        return Issuer(cert=chain[0], key=key, chain=chain, root=root)
+        chain_pem, key_pem = self.stored_material()
+        return issuer_from_pem(chain_pem, key_pem, passphrase)
+
+    def stored_material(self) -> tuple[bytes, bytes]:
+        """``(chain.pem, issuing.key)`` as stored: the chain (issuing first, the root last if known) and the
+        issuing key still encrypted with the CA passphrase. Nothing is decrypted; the database keeps a copy so
+        that every node can issue with the CA (:func:`issuer_from_pem`).
+
+        Raises:
+            CANotInitialisedError: if there is no CA. CACorruptError: if a file is missing or inconsistent.
+        """
+        self._load_chain()  # the files agree with each other
+        return self._read(CHAIN), self._read(ISSUING_KEY)
 
     def load_root_key(self, passphrase: bytes) -> PrivateKey:
         """Load the root key (for re-signing an issuing CA); the root may be offline.
@@ -290,15 +297,42 @@ class CAStore:
         if not self.exists():
             raise CANotInitialisedError(f"no CA in {self.ca_dir}; initialise or import one first")
         issuing = _parse_one_cert(self._read(ISSUING_CERT), ISSUING_CERT)
-        try:
-            full = x509.load_pem_x509_certificates(self._read(CHAIN))
-        except ValueError:
-            raise CACorruptError(f"{CHAIN} is not a sequence of PEM certificates") from None
-        if full[0] != issuing:
+        chain, root = split_chain(self._read(CHAIN), CHAIN)
+        if chain[0] != issuing:
             raise CACorruptError(f"{CHAIN} does not start with the certificate in {ISSUING_CERT}")
-        if len(full) > 1 and _is_self_signed(full[-1]):
-            return tuple(full[:-1]), full[-1]
-        return tuple(full), None
+        return chain, root
+
+
+def split_chain(
+    chain_pem: bytes, name: str = "CA chain"
+) -> tuple[tuple[x509.Certificate, ...], x509.Certificate | None]:
+    """``(chain without root, root or None)`` from a PEM chain: issuing first, intermediates, the root last if
+    known (a self-signed last certificate is the root).
+
+    Raises:
+        CACorruptError: if ``chain_pem`` is not a non-empty sequence of PEM certificates.
+    """
+    try:
+        full = x509.load_pem_x509_certificates(chain_pem)
+    except ValueError:
+        raise CACorruptError(f"{name} is not a sequence of PEM certificates") from None
+    if len(full) > 1 and _is_self_signed(full[-1]):
+        return tuple(full[:-1]), full[-1]
+    return tuple(full), None
+
+
+def issuer_from_pem(chain_pem: bytes, key_pem: bytes, passphrase: bytes) -> Issuer:
+    """The :class:`Issuer` from a stored chain and encrypted issuing key (see :meth:`CAStore.stored_material`).
+
+    Raises:
+        CACorruptError: if the chain is unreadable or the key does not belong to its first certificate.
+        CAPassphraseError: if ``passphrase`` does not decrypt the key.
+    """
+    chain, root = split_chain(chain_pem)
+    key = load_private_key_pem(key_pem, passphrase)
+    if not public_keys_match(key, chain[0]):
+        raise CACorruptError("the issuing CA key does not belong to the issuing CA certificate")
+    return Issuer(cert=chain[0], key=key, chain=chain, root=root)
 
 
 def _check_import(

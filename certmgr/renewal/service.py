@@ -57,6 +57,7 @@ from sqlalchemy import func, select
 from sqlmodel import Session, col
 
 from certmgr.audit.log import append_event
+from certmgr.db.deployments import UNFINISHED_STATES
 from certmgr.db.engine import session_scope
 from certmgr.db.models import (
     AuditEvent,
@@ -69,10 +70,10 @@ from certmgr.db.models import (
     Enrollment,
     IssueReason,
 )
-from certmgr.deploy.reconcile import issue_and_queue
-from certmgr.deploy.states import UNFINISHED_STATES
+from certmgr.deploy.queue import issue_and_queue
 from certmgr.errors import CertmgrError, InputError, NotFoundError
-from certmgr.identity import DeviceIdentity, normalize_mac, parse_ip
+from certmgr.identity import DeviceIdentity, normalize_mac
+from certmgr.inventory.phones import identity_of, phone_policy, policy_for
 from certmgr.issuance.service import BuiltCertificate, build_certificate
 from certmgr.pki.keys import PrivateKey, key_type_of
 from certmgr.policy import Policy
@@ -155,20 +156,12 @@ class CurrentRow:
     created_at: datetime
 
     def identity(self) -> DeviceIdentity:
-        """The phone's identity for policy selection and templates.
+        """The phone's identity for policy selection and templates (:func:`certmgr.inventory.phones.identity_of`).
 
         Raises:
-            ValueError: if the stored IP is not an IP address.
+            InputError: if the stored IP is not an IP address.
         """
-        return DeviceIdentity(
-            mac=self.mac,
-            ips=(parse_ip(self.ip),) if self.ip else (),
-            dns_names=self.dns_names,
-            e164=self.e164,
-            model=self.device_type,
-            firmware=self.software_version,
-            hostname=self.hostname,
-        )
+        return identity_of(self)
 
 
 def _current_row(r: Any) -> CurrentRow:
@@ -381,12 +374,7 @@ class _PolicyCache:
     facts: dict[str, PolicyFacts] = field(default_factory=dict)
 
     def policy(self, row: CurrentRow) -> Policy:
-        if row.device_policy:
-            try:
-                return self.runtime.policies.get(row.device_policy)
-            except InputError:
-                pass
-        return self.runtime.policies.select(row.identity())
+        return policy_for(self.runtime.policies, row.device_policy, row.identity()).policy
 
     def policy_facts(self, policy: Policy, row: CurrentRow) -> PolicyFacts:
         changed = row.policy_digest != policy.digest or row.policy_name != policy.name
@@ -636,22 +624,7 @@ def _load_identity(runtime: Runtime, device_id: int) -> tuple[DeviceIdentity, Po
         device = session.get(Device, device_id)
         if device is None or device.ip is None:
             return None
-        identity = DeviceIdentity(
-            mac=device.mac,
-            ips=(parse_ip(device.ip),),
-            dns_names=tuple(device.dns_names),
-            e164=device.e164,
-            model=device.device_type,
-            firmware=device.software_version,
-            hostname=device.hostname,
-        )
-        policy: Policy | None = None
-        if device.policy_name:
-            try:
-                policy = runtime.policies.get(device.policy_name)
-            except InputError:
-                policy = None
-        return identity, policy or runtime.policies.select(identity)
+        return phone_policy(runtime.policies, device, device.policy_name)
 
 
 def _record(runtime: Runtime, cand: Candidate, built: BuiltCertificate, now: datetime) -> bool:

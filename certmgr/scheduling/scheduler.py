@@ -18,9 +18,9 @@ deployment-rollback  :func:`certmgr.deploy.rollback.rollback_failed`     every n
 ==================== ================================================ ===========
 
 *Leader* jobs run on one node at a time: each run takes a PostgreSQL advisory lock
-(:func:`~certmgr.scheduling.locks.leadership`) and a node that does not get it skips the run.
+(:func:`~certmgr.db.locks.leadership`) and a node that does not get it skips the run.
 
-**deployment-dispatch** is not an APScheduler job: the :class:`~certmgr.deploy.dispatcher.Dispatcher` keeps
+**deployment-dispatch** is not an APScheduler job: the :class:`~certmgr.phones.dispatcher.Dispatcher` keeps
 its own loop (1 s ticks, restart recovery first, contact-me tasks awaited on shutdown), started by
 ``certmgr serve`` in the role named by ``dispatch_role`` (and always with ``--role all``). A 1-second job
 would add nothing but another thread hop; the dispatcher is safe on several nodes (claims with ``SKIP LOCKED``,
@@ -57,8 +57,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from certmgr.clock import Clock, SystemClock
-from certmgr.errors import CertmgrError
-from certmgr.scheduling.locks import leadership
+from certmgr.db.locks import leadership
+from certmgr.errors import CANotInitialisedError, CertmgrError
 
 if TYPE_CHECKING:
     from certmgr.runtime import Runtime
@@ -120,10 +120,12 @@ def crl_refresh(runtime: Runtime, now: datetime) -> object:
         CAError / StorageError / DatabaseError: as :func:`~certmgr.issuance.revocation.refresh_crl`.
     """
     del now
-    if not runtime.ca_store.exists():
-        return Skipped("no CA yet")
     from certmgr.issuance.revocation import refresh_crl
 
+    try:
+        runtime.ca_info()
+    except CANotInitialisedError:
+        return Skipped("no CA yet")
     return refresh_crl(runtime).meta.number
 
 
@@ -156,8 +158,9 @@ def configured_jobs(settings: Settings) -> list[ConfiguredJob]:
 def job_specs(runtime: Runtime) -> list[JobSpec]:
     """The jobs of the scheduler role (:func:`configured_jobs`) bound to their services."""
     from certmgr.deploy.rollback import rollback_failed
+    from certmgr.phones.sweep import ProbeSweep
     from certmgr.renewal.service import reconcile_renewals
-    from certmgr.scheduling.tasks import ProbeSweep, audit_checkpoint, ca_expiry_watch, expiry_notify, incident_notify
+    from certmgr.scheduling.tasks import audit_checkpoint, ca_expiry_watch, expiry_notify, incident_notify
 
     sweep = ProbeSweep(runtime)
     calls: dict[str, Callable[[Runtime, datetime], object]] = {

@@ -2,11 +2,14 @@
 
 * :mod:`certmgr.wpi.messages` — frozen message dataclasses and enums;
 * :mod:`certmgr.wpi.codec` — bytes ↔ messages (defusedxml, size-capped, namespace-checked);
+* :mod:`certmgr.wpi.jobs` — what certmgr asks of an interaction (job) and the D10 admission decision;
+* :mod:`certmgr.wpi.effects` — what an interaction asks the adapter to apply;
 * :mod:`certmgr.wpi.interaction` — the server-side state machine for one interaction;
 * :mod:`certmgr.wpi.certinfo` — lenient parsing and judging of ``wbm-server-certificate-info`` (D6);
 * :mod:`certmgr.wpi.contactme` — the contact-me form and ``contact-me-uri`` (D4).
 
-The HTTP adapters (FastAPI route, httpx contact-me client) live elsewhere and stay thin.
+Nothing here does I/O: the phone-facing adapters (listeners, interaction hub, contact-me client, TLS probe) are
+:mod:`certmgr.phones`.
 """
 
 from certmgr.wpi.certinfo import (
@@ -25,25 +28,21 @@ from certmgr.wpi.contactme import (
     parse_contact_me,
     parse_contact_me_uri,
 )
-from certmgr.wpi.interaction import (
+from certmgr.wpi.effects import (
     CertificateInfoReceived,
     Effect,
-    Interaction,
     InteractionFinished,
-    Job,
-    JobMode,
     Outcome,
-    Output,
     PhoneBusy,
     PhoneCleanedUp,
     PhoneReported,
     ProtocolViolation,
     SecurityRefused,
-    State,
     WriteAccepted,
     WriteRejected,
-    start,
 )
+from certmgr.wpi.interaction import Interaction, Output, State, start
+from certmgr.wpi.jobs import Admission, Defer, Job, JobMode, NoJob, Refuse, Serve
 from certmgr.wpi.messages import (
     Action,
     DLSMessage,
@@ -60,11 +59,13 @@ from certmgr.wpi.messages import (
 __all__ = [
     "MAX_BODY",
     "Action",
+    "Admission",
     "CertInfo",
     "CertificateInfoReceived",
     "ContactMeRequest",
     "ContactMeTarget",
     "DLSMessage",
+    "Defer",
     "Effect",
     "ExpectedCert",
     "Fragment",
@@ -74,6 +75,7 @@ __all__ = [
     "Item",
     "Job",
     "JobMode",
+    "NoJob",
     "Outcome",
     "Output",
     "PhoneBusy",
@@ -81,8 +83,10 @@ __all__ = [
     "PhoneReported",
     "ProtocolViolation",
     "Reason",
+    "Refuse",
     "ReplyStatus",
     "SecurityRefused",
+    "Serve",
     "State",
     "UnknownAction",
     "UnknownReason",

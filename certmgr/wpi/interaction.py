@@ -3,30 +3,25 @@
 One :class:`Interaction` covers one phone from its first ``WorkpointMessage`` to certmgr's ``CleanUp``. The
 adapter (HTTP route) parses the request body, finds the interaction (cookie first, then MAC, D3) or calls
 :func:`start`, feeds the message in and gets an :class:`Output` back: the ``DLSMessage`` to return as the HTTP
-response, the :data:`Effect` records to apply (database, audit), and whether the interaction is over (then
-invalidate the cookie, D3). Nothing here does I/O, reads the clock or logs.
+response, the :data:`~certmgr.wpi.effects.Effect` records to apply (database, audit), and whether the
+interaction is over (then invalidate the cookie, D3). Nothing here does I/O, reads the clock or logs.
 
 Decisions made here (see the protocol doc §5, §6.1, §9, §12):
 
 * **D2** every reply repeats the nonce of the message it answers; none is ever invented.
-* **D10** :func:`start` takes a job only if the adapter found one pending for the MAC, and ``authorised`` says
-  whether the adapter's D10 checks passed (certmgr-started interaction: ``solicited`` after our contact-me or
-  a poll answered 202; peer address matches). A job with ``authorised=False`` is refused (``CleanUp`` +
-  :class:`SecurityRefused`). Independently of ``authorised``, a **write** job is only carried out in a
-  ``solicited`` interaction; in a phone-initiated one (start-up, local-changes, inventory-changes, status) the
-  job is deferred (``Outcome.DEFERRED``) and the adapter sends a contact-me later.
-* A **verify** job (ReadItems only) *is* carried out in a phone-initiated interaction when ``authorised``:
-  ``ReadItems`` carries no key, so D10 does not forbid it, and a phone that reports after a restart is a good
-  moment to read the info back. Its result is still only as trustworthy as the (unauthenticated) peer, which
-  is why ``authorised`` is still required.
+* **D10** is not decided here: :func:`start` takes the adapter's :data:`~certmgr.wpi.jobs.Admission`
+  (:func:`certmgr.deploy.admission.decide` is its one home) and carries it out — :class:`~certmgr.wpi.jobs.Serve`
+  runs the job, :class:`~certmgr.wpi.jobs.Defer` and :class:`~certmgr.wpi.jobs.NoJob` answer ``CleanUp``,
+  :class:`~certmgr.wpi.jobs.Refuse` answers ``CleanUp`` with a :class:`~certmgr.wpi.effects.SecurityRefused`.
 * **D9** every opening message (start-up, local-changes, inventory-changes, status, solicited) emits
-  :class:`PhoneReported` first; credential-like items (``user-pwd`` …) are dropped from it (§8 (c)).
+  :class:`~certmgr.wpi.effects.PhoneReported` first; credential-like items (``user-pwd`` …) are dropped from it
+  (§8 (c)).
 * **maxItems** (§4.2, §5.3): the job's write items go out in order, at most ``maxItems`` per ``WriteItems`` of
   the message being answered, one ``reply-to`` each. §5.3 says items that belong together should not be split;
-  with ``maxItems=1`` that is impossible, so the order matters: :meth:`Job.certificate` puts the PKCS#12
-  password item (D7) *before* the certificate, so that a phone that imports items as they arrive already has
-  the password when the container arrives. A batch that would exceed 50 kB (D8) is not sent; the write is
-  rejected instead.
+  with ``maxItems=1`` that is impossible, so the order matters: :meth:`~certmgr.wpi.jobs.Job.certificate` puts
+  the PKCS#12 password item (D7) *before* the certificate, so that a phone that imports items as they arrive
+  already has the password when the container arrives. A batch that would exceed 50 kB (D8) is not sent; the
+  write is rejected instead.
 * **Errors** (§4.2, §5.5): a write counts as accepted only with ``status="accepted"`` *and* no ``status``
   attribute on any item of the reply (the Guide's error examples keep ``accepted`` at message level). A write
   reply without any ``status`` is a protocol violation (the write's fate is unknown: see
@@ -40,16 +35,28 @@ Decisions made here (see the protocol doc §5, §6.1, §9, §12):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import assert_never
 
-from certmgr.errors import InputError, ProtocolError
-from certmgr.identity import normalize_mac
+from certmgr.errors import ProtocolError
 from certmgr.wpi.codec import encode_dls
+from certmgr.wpi.effects import (
+    CertificateInfoReceived,
+    Effect,
+    InteractionFinished,
+    Outcome,
+    PhoneBusy,
+    PhoneCleanedUp,
+    PhoneReported,
+    ProtocolViolation,
+    SecurityRefused,
+    WriteAccepted,
+    WriteRejected,
+)
+from certmgr.wpi.jobs import Admission, Defer, Job, JobMode, NoJob, Refuse, Serve
 from certmgr.wpi.messages import (
     ITEM_CLEANUP_REASON,
-    ITEM_WBM_CERTIFICATE,
-    ITEM_WBM_CERTIFICATE_INFO,
     MAX_MESSAGE_SIZE,
     Action,
     DLSMessage,
@@ -74,94 +81,7 @@ MAX_COLLECTED_ITEMS = 10_000
 OPENING_REASONS = frozenset(
     {Reason.START_UP, Reason.LOCAL_CHANGES, Reason.INVENTORY_CHANGES, Reason.STATUS, Reason.SOLICITED}
 )
-_PHONE_INITIATED = frozenset({Reason.START_UP, Reason.LOCAL_CHANGES, Reason.INVENTORY_CHANGES, Reason.STATUS})
 _REPLY_REASONS = frozenset({Reason.REPLY_TO, Reason.STATUS})
-
-
-class JobMode(StrEnum):
-    """``write``: deploy, then read back. ``verify``: the phone already accepted the write (e.g. before
-    certmgr restarted): only ReadItems, never write again."""
-
-    WRITE = "write"
-    VERIFY = "verify"
-
-
-@dataclass(frozen=True)
-class Job:
-    """A pending deployment for one phone, as the interaction needs it.
-
-    ``write_items`` (``repr`` hidden: it holds the PKCS#12) are sent in this order; see :meth:`certificate`.
-
-    Raises:
-        ProtocolError: (on construction) for an invalid MAC, a write job without items, a verify job with
-            items, or an empty ``info_item``.
-    """
-
-    deployment_id: int
-    mac: str
-    mode: JobMode
-    write_items: tuple[Item, ...] = field(default=(), repr=False)
-    info_item: str = ITEM_WBM_CERTIFICATE_INFO
-
-    def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "mac", normalize_mac(self.mac))
-        except InputError as exc:
-            raise ProtocolError("job has an invalid MAC address") from exc
-        object.__setattr__(self, "mode", JobMode(self.mode))
-        object.__setattr__(self, "write_items", tuple(self.write_items))
-        if self.mode is JobMode.WRITE and not self.write_items:
-            raise ProtocolError("a write job needs items to write")
-        if self.mode is JobMode.VERIFY and self.write_items:
-            raise ProtocolError("a verify job must not carry items to write")
-        if not self.info_item.strip():
-            raise ProtocolError("info item name must not be empty")
-
-    @classmethod
-    def certificate(
-        cls,
-        deployment_id: int,
-        mac: str,
-        pkcs12_base64: str,
-        *,
-        password_item: tuple[str, str] | None = None,
-        certificate_item: str = ITEM_WBM_CERTIFICATE,
-        info_item: str = ITEM_WBM_CERTIFICATE_INFO,
-    ) -> Job:
-        """A write job for a WBM certificate; ``password_item`` is ``(item name, password)`` (D7), sent first.
-
-        Raises:
-            ProtocolError: for an invalid MAC or an empty PKCS#12.
-        """
-        items: list[Item] = []
-        if password_item is not None:
-            items.append(Item(password_item[0], password_item[1]))
-        if not pkcs12_base64.strip():
-            raise ProtocolError("empty PKCS#12")
-        items.append(Item(certificate_item, pkcs12_base64))
-        return cls(deployment_id, mac, JobMode.WRITE, tuple(items), info_item)
-
-    @classmethod
-    def verify(cls, deployment_id: int, mac: str, *, info_item: str = ITEM_WBM_CERTIFICATE_INFO) -> Job:
-        """A verify-only job (ReadItems of ``info_item``).
-
-        Raises:
-            ProtocolError: for an invalid MAC.
-        """
-        return cls(deployment_id, mac, JobMode.VERIFY, (), info_item)
-
-
-class Outcome(StrEnum):
-    """How an interaction ended (carried by :class:`InteractionFinished`)."""
-
-    COMPLETED = "completed"  # the job ran to the end: info read back (CertificateInfoReceived was emitted)
-    NO_JOB = "no-job"  # nothing pending for the phone: report taken, CleanUp
-    DEFERRED = "deferred"  # a write job is pending but the phone called on its own (D10): contact-me later
-    BUSY = "busy"  # phone busy: CleanUp + send-solicited, the job stays pending
-    REJECTED = "rejected"  # the phone refused the write (or it could not be sent)
-    PHONE_CLEANUP = "phone-cleanup"  # the phone ended the interaction itself
-    REFUSED = "refused"  # D10 refusal
-    VIOLATION = "violation"  # protocol violation
 
 
 class State(StrEnum):
@@ -171,90 +91,6 @@ class State(StrEnum):
     AWAITING_WRITE_REPLY = "awaiting-write-reply"
     AWAITING_READ_REPLY = "awaiting-read-reply"
     FINISHED = "finished"
-
-
-# --- effects ----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class PhoneReported:
-    """An opening message's inventory data (D9); credential-like items removed."""
-
-    reason: Reason
-    mac: str | None
-    items: tuple[Item, ...]
-
-
-@dataclass(frozen=True)
-class WriteAccepted:
-    """The phone accepted every ``WriteItems`` of the job."""
-
-    deployment_id: int
-
-
-@dataclass(frozen=True)
-class WriteRejected:
-    """The phone refused the write (message ``failed`` or an item ``status``), or it could not be sent."""
-
-    deployment_id: int
-    reason: str
-    item_status: str | None
-
-
-@dataclass(frozen=True)
-class PhoneBusy:
-    """The phone answered ``busy``; certmgr sent ``send-solicited``; the job stays pending (§5.4)."""
-
-    deployment_id: int
-
-
-@dataclass(frozen=True)
-class CertificateInfoReceived:
-    """The answer to ``ReadItems``: the raw info value (verbatim, D6) or ``None``, and the item's status."""
-
-    deployment_id: int
-    raw: str | None
-    item_status: str | None
-
-
-@dataclass(frozen=True)
-class PhoneCleanedUp:
-    """The phone sent ``clean-up``; ``reason`` is its ``cleanup-reason``."""
-
-    reason: str | None
-
-
-@dataclass(frozen=True)
-class SecurityRefused:
-    """D10: a pending job was not served in this interaction; worth an audit record."""
-
-    reason: str
-    deployment_id: int | None = None
-
-
-@dataclass(frozen=True)
-class ProtocolViolation:
-    """The phone did something the protocol (or this state machine) does not allow."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
-class InteractionFinished:
-    """Last effect of every interaction."""
-
-    outcome: Outcome
-
-
-Effect = (
-    PhoneReported
-    | WriteAccepted
-    | WriteRejected
-    | PhoneBusy
-    | CertificateInfoReceived
-    | PhoneCleanedUp
-    | SecurityRefused
-    | ProtocolViolation
-    | InteractionFinished
-)
 
 
 @dataclass(frozen=True)
@@ -271,9 +107,9 @@ class Output:
 class Interaction:
     """One interaction. Create it with :func:`start`; feed each further phone message to :meth:`receive`."""
 
-    def __init__(self, *, job: Job | None, authorised: bool) -> None:
-        self._job = job
-        self._authorised = authorised
+    def __init__(self, admission: Admission) -> None:
+        self._admission = admission
+        self._job = admission.job if isinstance(admission, Serve) else None
         self._state = State.OPENING
         self._mac: str | None = None
         self._fragments: list[WorkpointMessage] = []
@@ -414,25 +250,26 @@ class Interaction:
         effects: list[Effect] = [
             PhoneReported(reason, msg.mac, tuple(it for it in msg.items if not is_sensitive_item_name(it.name)))
         ]
-        job = self._job
-        if job is None:
-            return self._finish(cleanup_message(msg.nonce), effects, Outcome.NO_JOB)
-        if not self._authorised:
-            effects.append(
-                SecurityRefused("interaction not started by certmgr or peer address mismatch", job.deployment_id)
-            )
-            return self._finish(cleanup_message(msg.nonce, reason="not authorised"), effects, Outcome.REFUSED)
-        if msg.mac is None:
-            return self._violation(msg, "opening message without a valid mac-addr", effects)
-        if msg.mac != job.mac:
-            return self._violation(msg, "mac-addr does not match the job", effects)
-        if job.mode is JobMode.VERIFY:
-            return self._send_read(msg, effects)
-        if reason is not Reason.SOLICITED:
-            # D10: never a private key in an interaction the phone started.
-            return self._finish(cleanup_message(msg.nonce), effects, Outcome.DEFERRED)
-        self._pending = job.write_items
-        return self._send_write(msg, effects)
+        admission = self._admission
+        match admission:
+            case NoJob():
+                return self._finish(cleanup_message(msg.nonce), effects, Outcome.NO_JOB)
+            case Defer():
+                return self._finish(cleanup_message(msg.nonce), effects, Outcome.DEFERRED)
+            case Refuse(reason=why, deployment_id=deployment_id):
+                effects.append(SecurityRefused(why, deployment_id))
+                return self._finish(cleanup_message(msg.nonce, reason="not authorised"), effects, Outcome.REFUSED)
+            case Serve(job=job):
+                if msg.mac is None:
+                    return self._violation(msg, "opening message without a valid mac-addr", effects)
+                if msg.mac != job.mac:
+                    return self._violation(msg, "mac-addr does not match the job", effects)
+                if job.mode is JobMode.VERIFY:
+                    return self._send_read(msg, effects)
+                self._pending = job.write_items
+                return self._send_write(msg, effects)
+            case _:
+                assert_never(admission)
 
     def _send_write(self, msg: WorkpointMessage, effects: list[Effect]) -> Output:
         assert self._job is not None
@@ -504,15 +341,41 @@ class Interaction:
         return self._finish(cleanup_message(msg.nonce), [effect], Outcome.COMPLETED)
 
 
-def start(msg: WorkpointMessage, *, job: Job | None, authorised: bool) -> tuple[Interaction, Output]:
-    """Open an interaction with the phone's first message.
-
-    ``job`` is the deployment pending for the message's MAC, if the adapter found one; ``authorised`` is the
-    adapter's D10 verdict (interaction started by certmgr and peer address matches). See the module docstring
-    for what happens in each case.
+def start(msg: WorkpointMessage, admission: Admission) -> tuple[Interaction, Output]:
+    """Open an interaction with the phone's first message and the adapter's admission decision for it (the job
+    to serve, a deferral, a refusal, or nothing; see :mod:`certmgr.wpi.jobs`).
 
     Raises:
         ProtocolError: never for phone input (problems become effects).
     """
-    interaction = Interaction(job=job, authorised=authorised)
+    interaction = Interaction(admission)
     return interaction, interaction.receive(msg)
+
+
+__all__ = [
+    "MAX_COLLECTED_ITEMS",
+    "MAX_FRAGMENTS",
+    "OPENING_REASONS",
+    "Admission",
+    "CertificateInfoReceived",
+    "Defer",
+    "Effect",
+    "Interaction",
+    "InteractionFinished",
+    "Job",
+    "JobMode",
+    "NoJob",
+    "Outcome",
+    "Output",
+    "PhoneBusy",
+    "PhoneCleanedUp",
+    "PhoneReported",
+    "ProtocolViolation",
+    "Refuse",
+    "SecurityRefused",
+    "Serve",
+    "State",
+    "WriteAccepted",
+    "WriteRejected",
+    "start",
+]

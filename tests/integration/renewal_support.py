@@ -11,9 +11,9 @@ from sqlmodel import col, select
 from certmgr.clock import ManualClock
 from certmgr.db.engine import session_scope
 from certmgr.db.models import Certificate, CheckReply, Deployment, DeploymentState, Device
-from certmgr.deploy import service
+from certmgr.deploy import verification
 from certmgr.deploy.reconcile import Reconciler
-from certmgr.inventory.service import record_report
+from certmgr.inventory.enrollment import record_report
 from certmgr.runtime import Runtime, open_runtime
 from certmgr.settings import Settings
 from tests.conftest import REPO
@@ -74,7 +74,7 @@ def mark_verified(rt: Runtime, deployment_id: int) -> None:
         dep.updated_at = rt.clock.now()
         s.add(dep)
         fingerprint = cert.fingerprint_sha256
-    service.finish_verification(rt, deployment_id, seen_sha256=fingerprint, probe_error=None, now=rt.clock.now())
+    verification.finish_verification(rt, deployment_id, seen_sha256=fingerprint, probe_error=None, now=rt.clock.now())
 
 
 def verify_all_queued(rt: Runtime) -> int:

@@ -98,7 +98,10 @@ def test_missing_ca_file(data_dir: Path, tmp_path: Path) -> None:
 
 
 def test_corrupt_ca_key(data_dir: Path, tmp_path: Path) -> None:
+    """The issuing key every node signs with is the database's copy (the CA files are one node's copy of it)."""
     (data_dir / "ca" / "issuing.key").write_bytes(b"\x00garbage, not a key\n" * 10)
+    with sqlite3.connect(data_dir / "certmgr.db") as db:
+        db.execute("UPDATE ca SET key_pem = ? WHERE role = 'issuing'", ("\x00garbage, not a key\n" * 10,))
     before = snapshot(data_dir)
     result = _issue(data_dir, tmp_path / "out")
     assert_one_line_error(result, 5, "CA key")

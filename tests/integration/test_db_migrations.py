@@ -78,7 +78,7 @@ def test_upgrade_head_matches_models(db_url: str) -> None:
 def test_revisions(db_url: str) -> None:
     assert current_revision(db_url) is None
     upgrade(db_url)
-    assert current_revision(db_url) == head_revision() == "0001"
+    assert current_revision(db_url) == head_revision() == "0002"
     check_schema(db_url)  # at head: no error
     upgrade(db_url)  # idempotent
 
@@ -132,10 +132,11 @@ def test_unknown_newer_revision_is_too_new(db_url: str) -> None:
     _stamp(db_url, "9999_from_the_future")
     with pytest.raises(SchemaTooNewError) as info:
         check_schema(db_url)
+    head = head_revision()
     assert str(info.value) == (
-        "database is at migration 9999_from_the_future, newer than this certmgr (head 0001); upgrade certmgr"
+        f"database is at migration 9999_from_the_future, newer than this certmgr (head {head}); upgrade certmgr"
     )
-    assert info.value.fields == {"current": "9999_from_the_future", "head": "0001"}
+    assert info.value.fields == {"current": "9999_from_the_future", "head": head}
     # Neither upgrade nor downgrade may touch a database from a newer release.
     with pytest.raises(SchemaTooNewError):
         upgrade(db_url)
@@ -145,12 +146,12 @@ def test_unknown_newer_revision_is_too_new(db_url: str) -> None:
 
 @pytest.fixture
 def scripts_with_next_revision(tmp_path: Path) -> Path:
-    """A copy of the migration scripts with an extra (empty) revision 0002 on top of head."""
+    """A copy of the migration scripts with an extra (empty) revision ``next`` on top of head."""
     scripts = tmp_path / "alembic"
     shutil.copytree(SCRIPT_LOCATION, scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    (scripts / "versions" / "0002_next.py").write_text(
-        'revision = "0002"\n'
-        'down_revision = "0001"\n'
+    (scripts / "versions" / "9000_next.py").write_text(
+        'revision = "next"\n'
+        f"down_revision = {head_revision()!r}\n"
         "branch_labels = None\n"
         "depends_on = None\n\n\n"
         "def upgrade() -> None:\n    pass\n\n\n"
@@ -161,14 +162,15 @@ def scripts_with_next_revision(tmp_path: Path) -> Path:
 
 def test_behind_head_is_outdated(db_url: str, scripts_with_next_revision: Path) -> None:
     scripts = scripts_with_next_revision
-    upgrade(db_url)  # the real head, 0001
-    assert head_revision(scripts=scripts) == "0002"
+    upgrade(db_url)  # the real head
+    head = head_revision()
+    assert head_revision(scripts=scripts) == "next"
     with pytest.raises(SchemaOutdatedError) as info:
         check_schema(db_url, scripts=scripts)
-    assert "at migration 0001, behind this certmgr (head 0002)" in str(info.value)
+    assert f"at migration {head}, behind this certmgr (head next)" in str(info.value)
     upgrade(db_url, scripts=scripts)
     check_schema(db_url, scripts=scripts)
-    assert current_revision(db_url) == "0002"
+    assert current_revision(db_url) == "next"
 
 
 def test_alembic_config_carries_url_and_scripts(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from rich.console import Console
 
 from certmgr.cli import main as cli
 from certmgr.db.engine import session_scope
-from certmgr.inventory.service import record_report
+from certmgr.inventory.enrollment import record_report
 from certmgr.runtime import open_runtime
 from certmgr.settings import Settings
 from tests.conftest import REPO

@@ -22,13 +22,14 @@ from certmgr.db.models import (
     Enrollment,
     IssueReason,
 )
-from certmgr.deploy import service
+from certmgr.deploy import admission, queue, recovery
 from certmgr.deploy.reconcile import Reconciler
 from certmgr.errors import NotFoundError
-from certmgr.inventory.service import approve_device, record_report
+from certmgr.inventory.enrollment import approve_device, record_report
 from certmgr.runtime import Runtime, open_runtime
 from certmgr.settings import Settings
 from certmgr.wpi.interaction import JobMode
+from certmgr.wpi.jobs import Defer, Refuse, Serve
 from certmgr.wpi.messages import Reason
 from tests.conftest import REPO
 
@@ -151,42 +152,38 @@ def test_address_mismatch_does_not_move_the_phone(runtime: Runtime) -> None:
 def _ready(rt: Runtime) -> Deployment:
     _report(rt)
     Reconciler(rt).run(rt.clock.now())
-    tasks = service.claim_due(rt, rt.clock.now())
+    tasks = queue.claim_due(rt, rt.clock.now())
     assert [t.mac for t in tasks] == [MAC]
-    service.contact_result(rt, tasks[0].deployment_id, rt.clock.now(), error=None)
+    queue.contact_result(rt, tasks[0].deployment_id, rt.clock.now(), error=None)
     return _dep(rt)
 
 
 def test_d10_admission(runtime: Runtime, clock: ManualClock) -> None:
     now = clock.now()
-    # A pending job, but certmgr has not contacted the phone: refused (placeholder job, never a key).
+    # A pending job, but certmgr has not contacted the phone: refused (never a key).
     _report(runtime)
     Reconciler(runtime).run(now)
-    adm = service.admit(runtime, mac=MAC, peer=IP, reason=Reason.SOLICITED, now=now, busy_until=None)
-    assert not adm.authorised
-    assert adm.job is not None
-    assert adm.job.mode is JobMode.VERIFY
-    assert adm.refusal
-    tasks = service.claim_due(runtime, now)
-    service.contact_result(runtime, tasks[0].deployment_id, now, error=None)
+    adm = admission.admit(runtime, mac=MAC, peer=IP, reason=Reason.SOLICITED, now=now, busy_until=None)
+    assert isinstance(adm, Refuse)
+    assert "no contact-me" in adm.reason
+    tasks = queue.claim_due(runtime, now)
+    queue.contact_result(runtime, tasks[0].deployment_id, now, error=None)
     # Wrong peer: refused.
-    adm = service.admit(runtime, mac=MAC, peer="10.6.6.6", reason=Reason.SOLICITED, now=now, busy_until=None)
-    assert not adm.authorised
-    assert "peer address" in (adm.refusal or "")
-    # Phone-initiated call: no key, no refusal.
-    adm = service.admit(runtime, mac=MAC, peer=IP, reason=Reason.START_UP, now=now, busy_until=None)
-    assert adm.job is None
-    assert not adm.authorised
+    adm = admission.admit(runtime, mac=MAC, peer="10.6.6.6", reason=Reason.SOLICITED, now=now, busy_until=None)
+    assert isinstance(adm, Refuse)
+    assert "peer address" in adm.reason
+    # Phone-initiated call: no key, no refusal (deferred: contact-me later).
+    adm = admission.admit(runtime, mac=MAC, peer=IP, reason=Reason.START_UP, now=now, busy_until=None)
+    assert isinstance(adm, Defer)
     # Right peer, solicited after our contact-me: a write job with the PKCS#12.
-    adm = service.admit(runtime, mac=MAC, peer=IP, reason=Reason.SOLICITED, now=now, busy_until=None)
-    assert adm.authorised
-    assert adm.job is not None
+    adm = admission.admit(runtime, mac=MAC, peer=IP, reason=Reason.SOLICITED, now=now, busy_until=None)
+    assert isinstance(adm, Serve)
     assert adm.job.mode is JobMode.WRITE
     assert "job" not in repr(adm.job.write_items)  # repr hides the items
     # After the callback window: refused again.
     later = now + timedelta(seconds=61)
-    adm = service.admit(runtime, mac=MAC, peer=IP, reason=Reason.SOLICITED, now=later, busy_until=None)
-    assert not adm.authorised
+    adm = admission.admit(runtime, mac=MAC, peer=IP, reason=Reason.SOLICITED, now=later, busy_until=None)
+    assert not isinstance(adm, Serve)
 
 
 def test_contact_gap_and_concurrency(runtime: Runtime, clock: ManualClock) -> None:
@@ -196,10 +193,10 @@ def test_contact_gap_and_concurrency(runtime: Runtime, clock: ManualClock) -> No
         device = s.exec(select(Device).where(col(Device.mac) == MAC)).one()
         device.last_contact_me_at = clock.now()
         s.add(device)
-    assert service.claim_due(runtime, clock.now()) == []  # inside the 300 s gap
+    assert queue.claim_due(runtime, clock.now()) == []  # inside the 300 s gap
     clock.advance(timedelta(seconds=301))
-    assert len(service.claim_due(runtime, clock.now())) == 1
-    assert service.claim_due(runtime, clock.now()) == []  # never twice
+    assert len(queue.claim_due(runtime, clock.now())) == 1
+    assert queue.claim_due(runtime, clock.now()) == []  # never twice
 
 
 def test_callback_timeout_retries_then_fails(runtime: Runtime, clock: ManualClock) -> None:
@@ -207,10 +204,10 @@ def test_callback_timeout_retries_then_fails(runtime: Runtime, clock: ManualCloc
     assert dep.state is DeploymentState.AWAITING_CALLBACK
     for _ in range(5):
         clock.advance(timedelta(seconds=400))
-        service.expire_stale(runtime, clock.now(), active_deployments=frozenset())
+        recovery.expire_stale(runtime, clock.now(), active_deployments=frozenset())
         clock.advance(timedelta(days=2))
-        for task in service.claim_due(runtime, clock.now()):
-            service.contact_result(runtime, task.deployment_id, clock.now(), error=None)
+        for task in queue.claim_due(runtime, clock.now()):
+            queue.contact_result(runtime, task.deployment_id, clock.now(), error=None)
     dep = _dep(runtime)
     assert dep.state is DeploymentState.FAILED
     assert dep.attempts == 3
@@ -227,14 +224,13 @@ def test_restart_recovery_never_writes_again(runtime: Runtime, clock: ManualCloc
         row.written_at = clock.now()
         s.add(row)
     clock.advance(timedelta(seconds=400))
-    assert service.recover(runtime, clock.now()) == 1
+    assert recovery.recover(runtime, clock.now()) == 1
     dep = _dep(runtime)
     assert dep.state is DeploymentState.QUEUED
     assert dep.written_at is not None
-    tasks = service.claim_due(runtime, clock.now())
-    service.contact_result(runtime, tasks[0].deployment_id, clock.now(), error=None)
-    adm = service.admit(runtime, mac=MAC, peer=IP, reason=Reason.SOLICITED, now=clock.now(), busy_until=None)
-    assert adm.authorised
-    assert adm.job is not None
+    tasks = queue.claim_due(runtime, clock.now())
+    queue.contact_result(runtime, tasks[0].deployment_id, clock.now(), error=None)
+    adm = admission.admit(runtime, mac=MAC, peer=IP, reason=Reason.SOLICITED, now=clock.now(), busy_until=None)
+    assert isinstance(adm, Serve)
     assert adm.job.mode is JobMode.VERIFY
     assert not adm.job.write_items

@@ -1,4 +1,4 @@
-"""The one recording step, :func:`certmgr.deploy.reconcile.issue_and_queue`, shared by the reconciler, the
+"""The one recording step, :func:`certmgr.deploy.queue.issue_and_queue`, shared by the reconciler, the
 renewal reconcile and the API actions: what it writes, when it refuses, and the duplicate-issuance window of a
 manual renewal that it closes."""
 
@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from sqlmodel import col, select
 
+from certmgr import operations
 from certmgr.clock import ManualClock
 from certmgr.db.engine import session_scope
 from certmgr.db.models import (
@@ -23,11 +24,12 @@ from certmgr.db.models import (
     Device,
     IssueReason,
 )
-from certmgr.deploy import actions
-from certmgr.deploy.reconcile import issue_and_queue
+from certmgr.deploy.queue import issue_and_queue
 from certmgr.errors import ConflictError
 from certmgr.identity import DeviceIdentity
 from certmgr.issuance.service import BuiltCertificate, build_certificate
+from certmgr.operations import certificates as certificate_ops
+from certmgr.operations import common as operations_common
 from certmgr.runtime import Runtime
 from certmgr.settings import Settings
 from tests.integration.renewal_support import device, enroll_verified, open_test_runtime
@@ -140,20 +142,20 @@ def test_manual_renew_racing_another_renew_issues_once(
     phone = device(runtime, 1)
     assert phone.current_certificate_id is not None
     current_id = phone.current_certificate_id
-    real_build = actions._build
-    inner: list[actions.RenewResult] = []
+    real_build = operations_common.build_for
+    inner: list[operations.RenewResult] = []
     raced: list[bool] = []
 
     def build_while_another_renews(rt: Runtime, dev: Device, now: Any) -> BuiltCertificate:
         built = real_build(rt, dev, now)
         if not raced:  # the concurrent request completes while this one builds its key (no transaction open)
             raced.append(True)
-            inner.append(actions.renew_certificate(rt, current_id, "token:other"))
+            inner.append(operations.renew_certificate(rt, current_id, "token:other"))
         return built
 
-    monkeypatch.setattr(actions, "_build", build_while_another_renews)
+    monkeypatch.setattr(certificate_ops, "build_for", build_while_another_renews)
     with pytest.raises(ConflictError):
-        actions.renew_certificate(runtime, current_id, "token:first")
+        operations.renew_certificate(runtime, current_id, "token:first")
     with session_scope(runtime.engine) as s:
         manual = s.exec(select(Certificate).where(col(Certificate.reason) == IssueReason.MANUAL.value)).all()
     assert [c.id for c in manual] == [inner[0].certificate_id]

@@ -20,9 +20,10 @@ from certmgr.cli.main import main
 from certmgr.clock import ManualClock
 from certmgr.db.engine import session_scope
 from certmgr.db.models import AuditCheckpoint, AuditEvent, DeviceStatus
+from certmgr.phones.sweep import ProbeSweep
 from certmgr.runtime import Runtime
 from certmgr.scheduling import scheduler as sched
-from certmgr.scheduling.tasks import EXPIRY_NOTIFIED, ProbeSweep, audit_checkpoint, expiry_notify
+from certmgr.scheduling.tasks import EXPIRY_NOTIFIED, audit_checkpoint, expiry_notify
 from certmgr.settings import Settings
 from tests.integration.renewal_support import device, enroll_verified, open_test_runtime
 

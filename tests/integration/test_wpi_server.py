@@ -23,7 +23,7 @@ from certmgr.db.models import (
     DeviceStatus,
     ProfileMemory,
 )
-from certmgr.inventory.service import approve_device
+from certmgr.inventory.enrollment import approve_device
 from certmgr.pki.types import Pkcs12Profile
 from certmgr.runtime import Runtime, open_runtime
 from certmgr.settings import Settings

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from certmgr.db.deployments import TRANSITIONS, can_transition, check_transition
 from certmgr.db.models import CheckInfo, CheckProbe, CheckReply
 from certmgr.db.models import DeploymentState as S
 from certmgr.deploy.backoff import JITTER, backoff_delay, next_attempt_at
 from certmgr.deploy.profiles import choose_profile, profile_order
-from certmgr.deploy.states import TRANSITIONS, can_transition, check_transition
 from certmgr.deploy.verdict import Verdict, combine
 from certmgr.errors import ConflictError, InputError
 from certmgr.pki.types import Pkcs12Profile as P

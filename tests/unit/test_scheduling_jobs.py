@@ -9,8 +9,8 @@ from typing import Any
 
 from sqlalchemy import create_engine
 
+from certmgr.db.locks import leadership, lock_key, node_name
 from certmgr.scheduling import scheduler as sched
-from certmgr.scheduling.locks import leadership, lock_key, node_name
 from certmgr.settings import Settings
 
 

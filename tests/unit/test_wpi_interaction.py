@@ -33,6 +33,7 @@ from certmgr.wpi.interaction import (
     WriteRejected,
     start,
 )
+from certmgr.wpi.jobs import Admission, Defer, NoJob, Refuse, Serve
 from certmgr.wpi.messages import (
     Action,
     DLSMessage,
@@ -102,8 +103,10 @@ def check(msg: WorkpointMessage, out: Output) -> Output:
     return out
 
 
-def begin(msg: WorkpointMessage, job: Job | None, authorised: bool = True) -> tuple[Interaction, Output]:
-    inter, out = start(msg, job=job, authorised=authorised)
+def begin(msg: WorkpointMessage, job: Job | Admission | None) -> tuple[Interaction, Output]:
+    """Open an interaction: a job is served (admission passed D10), ``None`` means nothing pending."""
+    admission: Admission = Serve(job) if isinstance(job, Job) else (NoJob() if job is None else job)
+    inter, out = start(msg, admission)
     return inter, check(msg, out)
 
 
@@ -435,28 +438,33 @@ def test_phone_clean_up_as_first_message() -> None:
     assert out.effects == (PhoneCleanedUp(None), InteractionFinished(Outcome.PHONE_CLEANUP))
 
 
-# --- D10 -------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("job", [write_job(), Job.verify(7, MAC)])
-def test_unauthorised_job_is_refused(job: Job) -> None:
-    _, out = begin(opening(), job, authorised=False)
+# --- admission decisions (D10 is decided in certmgr.deploy.admission; the machine carries the decision out) ---
+def test_refusal_is_cleanup_with_security_effect() -> None:
+    _, out = begin(opening(), Refuse("peer address does not match", 7))
     assert out.reply.action is Action.CLEAN_UP
+    cleanup = out.reply.item("cleanup-reason")
+    assert cleanup is not None
+    assert cleanup.value == "not authorised"
     assert kinds(out) == [PhoneReported, SecurityRefused, InteractionFinished]
     refused = out.effects[1]
     assert isinstance(refused, SecurityRefused)
     assert refused.deployment_id == 7
+    assert refused.reason == "peer address does not match"
     assert outcome(out) is Outcome.REFUSED
 
 
 @pytest.mark.parametrize("reason", [Reason.START_UP, Reason.LOCAL_CHANGES, Reason.INVENTORY_CHANGES, Reason.STATUS])
-def test_no_key_in_phone_initiated_interaction(reason: Reason) -> None:
-    _, out = begin(opening(reason), write_job(), authorised=True)
+def test_deferral_is_plain_cleanup(reason: Reason) -> None:
+    _, out = begin(opening(reason), Defer(7))
     assert out.reply == DLSMessage("N1", Action.CLEAN_UP)
+    assert kinds(out) == [PhoneReported, InteractionFinished]
     assert outcome(out) is Outcome.DEFERRED
 
 
-def test_no_job_without_authorisation_is_plain_cleanup() -> None:
-    _, out = begin(opening(), None, authorised=False)
+def test_no_job_is_plain_cleanup() -> None:
+    _, out = begin(opening(), None)
     assert kinds(out) == [PhoneReported, InteractionFinished]
+    assert outcome(out) is Outcome.NO_JOB
 
 
 # --- verify-only jobs ------------------------------------------------------------------------------------
@@ -529,25 +537,23 @@ _any_msg = st.builds(
 @given(
     first=_any_msg,
     rest=st.lists(_any_msg, max_size=8),
-    mode=st.sampled_from(["none", "write", "verify"]),
-    authorised=st.booleans(),
+    mode=st.sampled_from(["none", "write", "verify", "defer", "refuse"]),
 )
-def test_any_sequence_is_handled(
-    first: WorkpointMessage, rest: list[WorkpointMessage], mode: str, authorised: bool
-) -> None:
-    job = {"none": None, "write": write_job(password=True), "verify": Job.verify(3, MAC)}[mode]
-    inter, out = begin(first, job, authorised)
+def test_any_sequence_is_handled(first: WorkpointMessage, rest: list[WorkpointMessage], mode: str) -> None:
+    admissions: dict[str, Admission] = {
+        "none": NoJob(),
+        "write": Serve(write_job(password=True)),
+        "verify": Serve(Job.verify(3, MAC)),
+        "defer": Defer(3),
+        "refuse": Refuse("test", 3),
+    }
+    inter, out = begin(first, admissions[mode])
     outputs = [out]
     for msg in rest:
         outputs.append(send(inter, msg))
     wrote = any(o.reply.action is Action.WRITE_ITEMS for o in outputs)
     if wrote:
-        # D10: keys only for an authorised write job in a solicited interaction.
-        assert mode == "write"
-        assert authorised
-        assert first.reason is Reason.SOLICITED
-    if mode == "verify":
-        assert not wrote
+        assert mode == "write"  # keys only for a served write job
     finishes = [e for o in outputs for e in o.effects if isinstance(e, InteractionFinished)]
     assert len(finishes) <= 1
     assert finishes == [] or inter.finished
@@ -575,7 +581,7 @@ def test_pkcs12_never_in_effects_on_any_path() -> None:
     explicitly for the paths where the write items are in flight."""
     effects: list[Effect] = []
     for status in (ReplyStatus.ACCEPTED, ReplyStatus.FAILED, ReplyStatus.BUSY, None):
-        inter, out = start(opening(max_items=1), job=write_job(password=True), authorised=True)
+        inter, out = start(opening(max_items=1), Serve(write_job(password=True)))
         effects.extend(out.effects)
         items = (Item("wbm-server-certificate", P12, status="failed"),)
         effects.extend(inter.receive(reply(Action.WRITE_ITEMS, status, "N2", items=items)).effects)

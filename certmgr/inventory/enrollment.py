@@ -18,10 +18,12 @@ from datetime import datetime
 from sqlmodel import Session, col, select
 
 from certmgr.audit.log import NewEvent, append_events
+from certmgr.db.deployments import UNFINISHED_STATES, move
 from certmgr.db.models import Deployment, DeploymentState, Device, DeviceStatus, Enrollment
-from certmgr.deploy.states import UNFINISHED_STATES, check_transition
 from certmgr.errors import ConflictError, InputError, NotFoundError, PolicyError, ProtocolError
 from certmgr.identity import DeviceIdentity, normalize_mac
+from certmgr.inventory.addresses import peer_is_trusted_proxy, same_ip
+from certmgr.inventory.phones import policy_for
 from certmgr.policy import PolicySet
 from certmgr.wpi.contactme import parse_contact_me_uri
 from certmgr.wpi.messages import ITEM_CONTACT_ME_URI, ITEM_DEVICE_TYPE, ITEM_E164, ITEM_SOFTWARE_VERSION
@@ -36,38 +38,6 @@ class ReportResult:
     device: Device
     created: bool
     ip_changed: bool
-
-
-def same_ip(a: str | None, b: str | None) -> bool:
-    """True if ``a`` and ``b`` are the same IP address (IPv4-mapped IPv6 unwrapped)."""
-    if a is None or b is None:
-        return False
-    try:
-        ia, ib = ipaddress.ip_address(a), ipaddress.ip_address(b)
-    except ValueError:
-        return False
-    if isinstance(ia, ipaddress.IPv6Address) and ia.ipv4_mapped is not None:
-        ia = ia.ipv4_mapped
-    if isinstance(ib, ipaddress.IPv6Address) and ib.ipv4_mapped is not None:
-        ib = ib.ipv4_mapped
-    return ia == ib
-
-
-def peer_is_trusted_proxy(peer: str | None, trusted: Iterable[str]) -> bool:
-    """True if ``peer`` is one of the trusted NAT/proxy addresses (single addresses or networks)."""
-    if peer is None:
-        return False
-    try:
-        addr = ipaddress.ip_address(peer)
-    except ValueError:
-        return False
-    for entry in trusted:
-        try:
-            if addr in ipaddress.ip_network(entry.strip(), strict=False):
-                return True
-        except ValueError:
-            continue
-    return False
 
 
 def _clip(value: str | None, limit: int) -> str | None:
@@ -90,10 +60,7 @@ def supersede_unfinished(
     for dep in rows:
         if dep.id == keep:
             continue
-        dep.state = check_transition(dep.state, DeploymentState.SUPERSEDED)
-        dep.finished_at = now
-        dep.updated_at = now
-        dep.last_error = reason
+        move(dep, DeploymentState.SUPERSEDED, now, error=reason)
         session.add(dep)
         events.append(
             NewEvent(ACTOR, "deployment.superseded", "deployment", str(dep.id), {"mac": device.mac, "reason": reason})
@@ -155,7 +122,7 @@ def record_report(
             firmware=_clip(items.get(ITEM_SOFTWARE_VERSION), 64),
         )
         try:
-            policy = policies.select(identity)
+            policy = policy_for(policies, None, identity).policy
         except PolicyError:
             policy = None
         approved = policy is not None and policy.enrollment == "auto"

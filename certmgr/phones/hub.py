@@ -6,7 +6,7 @@ MAC as fallback; never two interactions with one phone), runs one phone message 
 audit events) and starts the TLS probe after the certificate info came back.
 
 Every database call runs in a worker thread (``asyncio.to_thread``; the ones that change a deployment through
-:func:`~certmgr.deploy.txretry.run_db`, which retries a lost optimistic-lock race); the table itself is only
+:func:`~certmgr.db.txretry.run_db`, which retries a lost optimistic-lock race); the table itself is only
 touched on the event loop, and a per-phone :class:`asyncio.Lock` serialises the messages of one phone.
 """
 
@@ -19,13 +19,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from certmgr.deploy import service
-from certmgr.deploy.txretry import run_db
+from certmgr.db.txretry import run_db
+from certmgr.deploy.admission import admit
+from certmgr.deploy.effects import apply_effects
+from certmgr.deploy.verification import finish_verification, probe_target
 from certmgr.errors import CertmgrError, ProtocolError
+from certmgr.phones.probe import probe_until
 from certmgr.wpi import interaction as wi
 from certmgr.wpi.codec import encode_dls, parse_workpoint
+from certmgr.wpi.jobs import Admission, NoJob, Serve, deployment_of
 from certmgr.wpi.messages import DLSMessage, Reason, WorkpointMessage, cleanup_message
-from certmgr.wpi.probe import probe_until
 
 if TYPE_CHECKING:
     from certmgr.runtime import Runtime
@@ -145,7 +148,7 @@ class DeploymentHub:
                 # Never two interactions with one phone: the running one keeps the job.
                 reply = cleanup_message(msg.nonce, reason="interaction in progress")
                 await asyncio.to_thread(
-                    service.apply_effects,
+                    apply_effects,
                     self.runtime,
                     effects=[wi.SecurityRefused("second interaction while one is in progress")],
                     deployment_id=None,
@@ -155,12 +158,12 @@ class DeploymentHub:
                     transcript=[],
                 )
                 return WpiResponse(200, encode_dls(reply))
-        admission = service.Admission(None, False, None)
+        admission: Admission = NoJob()
         if mac is not None and msg.reason in wi.OPENING_REASONS:
             busy_until = self._busy_until.get(mac)
             try:
                 admission = await run_db(
-                    service.admit,
+                    admit,
                     self.runtime,
                     mac=mac,
                     peer=peer,
@@ -170,12 +173,11 @@ class DeploymentHub:
                 )
             except CertmgrError as exc:
                 log.error("cannot prepare the job for %s: %s", mac, exc.message)
-                admission = service.Admission(None, False, None)
-        interaction, output = wi.start(msg, job=admission.job, authorised=admission.authorised)
-        if admission.refusal:
-            output = _with_refusal_reason(output, admission.refusal)
+                admission = NoJob()
+        interaction, output = wi.start(msg, admission)
+        authorised = isinstance(admission, Serve)
         token = secrets.token_hex(16)
-        live = _Live(token, mac, interaction, admission.deployment_id, admission.authorised, peer, now)
+        live = _Live(token, mac, interaction, deployment_of(admission), authorised, peer, now)
         cookie = None
         if not output.finished:
             if len(self._live) >= MAX_INTERACTIONS:
@@ -184,7 +186,7 @@ class DeploymentHub:
             if mac is not None:
                 self._by_mac[mac] = token
             cookie = f"{COOKIE_NAME}={token}; Path={COOKIE_PATH}; Secure; HttpOnly"
-        if mac is not None and admission.authorised and admission.deployment_id is not None:
+        if mac is not None and authorised:
             self._busy_until.pop(mac, None)
         return await self._finish_step(live, msg, output, cookie)
 
@@ -203,7 +205,7 @@ class DeploymentHub:
         now = self._now()
         transcript = [_entry(now, "in", msg), _entry(now, "out", output.reply)]
         applied = await run_db(
-            service.apply_effects,
+            apply_effects,
             self.runtime,
             effects=output.effects,
             deployment_id=live.deployment_id,
@@ -234,7 +236,7 @@ class DeploymentHub:
     async def _probe(self, deployment_id: int) -> None:
         settings = self.runtime.settings
         try:
-            target = await asyncio.to_thread(service.probe_target, self.runtime, deployment_id)
+            target = await asyncio.to_thread(probe_target, self.runtime, deployment_id)
             if target is None:
                 return
             seen, error = await asyncio.to_thread(
@@ -247,7 +249,7 @@ class DeploymentHub:
                 timeout=settings.probe_timeout_seconds,
             )
             verdict = await run_db(
-                service.finish_verification,
+                finish_verification,
                 self.runtime,
                 deployment_id,
                 seen_sha256=seen,
@@ -265,13 +267,6 @@ class DeploymentHub:
             _done, pending = await asyncio.wait(tasks, timeout=30)
             for task in pending:
                 task.cancel()
-
-
-def _with_refusal_reason(output: wi.Output, reason: str) -> wi.Output:
-    effects = tuple(
-        wi.SecurityRefused(reason, e.deployment_id) if isinstance(e, wi.SecurityRefused) else e for e in output.effects
-    )
-    return wi.Output(output.reply, effects, output.finished)
 
 
 def _entry(now: datetime, direction: str, msg: WorkpointMessage | DLSMessage) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 Each tick (``dispatch_tick_seconds``): forget idle interactions; reconcile (issue certificates, queue
 deployments); retry deployments whose phone never called back; claim due deployments up to the concurrency
 limit and send their contact-me (httpx, bounded timeouts) concurrently. On start it runs restart recovery
-(:func:`certmgr.deploy.service.recover`). Every timestamp comes from ``runtime.clock``; ``asyncio`` only paces
+(:func:`certmgr.deploy.recover`). Every timestamp comes from ``runtime.clock``; ``asyncio`` only paces
 the ticks.
 
 The dispatcher runs next to the WPI hub (``--role wpi`` / ``all``) or without it in the scheduler process
@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from certmgr.deploy import service
-from certmgr.deploy.hub import DeploymentHub
+from certmgr.db.txretry import run_db
+from certmgr.deploy.queue import ContactTask, claim_due, contact_result
 from certmgr.deploy.reconcile import Reconciler
-from certmgr.deploy.txretry import run_db
+from certmgr.deploy.recovery import expire_stale, recover
 from certmgr.errors import CertmgrError
-from certmgr.wpi.client import send_contact_me
+from certmgr.phones.contactme import send_contact_me
+from certmgr.phones.hub import DeploymentHub
 
 if TYPE_CHECKING:
     from certmgr.runtime import Runtime
@@ -55,7 +56,7 @@ class Dispatcher:
         timeout = httpx.Timeout(self.runtime.settings.contact_me_timeout_seconds)
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as client:
             try:
-                recovered = await run_db(service.recover, self.runtime, self.runtime.clock.now())
+                recovered = await run_db(recover, self.runtime, self.runtime.clock.now())
                 if recovered:
                     log.info("recovered %d unfinished deployments", recovered)
             except CertmgrError as exc:
@@ -86,16 +87,16 @@ class Dispatcher:
             hub.sweep()
         await run_db(self.reconciler.run, runtime.clock.now())
         active = hub.active_deployments() if hub is not None else frozenset()
-        await run_db(service.expire_stale, runtime, runtime.clock.now(), active_deployments=active)
+        await run_db(expire_stale, runtime, runtime.clock.now(), active_deployments=active)
         busy = hub.active_macs() if hub is not None else frozenset()
         # run_db: a phone calling back may change one of the claimed deployments in the same instant (optimistic lock).
-        tasks = await run_db(service.claim_due, runtime, runtime.clock.now(), exclude_macs=busy)
+        tasks = await run_db(claim_due, runtime, runtime.clock.now(), exclude_macs=busy)
         for task in tasks:
             job = asyncio.create_task(self._contact(client, task), name=f"contact-{task.mac}")
             self._contacts.add(job)
             job.add_done_callback(self._contacts.discard)
 
-    async def _contact(self, client: httpx.AsyncClient, task: service.ContactTask) -> None:
+    async def _contact(self, client: httpx.AsyncClient, task: ContactTask) -> None:
         settings = self.runtime.settings
         error: str | None = None
         addr: str | None = None
@@ -106,7 +107,7 @@ class Dispatcher:
         try:
             # run_db: the phone, answering this contact-me, may already be changing the deployment (callback).
             await run_db(
-                service.contact_result,
+                contact_result,
                 self.runtime,
                 task.deployment_id,
                 self.runtime.clock.now(),

@@ -3,8 +3,8 @@
 ``Deployment.version`` is an optimistic lock (:mod:`certmgr.db.models`): when two transactions change one
 deployment at the same moment — typically the dispatcher recording its contact-me while the phone, answering
 that very contact-me, is already calling back — the later one fails with ``StaleDataError`` and is rolled back
-entirely. Each :mod:`certmgr.deploy.service` function re-reads the rows it changes and re-checks the state, so
-running it again on the fresh data is safe; :func:`run_db` does that a bounded number of times.
+entirely. Each deployment-changing function of :mod:`certmgr.deploy` re-reads the rows it changes and re-checks
+the state, so running it again on the fresh data is safe; :func:`run_db` does that a bounded number of times.
 """
 
 from __future__ import annotations
