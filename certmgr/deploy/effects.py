@@ -34,7 +34,8 @@ from certmgr.deploy.queue import retry_or_fail
 from certmgr.deploy.records import deployment_event, hold, interaction_lease, load_deployment
 from certmgr.inventory.enrollment import record_report
 from certmgr.inventory.phones import phone_policy
-from certmgr.wpi.certinfo import ExpectedCert, InfoVerdict, judge_certificate_info, parse_certificate_info
+from certmgr.wpi.certinfo import ExpectedCert, InfoVerdict, parse_certificate_info
+from certmgr.wpi.certjudge import judge_certificate_info
 from certmgr.wpi.effects import (
     CertificateInfoReceived,
     Effect,

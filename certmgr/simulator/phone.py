@@ -58,7 +58,7 @@ from certmgr.pki.keys import PrivateKey, generate_private_key
 from certmgr.pki.pkcs12 import open_pkcs12
 from certmgr.pki.types import KeyType
 from certmgr.simulator.faults import BUSY_CALL_SECONDS, MAX_SLOW_SECONDS, NO_FAULTS, FaultSet, uses_legacy_pbe
-from certmgr.wpi.certinfo import format_certificate_info
+from certmgr.wpi.certjudge import format_certificate_info
 from certmgr.wpi.codec import encode_workpoint, parse_dls
 from certmgr.wpi.contactme import CONTACT_ME_PATH, parse_contact_me
 from certmgr.wpi.messages import (

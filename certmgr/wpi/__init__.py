@@ -5,21 +5,16 @@
 * :mod:`certmgr.wpi.jobs` — what certmgr asks of an interaction (job) and the D10 admission decision;
 * :mod:`certmgr.wpi.effects` — what an interaction asks the adapter to apply;
 * :mod:`certmgr.wpi.interaction` — the server-side state machine for one interaction;
-* :mod:`certmgr.wpi.certinfo` — lenient parsing and judging of ``wbm-server-certificate-info`` (D6);
+* :mod:`certmgr.wpi.certinfo` — lenient parsing of ``wbm-server-certificate-info`` (D6);
+* :mod:`certmgr.wpi.certjudge` — judging it against the deployed certificate (D6);
 * :mod:`certmgr.wpi.contactme` — the contact-me form and ``contact-me-uri`` (D4).
 
 Nothing here does I/O: the phone-facing adapters (listeners, interaction hub, contact-me client, TLS probe) are
 :mod:`certmgr.phones`.
 """
 
-from certmgr.wpi.certinfo import (
-    CertInfo,
-    ExpectedCert,
-    InfoVerdict,
-    format_certificate_info,
-    judge_certificate_info,
-    parse_certificate_info,
-)
+from certmgr.wpi.certinfo import CertInfo, ExpectedCert, InfoVerdict, parse_certificate_info
+from certmgr.wpi.certjudge import format_certificate_info, judge_certificate_info
 from certmgr.wpi.codec import MAX_BODY, encode_dls, encode_workpoint, parse_dls, parse_workpoint
 from certmgr.wpi.contactme import (
     ContactMeRequest,

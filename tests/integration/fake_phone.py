@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from certmgr.pki.pkcs12 import open_pkcs12
 from certmgr.runtime import Runtime
-from certmgr.wpi.certinfo import format_certificate_info
+from certmgr.wpi.certjudge import format_certificate_info
 from certmgr.wpi.codec import encode_workpoint, parse_dls
 from certmgr.wpi.messages import Action, DLSMessage, Fragment, Item, Reason, ReplyStatus, WorkpointMessage
 

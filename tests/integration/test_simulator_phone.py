@@ -15,7 +15,8 @@ from cryptography.hazmat.primitives import hashes
 from certmgr.pki.types import Pkcs12Profile
 from certmgr.simulator.faults import parse_fault_spec
 from certmgr.simulator.phone import PhoneConfig, SimPhone, alternate_ip
-from certmgr.wpi.certinfo import ExpectedCert, InfoVerdict, judge_certificate_info, parse_certificate_info
+from certmgr.wpi.certinfo import ExpectedCert, InfoVerdict, parse_certificate_info
+from certmgr.wpi.certjudge import judge_certificate_info
 from certmgr.wpi.messages import Action, DLSMessage, Fragment, Item, Reason, ReplyStatus, WorkpointMessage
 from tests.integration.test_simulator_fakedls import (
     PASSWORD,

@@ -22,7 +22,8 @@ from certmgr.simulator.phone import (
     new_nonce,
     self_signed,
 )
-from certmgr.wpi.certinfo import ExpectedCert, InfoVerdict, judge_certificate_info, parse_certificate_info
+from certmgr.wpi.certinfo import ExpectedCert, InfoVerdict, parse_certificate_info
+from certmgr.wpi.certjudge import judge_certificate_info
 from tests.conftest import T0
 
 

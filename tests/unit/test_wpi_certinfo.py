@@ -10,16 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from certmgr.errors import InputError
-from certmgr.wpi.certinfo import (
-    CertInfo,
-    ExpectedCert,
-    InfoVerdict,
-    TimeAccuracy,
-    dn_components,
-    format_certificate_info,
-    judge_certificate_info,
-    parse_certificate_info,
-)
+from certmgr.wpi.certinfo import CertInfo, ExpectedCert, InfoVerdict, TimeAccuracy, parse_certificate_info
+from certmgr.wpi.certjudge import dn_components, format_certificate_info, judge_certificate_info
 
 SERIAL = 0x3AF1_0C22_9D4E_77A1_5B60_0F13_2C44_9E01
 SERIAL_HEX = f"{SERIAL:X}"
