@@ -7,6 +7,7 @@ a half-initialised data dir behind.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
 CA_DEFINITION_FILE = "ca.toml"
+log = logging.getLogger("certmgr.ca")
 
 
 @dataclass
@@ -84,6 +86,13 @@ class Runtime:
             )
         if fingerprint is not None and fingerprint_sha256(issuer.cert) != fingerprint:
             raise CACorruptError("the CA files do not hold the issuing CA the database names as active")
+        if self._issuer is not None:
+            log.info(
+                "CA rotation: issuing with %s (sha256 %s) from now on",
+                issuer.cert.subject.rfc4514_string(),
+                fingerprint_sha256(issuer.cert)[:16],
+                extra={"ca": fingerprint_sha256(issuer.cert)},
+            )
         self._issuer, self._issuer_fp = issuer, fingerprint
         return issuer
 

@@ -81,9 +81,11 @@ def _read_input(path: Path, what: str) -> bytes:
 def ca_init(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing CA (its keys are lost).")] = False,
 ) -> None:
-    """Create the root CA and the issuing CA from ca/ca.toml (keys encrypted in the data dir)."""
+    """Create the root CA and the issuing CA from ca/ca.toml (keys encrypted in the data dir). With --force it
+    replaces the active CA: running services pick the new one up without a restart."""
+    from certmgr.operations.ca import initialise_ca
     from certmgr.pki.ca import load_ca_definition
-    from certmgr.runtime import CA_DEFINITION_FILE, open_runtime, record_ca
+    from certmgr.runtime import CA_DEFINITION_FILE, open_runtime
     from certmgr.settings import ca_passphrase
 
     settings = _settings()
@@ -94,24 +96,23 @@ def ca_init(
         passphrase, note = ca_passphrase(settings, generate=True)
         if note:
             err.print(note)
-        now = runtime.clock.now()
-        info = runtime.ca_store.initialise(definition, passphrase.get_secret_value().encode(), now, force=force)
-        record_ca(runtime, info, actor="cli")
+        info = initialise_ca(runtime, definition, passphrase.get_secret_value().encode(), actor="cli", force=force)
         out.print(f"created CA in {runtime.ca_store.ca_dir}")
-        _print_ca(info, now=now)
+        _print_ca(info, now=runtime.clock.now())
     finally:
         runtime.close()
 
 
 @ca_app.command("show")
 def ca_show() -> None:
-    """Show the chain: subjects, SHA-256 fingerprints, validity, days left."""
-    from certmgr.clock import SystemClock
-    from certmgr.pki.store import CAStore
+    """Show the active CA's chain: subjects, SHA-256 fingerprints, validity, days left."""
+    from certmgr.runtime import open_runtime
 
-    settings = _settings()
-    info = CAStore(settings.ca_dir).load_public()
-    _print_ca(info, now=SystemClock().now())
+    runtime = open_runtime(_settings())
+    try:
+        _print_ca(runtime.ca_info(), now=runtime.clock.now())
+    finally:
+        runtime.close()
 
 
 @ca_app.command("import")
@@ -125,8 +126,10 @@ def ca_import(
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing CA.")] = False,
 ) -> None:
-    """Use an existing enterprise issuing CA instead of certmgr's own."""
-    from certmgr.runtime import open_runtime, record_ca
+    """Use an existing enterprise issuing CA instead of certmgr's own. With --force it replaces the active CA:
+    running services pick the new one up without a restart."""
+    from certmgr.operations.ca import import_ca
+    from certmgr.runtime import open_runtime
     from certmgr.settings import ca_passphrase
 
     if (p12 is None) == (key is None or chain is None):
@@ -141,14 +144,12 @@ def ca_import(
             err.print(note)
         pp = passphrase.get_secret_value().encode()
         if p12 is not None:
-            info = runtime.ca_store.import_pkcs12(_read_input(p12, "PKCS#12"), password, pp, force=force)
+            info = import_ca(runtime, pp, actor="cli", p12=_read_input(p12, "PKCS#12"), password=password, force=force)
         else:
             assert key is not None
             assert chain is not None
-            info = runtime.ca_store.import_key_and_chain(
-                _read_input(key, "key"), password, _read_input(chain, "chain"), pp, force=force
-            )
-        record_ca(runtime, info, actor="cli", imported=True)
+            key_pem, chain_pem = _read_input(key, "key"), _read_input(chain, "chain")
+            info = import_ca(runtime, pp, actor="cli", key=key_pem, chain=chain_pem, password=password, force=force)
         out.print(f"imported CA into {runtime.ca_store.ca_dir}")
         _print_ca(info, now=runtime.clock.now())
     finally:

@@ -127,9 +127,7 @@ def test_deployed_container_is_named_like_the_cli_names_it(
 ) -> None:
     rt = _open(settings, clock, _write_policies(tmp_path / "policies", friendly="WBM {hostname}"))
     try:
-        operations.register_device(
-            rt, mac=MAC, ip=IP, e164=None, model=None, dns_names=[], hostname=HOST, actor="test"
-        )
+        operations.register_device(rt, mac=MAC, ip=IP, e164=None, model=None, dns_names=[], hostname=HOST, actor="test")
         _report(rt)
         assert Reconciler(rt).run(clock.now()) == 1
         served = _serve_write_job(rt)
@@ -339,10 +337,15 @@ def test_only_move_assigns_a_deployment_state() -> None:
         if path == root / "db" / "deployments.py":
             continue
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            if isinstance(node, ast.Assign):
+                targets = node.targets
+            elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+                targets = [node.target]
+            else:
+                continue
             for target in targets:
                 if isinstance(target, ast.Attribute) and target.attr == "state":
-                    offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
+                    offenders.append(f"{path.relative_to(REPO)}:{target.lineno}")
     assert offenders == []
 
 

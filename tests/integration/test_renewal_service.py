@@ -127,35 +127,6 @@ def test_every_trigger_is_recorded_with_its_reason(runtime: Runtime, clock: Manu
     assert report.reasons == {"policy-change": 5}
 
 
-def test_issuing_ca_rotation_reissues_every_certificate(runtime: Runtime, clock: ManualClock) -> None:
-    from certmgr.pki.ca import load_ca_definition
-    from certmgr.pki.keys import fingerprint_sha256
-    from certmgr.runtime import record_ca
-    from tests.conftest import REPO
-
-    enroll_verified(runtime, range(3))
-    verify_all_queued(runtime)
-    assert reconcile_renewals(runtime, clock.now()).issued == []
-    old_ca = fingerprint_sha256(runtime.issuer().cert)
-    passphrase = runtime.passphrase().get_secret_value().encode()
-    info = runtime.ca_store.initialise(load_ca_definition(REPO / "ca" / "ca.toml"), passphrase, clock.now(), force=True)
-    record_ca(runtime, info, actor="test")
-    runtime._issuer = None  # the service reloads the issuing CA after a rotation
-    # CA rotation is not urgent: like scheduled renewals it is spread out (rate limits), so follow the clock.
-    reasons: Counter[str] = Counter()
-    for _ in range(48):
-        reasons.update(reconcile_renewals(runtime, clock.now()).reasons)
-        if sum(reasons.values()) >= 3:
-            break
-        clock.advance(timedelta(hours=1))
-    assert reasons == {"ca-rotation": 3}
-    new_ca = fingerprint_sha256(runtime.issuer().cert)
-    assert new_ca != old_ca
-    pending = [c for c in _certs(runtime) if c.status is CertificateStatus.PENDING]
-    assert {c.issuer_fingerprint for c in pending} == {new_ca}
-    assert {c.reason for c in pending} == {IssueReason.CA_ROTATION}
-
-
 def test_hourly_and_per_run_limits(settings: Settings, clock: ManualClock, tmp_path: Path) -> None:
     rt = open_test_runtime(settings, clock, tmp_path, renewal_max_per_run=2, renewal_max_per_hour=3)
     try:
