@@ -238,6 +238,7 @@ class E2E:
     wbm_port: int
     contact_port: int
     wpi_port: int
+    api_port: int
     config_file: Path
     service: ServiceProcess
     phones: list[SimPhone] = field(default_factory=list)
@@ -316,6 +317,26 @@ class E2E:
             if self._engine is not None:
                 self._engine.dispose()
 
+    def cli(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        """``python -m certmgr ARGS`` as its own process on this world's configuration (checked: exit 0)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CERTMGR_")}
+        env.update(CERTMGR_CONFIG=str(self.config_file), PYTHONUNBUFFERED="1")
+        result = subprocess.run(
+            [sys.executable, "-m", "certmgr", *args],
+            env=env,
+            cwd=str(self.config_file.parent),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        assert result.returncode == 0, f"certmgr {' '.join(args)} exited {result.returncode}:\n{result.stderr}"
+        return result
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
     # --- read-outs --------------------------------------------------------------------------------------------
     def devices(self) -> dict[str, Device]:
         with session_scope(self.engine) as s:
@@ -363,7 +384,7 @@ def make_e2e(tmp: Path, count: int, *, profiles: Sequence[str], settings: dict[s
         "wpi_port": wpi_port,
         "wpi_poll_port": poll_port,
         "api_host": "127.0.0.1",
-        "api_port": port_free_on_all(["127.0.0.1"]),
+        "api_port": (api_port := port_free_on_all(["127.0.0.1"])),
         "wbm_port": wbm_port,
         "contact_me_port": contact_port,
         **FAST_SETTINGS,
@@ -374,7 +395,7 @@ def make_e2e(tmp: Path, count: int, *, profiles: Sequence[str], settings: dict[s
     config_file = tmp / "certmgr.toml"
     config_file.write_text("\n".join(lines))
     service = ServiceProcess(config_file, tmp / "service.log")
-    return E2E(tmp, second, third, hosts, wbm_port, contact_port, wpi_port, config_file, service)
+    return E2E(tmp, second, third, hosts, wbm_port, contact_port, wpi_port, api_port, config_file, service)
 
 
 @pytest.fixture
