@@ -44,7 +44,8 @@ class Listener:
 
 
 def make_listener(name: str, app: object, host: str, port: int, **config: object) -> Listener:
-    cfg = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", **config)  # type: ignore[arg-type]
+    # log_config=None: uvicorn keeps its hands off logging (certmgr.logs configures it; JSON applies to uvicorn too).
+    cfg = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="off", **config)  # type: ignore[arg-type]
     scheme = "https" if config.get("ssl_certfile") else "http"
     shown = f"[{host}]" if ":" in host else host
     return Listener(name, _Server(cfg), f"{scheme}://{shown}:{port}")

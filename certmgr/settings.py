@@ -12,7 +12,7 @@ import secrets
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -103,7 +103,12 @@ class Settings(BaseSettings):
     wpi_max_body: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024, description="Cap on a WPI POST body.")
 
     # --- service ------------------------------------------------------------------------------------------
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="certmgr's log level; INFO tells each phone's story, DEBUG everything."
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="text: one line per record; json: one JSON object per line (log shippers)."
+    )
     scheduler_enabled: bool = True
 
     # --- notifications (certmgr.notify) -------------------------------------------------------------------
@@ -196,10 +201,12 @@ class Settings(BaseSettings):
         default=3600.0, gt=0, description="How often the crl-refresh job re-signs the CRL if it is near nextUpdate."
     )
 
-    @field_validator("log_level")
+    @field_validator("log_level", "log_format", mode="before")
     @classmethod
-    def _upper(cls, v: str) -> str:
-        return v.upper()
+    def _case(cls, v: object, info: ValidationInfo) -> object:
+        if not isinstance(v, str):
+            return v
+        return v.upper() if info.field_name == "log_level" else v.lower()
 
     @classmethod
     def settings_customise_sources(

@@ -1,9 +1,10 @@
 """Append-only audit log in the database, hash-chained (see :mod:`certmgr.audit.chain`).
 
 ``append_event`` runs inside the caller's transaction, so the event commits or rolls back together with the
-change it records. The chain head lives in the one-row ``audit_head`` table; updating it first serialises
-concurrent writers (a row lock on PostgreSQL, the write lock on SQLite), so two transactions can never chain
-onto the same predecessor, and rolled-back transactions leave no gap in the sequence.
+change it records; once it commits, it is told in the service log (:mod:`certmgr.audit.story`). The chain head
+lives in the one-row ``audit_head`` table; updating it first serialises concurrent writers (a row lock on
+PostgreSQL, the write lock on SQLite), so two transactions can never chain onto the same predecessor, and
+rolled-back transactions leave no gap in the sequence.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from certmgr.audit.chain import (
     event_hash,
     verify_chain,
 )
+from certmgr.audit.story import Told, remember
 from certmgr.clock import ensure_utc
 from certmgr.db.models import AuditEvent, AuditHead
 
@@ -110,6 +112,7 @@ def append_events(session: Session, at: datetime, events: Sequence[NewEvent]) ->
         prev_hash = digest
     session.execute(insert(AuditEvent), rows)
     session.execute(update(AuditHead).where(col(AuditHead.id) == HEAD_ID).values(hash=prev_hash))
+    remember(session, [Told(r["actor"], r["action"], r["subject_id"], r["details"]) for r in rows])
     return hashes
 
 

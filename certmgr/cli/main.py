@@ -351,6 +351,7 @@ def serve_cmd(
     """Start the service in the foreground (first start: migrate the database, create the CA)."""
     import logging
 
+    from certmgr.logs import configure_logging
     from certmgr.runtime import open_runtime
     from certmgr.serve import Role, serve
 
@@ -359,8 +360,8 @@ def serve_cmd(
     except ValueError:
         raise InputError(f"unknown role {role!r}: use all, api, wpi or scheduler") from None
     settings = _settings()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    configure_logging(settings.log_level, settings.log_format)
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
     runtime = open_runtime(settings, create_ca=True)
     try:
         _print_notices(runtime.notices)

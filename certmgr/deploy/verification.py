@@ -68,14 +68,18 @@ def probe_target(runtime: Runtime, deployment_id: int) -> ProbeTarget | None:
 
 def finish_verification(
     runtime: Runtime, deployment_id: int, *, seen_sha256: str | None, probe_error: str | None, now: datetime
-) -> Verdict:
-    """Record the probe, combine reply + info + probe and act on the verdict (module docstring).
+) -> Verdict | None:
+    """Record the probe, combine reply + info + probe and act on the verdict (module docstring). ``None``, with
+    nothing recorded, if the deployment stopped verifying while the probe ran (superseded by a new address or
+    certificate, cancelled by an operator): the probe's answer is about a certificate nobody waits for any more.
 
     Raises:
-        InputError: unknown deployment. ConflictError: the deployment is no longer verifying.
+        InputError: unknown deployment. DatabaseError: if the database cannot be reached.
     """
     with session_scope(runtime.engine) as session:
         dep, device = load_deployment(session, deployment_id)
+        if dep.state is not S.VERIFYING:
+            return None
         cert_row = session.get(Certificate, dep.certificate_id)
         assert cert_row is not None
         events: list[NewEvent] = []

@@ -122,7 +122,7 @@ class DeploymentHub:
             log.info("rejected a WPI message from %s on %s: %s", peer, path, exc.message)
             return WpiResponse(400, f"bad request: {exc.message}\n".encode(), "text/plain; charset=utf-8")
         if path.rstrip("/") != "/DeploymentService/LoginService":
-            log.info("WPI message from %s on path %s", peer, path[:200])
+            log.debug("WPI message from %s on path %s", peer, path[:200])
         self.sweep()
         live = self._live.get(cookie) if cookie else None
         if live is not None and live.peer != peer:
@@ -256,7 +256,7 @@ class DeploymentHub:
                 probe_error=error,
                 now=self._now(),
             )
-            log.info("deployment %s: %s", deployment_id, verdict.value)
+            log.debug("deployment %s: %s", deployment_id, verdict.value if verdict else "no longer verifying")
         except CertmgrError as exc:
             log.error("verification of deployment %s failed: %s", deployment_id, exc.message)
 

@@ -110,7 +110,10 @@ def test_ca_rotated_by_the_cli_under_a_running_service(e2e_factory: Callable[...
     wait_until(lambda: _all_signed_by(world, fleet, new_ca), 120.0, 1.0, "new-CA certificates served")
 
     settled = _renewal_runs(world, token)
+    log_before = len(world.service.log())
     wait_until(lambda: _renewal_runs(world, token) >= settled + QUIET_RUNS, 60.0, 0.5, "further renewal runs")
+    # An idle service is quiet: the renewal runs that found nothing to do left no line in the log.
+    assert world.service.log()[log_before:].strip() == ""
     per_phone = Counter(c.device_id for c in world.certificates().values())
     assert set(per_phone.values()) == {2}, per_phone  # enrollment + exactly one for the rotation
     rotated = [c for c in world.certificates().values() if c.reason is IssueReason.CA_ROTATION]

@@ -84,7 +84,8 @@ def _converged(world: E2E) -> bool:
 
 
 def test_fifty_phones_every_fault(e2e_factory: Callable[..., E2E]) -> None:
-    world = e2e_factory(50, profiles=["legacy", "plain"])
+    # At DEBUG: the log (every library included) must hold no key, password or PKCS#12 at any level.
+    world = e2e_factory(50, profiles=["legacy", "plain"], settings={"log_level": "DEBUG"})
     world.service.start()
     specs = [spec for spec, n in FLEET for _ in range(n)]
     assert len(specs) == 50
@@ -200,6 +201,7 @@ def test_fifty_phones_every_fault(e2e_factory: Callable[..., E2E]) -> None:
     assert leaked_secrets(transcripts_and_events_text(world)) == []
     assert leaked_secrets(world.service.log()) == []
     assert "Traceback" not in world.service.log()
+    assert [line for line in world.service.log().splitlines() if " ERROR " in line] == []
     print(f"\n50 phones converged in {elapsed:.1f}s")
     for line, n in sorted(outcome.items()):
         print(f"  {n:3d}  {line}")
