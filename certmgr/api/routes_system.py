@@ -20,7 +20,7 @@ from certmgr.api.auth import Viewer
 from certmgr.api.routes_common import IdPath, Page, SessionDep, get_or_404
 from certmgr.db.models import Certificate, CertificateStatus, Deployment, DeploymentState, Device, DeviceStatus
 from certmgr.errors import InputError, PolicyError, PolicySetError
-from certmgr.identity import DeviceIdentity, parse_ip
+from certmgr.inventory.phones import PolicySource, identity_of, policy_for
 from certmgr.issuance.revocation import crl_status, refresh_crl
 from certmgr.pki.crl import MEDIA_TYPE
 from certmgr.pki.keys import fingerprint_sha256
@@ -315,13 +315,15 @@ def metrics(_who: Viewer, rt: RuntimeDep, session: SessionDep) -> PlainTextRespo
 
 
 class EffectivePolicy(BaseModel):
-    """The policy that governs a phone and what its next certificate would look like under it."""
+    """The policy that governs a phone, why, and what its next certificate would look like under it."""
 
     device_id: int
     mac: str
     policy: PolicySummary
-    assigned: str | None  # the policy recorded for the phone (kept while it is loaded)
+    assigned: str | None  # the policy recorded for the phone
     selected_now: str  # the policy the selectors pick today (first match)
+    source: PolicySource  # assigned | selected (none recorded) | replaced (the recorded one is gone)
+    reason: str  # the same, in words
     subject: str
     dns_names: list[str]
     ip_addresses: list[str]
@@ -329,29 +331,22 @@ class EffectivePolicy(BaseModel):
 
 @router.get("/api/v1/devices/{device_id}/policy", response_model=EffectivePolicy, tags=["policies"])
 def device_effective_policy(device_id: IdPath, _who: Viewer, rt: RuntimeDep, session: SessionDep) -> EffectivePolicy:
-    """The effective policy of one phone (viewer): its assigned policy if still loaded, else the first match; with
-    the subject and SANs its next certificate would get. 404 for an unknown id; 422 if no SAN can be built (e.g. a
-    pre-registered phone without an address under a policy that needs one)."""
+    """The effective policy of one phone (viewer) — :func:`certmgr.inventory.phones.policy_for`, the answer every
+    path uses: its assigned policy if still loaded, else the first match; with the subject and SANs its next
+    certificate would get. 404 for an unknown id; 422 if no SAN can be built (e.g. a pre-registered phone without
+    an address under a policy that needs one)."""
     device = get_or_404(session, Device, device_id, "device")
-    identity = DeviceIdentity(
-        mac=device.mac,
-        ips=(parse_ip(device.ip),) if device.ip else (),
-        dns_names=tuple(device.dns_names),
-        e164=device.e164,
-        model=device.device_type,
-        firmware=device.software_version,
-        hostname=device.hostname,
-    )
-    selected = rt.policies.select(identity)
-    assigned = device.policy_name if device.policy_name in rt.policies.names else None
-    policy = rt.policies.get(assigned) if assigned else selected
-    names = render_leaf_names(policy, identity)
+    identity = identity_of(device)
+    choice = policy_for(rt.policies, device.policy_name, identity)
+    names = render_leaf_names(choice.policy, identity)
     return EffectivePolicy(
         device_id=device_id,
         mac=device.mac,
-        policy=_summary(policy),
+        policy=_summary(choice.policy),
         assigned=device.policy_name,
-        selected_now=selected.name,
+        selected_now=rt.policies.select(identity).name,
+        source=choice.source,
+        reason=choice.reason,
         subject=names.subject.rfc4514_string(),
         dns_names=list(names.dns_names),
         ip_addresses=[str(ip) for ip in names.ip_addresses],

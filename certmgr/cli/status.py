@@ -20,7 +20,7 @@ from sqlmodel import Session, col
 
 from certmgr.db.models import Certificate, Deployment, DeploymentState, Device, Enrollment
 from certmgr.errors import CertmgrError
-from certmgr.identity import DeviceIdentity
+from certmgr.inventory.phones import phone_policy
 
 if TYPE_CHECKING:
     from certmgr.runtime import Runtime
@@ -87,8 +87,8 @@ def fleet_status(runtime: Runtime, session: Session, now: datetime, limit: int =
     for value, count in session.execute(select(col(Deployment.state), func.count()).group_by(col(Deployment.state))):
         status.deployments[str(getattr(value, "value", value))] = int(count)
     current = (
-        select(col(Device.mac), col(Device.policy_name), col(Certificate.serial), col(Certificate.not_before),
-               col(Certificate.not_after), col(Certificate.id))
+        select(Device, col(Certificate.serial), col(Certificate.not_before), col(Certificate.not_after),
+               col(Certificate.id))
         .join(Certificate, col(Certificate.id) == col(Device.current_certificate_id))
         .where(col(Device.enrollment) == Enrollment.APPROVED.value)
     )  # fmt: skip
@@ -99,14 +99,14 @@ def fleet_status(runtime: Runtime, session: Session, now: datetime, limit: int =
     )
     soonest = session.execute(current.order_by(col(Certificate.not_after)).limit(limit)).all()
     if soonest:
-        status.earliest_expiry = (soonest[0][0], soonest[0][4])
-    for mac, policy_name, serial, not_before, not_after, cert_id in soonest:
+        status.earliest_expiry = (soonest[0][0].mac, soonest[0][3])
+    for device, serial, not_before, not_after, cert_id in soonest:
         try:
-            policy = runtime.policies.get(policy_name) if policy_name else runtime.policies.select(DeviceIdentity(mac))
-        except CertmgrError:  # a policy removed since: the first policy matching the phone
-            policy = runtime.policies.select(DeviceIdentity(mac))
-        plan = plan_renewal(RenewalInput.from_policy(cert_id, mac, not_before, not_after, policy), now)
-        status.next_renewals.append(NextRenewal(mac, serial, not_after, plan.due_at, plan.reason))
+            _identity, policy = phone_policy(runtime.policies, device, device.policy_name)
+        except CertmgrError:  # an address the inventory cannot parse: nothing to plan
+            continue
+        plan = plan_renewal(RenewalInput.from_policy(cert_id, device.mac, not_before, not_after, policy), now)
+        status.next_renewals.append(NextRenewal(device.mac, serial, not_after, plan.due_at, plan.reason))
     status.next_renewals.sort(key=lambda r: r.due_at)
     for dep_id, mac, finished, error in session.execute(
         select(col(Deployment.id), col(Device.mac), col(Deployment.finished_at), col(Deployment.last_error))

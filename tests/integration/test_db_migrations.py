@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -190,3 +191,50 @@ def test_alembic_config_escapes_percent_and_normalises_driver() -> None:
 def test_missing_scripts_is_a_database_error(tmp_path: Path) -> None:
     with pytest.raises(DatabaseError, match="migration scripts not found"):
         alembic_config("sqlite://", scripts=tmp_path)
+
+
+def test_0002_fills_the_typed_deployment_columns_from_transcripts(db_url: str) -> None:
+    """Rows from before 0002: whether a deployment is a rollback and how often its verification failed were only
+    in the transcript; the migration fills the new columns from it."""
+    upgrade(db_url, "0001")
+    engine = create_db_engine(db_url)
+    probe = {"dir": "probe", "verdict": "drift"}
+    rows = [  # (id, transcript)
+        (1, [{"dir": "contact-me"}, {**probe, "verdict": "verified"}]),
+        (2, [{"dir": "contact-me"}, probe, {**probe, "verdict": "undecided"}]),
+        (3, [{"dir": "rollback", "failed_deployment": 2, "serial": "01"}, probe]),
+    ]
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO device (id, mac, dns_names, enrollment, status, drift, created_at, updated_at) "
+                    "VALUES (1, '00:1A:E8:00:00:01', '[]', 'approved', 'verified', false, :t, :t)"
+                ),
+                {"t": T0},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO certificate (id, device_id, serial, subject, sans, key_type, not_before, not_after,"
+                    " fingerprint_sha256, cert_pem, key_blob, issuer_fingerprint, status, reason, created_at) VALUES"
+                    " (1, 1, '01', 'CN=x', '[]', 'ec-p256', :t, :t, 'ab', 'pem', :b, 'cd', 'active', 'manual', :t)"
+                ),
+                {"t": T0, "b": b"\x00"},
+            )
+            for dep_id, transcript in rows:
+                conn.execute(
+                    text(
+                        "INSERT INTO deployment (id, device_id, certificate_id, state, attempts, profile_index,"
+                        " password_item_used, transcript, version, created_at, updated_at) VALUES"
+                        " (:id, 1, 1, 'failed', 1, 0, false, :tr, 1, :t, :t)"
+                    ),
+                    {"id": dep_id, "tr": json.dumps(transcript), "t": T0},
+                )
+        upgrade(db_url)
+        with engine.connect() as conn:
+            got = conn.execute(
+                text("SELECT id, verify_failures, verify_failure, rollback_of FROM deployment ORDER BY id")
+            ).all()
+    finally:
+        engine.dispose()
+    assert [tuple(r) for r in got] == [(1, 0, None, None), (2, 2, "undecided", None), (3, 1, "drift", 2)]

@@ -22,9 +22,12 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.serialization import pkcs12
+from fastapi.testclient import TestClient
 from sqlmodel import col, select
 
 from certmgr import operations
+from certmgr.api.app import create_app
+from certmgr.audit.tokens import Role, create_token
 from certmgr.clock import ManualClock
 from certmgr.db.deployments import MAX_TRANSCRIPT, add_transcript
 from certmgr.db.engine import session_scope
@@ -201,6 +204,19 @@ def test_removed_policy_falls_back_to_matching_on_every_path(
     # Deployment: the write job is packaged under the same policy (default's profiles), no error.
     served = _serve_write_job(rt, SPECIAL_MAC, SPECIAL_IP)
     assert served.job.deployment_id == renewed.deployment_id
+
+
+def test_removed_policy_api_answers_the_same(removed_policy: Callable[[], Runtime]) -> None:
+    rt = removed_policy()
+    with session_scope(rt.engine) as s:
+        _info, token = create_token(s, name="viewer", role=Role.VIEWER, actor="test", now=rt.clock.now())
+    device = _device(rt, SPECIAL_MAC)
+    with TestClient(create_app(rt)) as client:
+        response = client.get(f"/api/v1/devices/{device.id}/policy", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["policy"]["name"], body["assigned"], body["source"]) == ("default", "special", "replaced")
+    assert body["reason"] == policy_for(rt.policies, device.policy_name, identity_of(device)).reason
 
 
 def test_removed_policy_renewal_reissues_under_the_matching_policy(
