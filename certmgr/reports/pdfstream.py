@@ -31,6 +31,7 @@ from __future__ import annotations
 import bisect
 import functools
 import itertools
+import unicodedata
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -645,9 +646,10 @@ def _paragraph(
         if y - LINE < floor:
             return y
         y -= LINE + 1.0
-        if k == 0 and sep and bold_label and part.startswith(label + sep):
-            text.show(x, y, label + sep, bold=True)
-            text.show(x + _width(fonts, label + sep, bold=True), y, part[len(label) + len(sep) :])
+        if k == 0 and sep and bold_label and part.startswith(label + ":"):
+            head = part[: len(label) + len(sep)]
+            text.show(x, y, head, bold=True)
+            text.show(x + _width(fonts, head, bold=True), y, part[len(head) :])
         else:
             text.show(x + (8.0 if k else 0.0), y, part)
     return y
@@ -721,9 +723,14 @@ def _write_font(w: _Writer, chain: FontChain, index: int, type0_id: int) -> None
 
 
 def _to_unicode(used: dict[int, str]) -> bytes:
-    """A ToUnicode CMap: each glyph id drawn -> the character it showed."""
+    """A ToUnicode CMap: each glyph id drawn -> the character it showed (an Arabic presentation form -> its
+    letter, so that extracted text is searchable)."""
+
+    def text_of(char: str) -> str:
+        return unicodedata.normalize("NFKC", char) if "\ufb50" <= char <= "\ufeff" else char
+
     entries = [
-        b"<%04X> <%s>" % (gid, char.encode("utf-16-be").hex().upper().encode("ascii"))
+        b"<%04X> <%s>" % (gid, text_of(char).encode("utf-16-be").hex().upper().encode("ascii"))
         for gid, char in sorted(used.items())
     ]
     parts = [
