@@ -280,6 +280,18 @@ class FontChain:
             return sum(map(self._width.__getitem__, text))
         return sum(r.width for r in self.runs(text, record=False))
 
+    def primary(self, text: str) -> tuple[bytes, float] | None:
+        """Glyph codes and width of ``text`` (already in visual order) if the first font has every character
+        (recorded as drawn), else None: the common case, without building runs."""
+        if not self._chars.issuperset(text):
+            return None
+        if not self._recorded.issuperset(text):
+            glyph_of = self.face(0).glyph_of
+            for char in set(text) - self._recorded:
+                self.used[0].setdefault(glyph_of[char], char)
+                self._recorded.add(char)
+        return text.translate(self._codes).encode("latin-1"), sum(map(self._width.__getitem__, text))
+
     def char_widths(self, text: str) -> list[float]:
         """The advance of each character of ``text`` (1/1000 of the font size)."""
         if self._chars.issuperset(text):

@@ -2,10 +2,11 @@
 
 Why by hand: a layout engine keeps every page of a document until it is saved. reportlab's platypus held ~740 MiB
 for 100,000 rows; even its low-level canvas (``reportlab.pdfgen.canvas``, page compression on, TrueType
-embedded) keeps every page and grew to ~180 MiB peak RSS, at 2-4x the time of this writer (measured in
-``docs/benchmarks.md``). This writer emits a plain PDF 1.4: one Flate-compressed content stream per page as soon
-as the page is full, and what cannot be known before the last row at the end. It keeps one page of rows, a
-sample of the first rows (for the column widths), two integers per page and the set of glyphs drawn.
+embedded), drawing less than this writer does, grew to 217 MiB peak RSS in 22.7 s where this writer stays at
+~105 MiB in ~10 s (``docs/benchmarks.md``, ``bench/reports.py --modes rl-canvas``). This writer emits a plain PDF
+1.4: one Flate-compressed content stream per page as soon as the page is full, and what cannot be known before
+the last row at the end. It keeps one page of rows, a sample of the first rows (for the column widths), two
+integers per page, bounded caches of encoded values and the set of glyphs drawn.
 
 Layout (A4 landscape):
 
@@ -171,6 +172,10 @@ class _Fonts:
     def encode_once(self, text: str, bold: bool = False) -> tuple[Encoded, float]:
         """:meth:`encode` without the cache (for values that rarely repeat)."""
         prefix = b"B" if bold and self.bold is not self.regular else b"R"
+        if text.isascii() and text.isprintable():  # no bidi, no control characters: maybe all in font 0
+            fast = self.chain(bold).primary(text)
+            if fast is not None:
+                return (((prefix, 0), b"(" + fast[0] + b") Tj"),), fast[1]
         runs = self.chain(bold).runs(visual_order(text))
         if len(runs) == 1:
             run = runs[0]
