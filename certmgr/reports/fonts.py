@@ -8,8 +8,9 @@ looked up in the usual font folders. The setting ``report_fonts`` (``CERTMGR_REP
 list. A character that no font of the chain has is drawn as U+FFFD (the replacement character) and counted,
 and the report says how many there were: never a silent ``?``.
 
-Right-to-left text (Hebrew, Arabic) is put into visual order (Unicode bidi algorithm, ``python-bidi``) and
-Arabic letters into their joined presentation forms (``arabic-reshaper``) before it is drawn.
+Right-to-left text (Hebrew, Arabic) is put into visual order (Unicode bidi algorithm, ``python-bidi``, in a
+left-to-right paragraph: ``טלפון.example.net`` keeps the domain on the right) and Arabic letters into their
+joined presentation forms (``arabic-reshaper``) before it is drawn.
 
 Glyphs are addressed by their glyph id in the original font (``Identity-H`` encoding, ``CIDToGIDMap
 /Identity``), so a page can be written as soon as it is full; when the document ends, each font that was used is
@@ -81,7 +82,7 @@ def visual_order(text: str) -> str:
     import arabic_reshaper
     from bidi import get_display
 
-    return str(get_display(arabic_reshaper.reshape(text)))
+    return str(get_display(arabic_reshaper.reshape(text), base_dir="L"))  # the report is a left-to-right document
 
 
 @dataclass(frozen=True)

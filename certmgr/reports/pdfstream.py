@@ -582,11 +582,11 @@ def iter_pdf(
         chart_ops, chart_t = _chart(fonts, facts.summary.chart, MARGIN, MARGIN + 16.0, available, CHART_H)
         chart_text = chart_t.block()
     if fonts.missing:
+        what = "1 character" if fonts.missing == 1 else f"{format_count(fonts.missing)} characters"
         _paragraph(
             fonts,
             text,
-            f"{format_count(fonts.missing)} characters could not be drawn with the report fonts and are shown "
-            "as \ufffd (the CSV/JSON keep them)",
+            f"{what} could not be drawn with the report fonts and are shown as \ufffd (the CSV/JSON keep them)",
             right_x,
             y - 4.0,
             PAGE_W - MARGIN - right_x,

@@ -190,7 +190,7 @@ def test_a_character_no_font_has_is_marked_and_counted() -> None:
     rows: list[Row] = [("a\U000f0000b", "x", 1)]  # a private-use character: in no font
     reader = _pdf(_spec(rows))
     assert "a\ufffdb" in reader.pages[1].extract_text()
-    assert "1 characters could not be drawn" in reader.pages[0].extract_text()
+    assert "1 character could not be drawn" in reader.pages[0].extract_text()
 
 
 def test_iter_pdf_streams_page_by_page() -> None:
@@ -226,6 +226,7 @@ def test_fit_lines_wraps_at_separators_and_abbreviates() -> None:
 def test_visual_order() -> None:
     assert visual_order("plain\ttext\n") == "plain text "
     assert visual_order(HEBREW) == HEBREW[::-1]
+    assert visual_order("שלום.example.net") == "םולש.example.net"  # a left-to-right paragraph
     arabic = visual_order("هاتف")
     assert arabic != "هاتف"
     assert all(0xFE70 <= ord(c) <= 0xFEFF for c in arabic)  # joined presentation forms
