@@ -32,6 +32,7 @@ from __future__ import annotations
 import bisect
 import functools
 import itertools
+import math
 import unicodedata
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -348,15 +349,23 @@ def _chart(fonts: _Fonts, chart: Chart, x0: float, y0: float, w: float, h: float
         slot = (x0 + w - left) / len(bars)
         bar_w = slot * 0.7
         ops.append(b"0 G 0.5 w %.2f %.2f m %.2f %.2f l S" % (left, base, x0 + w, base))
+        widest = max(_width(fonts, label) for label, _ in bars) + 4.0
+        every = max(1, math.ceil(widest / slot))  # too many bars for their labels: label every n-th
+        counts = _width(fonts, format_count(peak)) + 2.0 <= slot
+        if not counts:  # no room for a count above each bar: a scale instead
+            ops.append(b"0 G 0.5 w %.2f %.2f m %.2f %.2f l S" % (left, base, left, base + height))
+            text.show(left - 4.0 - _width(fonts, format_count(peak)), base + height - 3.0, format_count(peak))
+            text.show(left - 4.0 - _width(fonts, "0"), base - 3.0, "0")
         for i, (label, n) in enumerate(bars):
             middle = left + i * slot + slot / 2
             bar_h = height * n / peak
             if n > 0:
                 rects.append(b"%.2f %.2f %.2f %.2f re" % (middle - bar_w / 2, base, bar_w, bar_h))
-            count = format_count(n)
-            text.show(middle - _width(fonts, count) / 2, base + bar_h + 2.5, count)
-            shown = fit_lines(fonts.regular, label, slot - 2.0, BODY, 1)[0]
-            text.show(middle - _width(fonts, shown) / 2, base - 10.0, shown)
+            if counts:
+                count = format_count(n)
+                text.show(middle - _width(fonts, count) / 2, base + bar_h + 2.5, count)
+            if i % every == 0:
+                text.show(middle - _width(fonts, label) / 2, base - 10.0, label)
     else:
         row_h = min(16.0, (top - y0) / len(bars))
         label_w = min(220.0, w * 0.3)

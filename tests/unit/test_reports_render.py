@@ -315,3 +315,33 @@ def test_parameters_and_names_are_validated() -> None:
 def test_inventory_columns_name_the_host() -> None:
     assert INVENTORY_COLUMNS[:2] == ("mac", "hostname")
     assert datetime.fromisoformat(T0.isoformat()) == T0
+
+
+def test_a_chart_of_many_periods_thins_its_labels() -> None:
+    """104 weekly bars: one rectangle per non-empty week, proportional; every n-th label and a scale instead of
+    a count above each bar."""
+    buckets = [("expired", 0)] + [(f"W{i + 1}", i % 7) for i in range(104)] + [("later", 12)]
+
+    def produce(_session: object, tally: ExpiryTally) -> Iterator[Row]:
+        tally.unit = "week"
+        tally.buckets = buckets
+        for label, n in buckets:
+            yield (label, None, None, n)
+
+    spec = ReportSpec(
+        ReportKind.EXPIRY,
+        "Forecast",
+        ("period", "start", "end", "certificates"),
+        ReportParams(weeks=104),
+        T0,
+        produce,
+        ExpiryTally,
+    )
+    reader = _pdf(spec)
+    drawn = bars(reader)
+    assert len(drawn) == sum(1 for _, n in buckets if n)
+    assert max(h for _, h in drawn) == pytest.approx(12 * min(h for _, h in drawn), rel=1e-3)
+    first = reader.pages[0].extract_text()
+    assert "W5" in first
+    assert "W2 " not in first.replace("\n", " ")
+    assert "12" in first  # the scale's maximum
