@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 install: $(STAMP)
+	@bash .ci/ensure-fonts || echo "warning: PDF reports need fonts (see above)" >&2
 
 ## Start the service in the foreground (data dir ./var: SQLite migrated, CA created on first start).
 run: install

@@ -10,13 +10,19 @@ wall time, the peak RSS and the peak minus the RSS after imports (what the expor
 * ``csv``        certmgr.reports: build_report(inventory) rows -> render.write_report(CSV)
 * ``json``       the same -> render.write_report(JSON)
 * ``pdf``        the same -> render.write_report(PDF), i.e. certmgr.reports.pdfstream: page by page, flat memory
-* ``csv-signed`` manifest.export_report(CSV): the CLI/scheduled export — hashed while written, fsynced, signed
+                 (summary page, embedded TrueType subsets, column widths from the content, wrapped cells)
+* ``csv-signed`` manifest.export_report(CSV): the CLI/scheduled export — evidence collected from the audit log,
+                 hashed while written, fsynced, signed
 * ``pdf-signed`` the same for PDF (also what ``/api/v1/reports/inventory/bundle?format=pdf`` renders before
   zipping)
+* ``rl-canvas``  the alternative measured for issue 12: reportlab's low-level canvas (``reportlab.pdfgen.canvas``,
+                 page compression on, DejaVu Sans embedded as TrueType) drawing the same rows — one ``drawString``
+                 per cell, a header per page and "page X of Y" through a form XObject, no wrapping: the least
+                 work reportlab could do for this table (needs the dev extra: ``reportlab``)
 
 Until the PDF renderer streamed (reportlab platypus, whole document in memory), ``pdf`` took ~52 s and ~740 MiB.
 
-    .venv/bin/python bench/reports.py [--count 100000] [--pg] [--skip-pdf]
+    .venv/bin/python bench/reports.py [--count 100000] [--pg] [--skip-pdf] [--modes pdf,rl-canvas]
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ from certmgr.db.models import Certificate, Device  # noqa: E402
 
 T0 = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
 BATCH = 5000
-MODES = ("floor", "csv", "json", "pdf", "csv-signed", "pdf-signed")
+MODES = ("floor", "csv", "json", "pdf", "csv-signed", "pdf-signed", "rl-canvas")
 FLOOR_SQL = (
     "SELECT d.id, d.mac, d.e164, d.ip, d.device_type, d.software_version, d.policy_name, d.status, d.drift, "
     "c.serial, c.not_after, c.status, d.last_verified_at, d.last_seen_at "
@@ -94,6 +100,7 @@ def seed(url: str, count: int) -> float:
                         "device_type": "OpenStage 60" if i % 3 else "OpenStage 40",
                         "software_version": "V3 R5.1",
                         "ip": f"10.{(i >> 16) & 0xFF}.{(i >> 8) & 0xFF}.{i & 0xFF}",
+                        "hostname": f"phone-{i:06d}.example.net",
                         "dns_names": [],
                         "policy_name": "default",
                         "enrollment": "approved",
@@ -142,9 +149,10 @@ def child(mode: str, url: str, out: Path) -> dict[str, Any]:
     from cryptography.hazmat.primitives.asymmetric import ec
 
     from certmgr.audit.checkpoint import AuditSigner
+    from certmgr.reports.evidence import collect_evidence
     from certmgr.reports.manifest import export_report
     from certmgr.reports.queries import ReportKind, ReportParams, build_report
-    from certmgr.reports.render import ReportFormat, write_report
+    from certmgr.reports.render import RenderContext, ReportFormat, write_report
 
     engine = create_engine(url)
     with engine.connect() as warm:
@@ -170,16 +178,22 @@ def child(mode: str, url: str, out: Path) -> dict[str, Any]:
                     last = chunk[-1][0]
         finally:
             raw.close()
+    elif mode == "rl-canvas":
+        rows = _reportlab_canvas(engine, out)
     else:
         spec = build_report(ReportKind.INVENTORY, ReportParams(), T0)
         fmt = ReportFormat(mode.split("-")[0])
         with Session(engine) as session:
+            run = spec.open(session)
             if mode.endswith("-signed"):
                 signer = AuditSigner(ec.generate_private_key(ec.SECP256R1()))  # a throwaway audit key
-                rows = int(export_report(spec, spec.rows(session), fmt, out, signer)["rows"])
+                evidence = collect_evidence(session, signer, generated_at=T0, generated_by="bench", via="cli")
+                ctx = RenderContext(evidence=evidence)
+                rows = int(export_report(spec, run, fmt, out, signer, ctx)["rows"])
             else:
                 with out.open("wb") as fh:
-                    write_report(spec, spec.rows(session), fmt, fh)
+                    write_report(spec, run, fmt, fh, RenderContext())
+                rows = run.count
     seconds = time.perf_counter() - started
     engine.dispose()
     return {
@@ -190,6 +204,53 @@ def child(mode: str, url: str, out: Path) -> dict[str, Any]:
         "bytes": out.stat().st_size,
         "rows": rows,
     }
+
+
+def _reportlab_canvas(engine: Any, out: Path) -> int:
+    """The inventory drawn with reportlab's canvas (see the module docstring); returns the rows drawn."""
+    from reportlab.pdfbase import pdfmetrics
+    from reportlab.pdfbase.ttfonts import TTFont
+    from reportlab.pdfgen.canvas import Canvas
+
+    from certmgr.reports.fonts import default_font_set
+    from certmgr.reports.queries import ReportKind, ReportParams, build_report
+
+    fonts = default_font_set()
+    pdfmetrics.registerFont(TTFont("Body", str(fonts.chain[0])))
+    pdfmetrics.registerFont(TTFont("Bold", str(fonts.bold or fonts.chain[0])))
+    spec = build_report(ReportKind.INVENTORY, ReportParams(), T0)
+    width, height, size, line = 842.0, 595.0, 8.0, 10.0
+    column = (width - 56.0) / len(spec.columns)
+    canvas = Canvas(str(out), pagesize=(width, height), pageCompression=1)
+    pages, rows, y = 0, 0, 0.0
+    with Session(engine) as session:
+        for row in spec.open(session):
+            if pages == 0 or y < 40.0:
+                if pages:
+                    canvas.showPage()
+                pages += 1
+                canvas.setFont("Bold", 11)
+                canvas.drawString(28, height - 38, spec.title)
+                canvas.setFont("Body", size)
+                canvas.drawString(width - 90, height - 38, f"page {pages} of")
+                canvas.doForm("total")
+                canvas.setFont("Bold", size)
+                for i, name in enumerate(spec.columns):
+                    canvas.drawString(28 + i * column, height - 56, name)
+                canvas.setFont("Body", size)
+                y = height - 56 - line
+            for i, value in enumerate(row):
+                if value is not None:
+                    canvas.drawString(28 + i * column, y, str(value))
+            y -= line
+            rows += 1
+    canvas.showPage()
+    canvas.beginForm("total")
+    canvas.setFont("Body", size)
+    canvas.drawString(width - 90 + 40, height - 38, str(pages))
+    canvas.endForm()
+    canvas.save()
+    return rows
 
 
 def measure(mode: str, url: str, folder: Path) -> dict[str, Any]:
@@ -231,6 +292,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=100_000)
     parser.add_argument("--pg", action="store_true", help="also on a throwaway PostgreSQL (tests/pg.py)")
     parser.add_argument("--skip-pdf", action="store_true", help="leave out the PDF modes")
+    parser.add_argument("--modes", help=f"comma-separated subset of {','.join(MODES)} (floor always runs)")
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -238,7 +300,8 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args.url, args.out)))
         return
-    modes = [m for m in MODES if not (args.skip_pdf and m.startswith("pdf"))]
+    wanted = set(args.modes.split(",")) | {"floor"} if args.modes else set(MODES)
+    modes = [m for m in MODES if m in wanted and not (args.skip_pdf and (m.startswith("pdf") or m == "rl-canvas"))]
     with tempfile.TemporaryDirectory(prefix="certmgr-bench-") as tmp:
         folder = Path(tmp)
         run("SQLite", f"sqlite:///{folder / 'bench.db'}", args.count, modes, folder)

@@ -201,6 +201,30 @@ class Settings(BaseSettings):
         default=3600.0, gt=0, description="How often the crl-refresh job re-signs the CRL if it is near nextUpdate."
     )
 
+    # --- report presentation (certmgr.reports) ------------------------------------------------------------
+    report_timezone: str = Field(
+        default="UTC",
+        description="IANA time zone of the times in PDF reports (CSV/JSON keep ISO 8601 UTC), e.g. Europe/Berlin.",
+    )
+    report_fonts: list[Path] = Field(
+        default_factory=list,
+        description="TrueType fonts for PDF reports, tried per character in this order; default: DejaVu Sans, "
+        "then Droid Sans Fallback (CJK), from the usual system font folders.",
+    )
+
+    @field_validator("report_timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"report_timezone: unknown time zone {v!r} (use an IANA name, e.g. Europe/Berlin)"
+            ) from None
+        return v
+
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _case(cls, v: object, info: ValidationInfo) -> object:

@@ -1,18 +1,22 @@
-"""``/api/v1/reports/{kind}``: report exports, streamed (viewer), plain or as a signed bundle.
+"""``/api/v1/reports``: report exports (viewer), plain, with their signed manifest, or as an evidence pack.
 
-* ``GET /api/v1/reports/{kind}?format=csv|json|pdf`` streams the bare report while it is rendered (no manifest).
+* ``GET /api/v1/reports/{kind}?format=csv|json|pdf`` answers the bare report (no manifest).
 * ``GET /api/v1/reports/{kind}/bundle?format=…`` answers a zip of ``{kind}.{format}`` and its signed
   ``{kind}.{format}.manifest.json`` — exactly the pair ``certmgr report`` writes, so ``certmgr report verify``
-  and the openssl commands of ``docs/reports.md`` check it unchanged. The report is rendered into an anonymous
-  temporary file in the data dir (hashed on the way, never buffered in memory), the manifest is signed with the
-  audit key, and then the zip is streamed from that file; the file vanishes when the response ends.
+  and the openssl commands of ``docs/reports.md`` check it unchanged.
+* ``GET /api/v1/reports/bundle?since=…&until=…&format=pdf&format=csv`` answers the evidence pack
+  (:mod:`certmgr.reports.bundle`), the same zip as ``certmgr report bundle``.
 
-Every download is audited (``report.exported``, ``via: api``); a bundle's event also records the SHA-256 and
-row count of the file served.
+A report is rendered into an anonymous temporary file in the data dir (hashed on the way, never buffered in
+memory) before the first byte is sent, so that its ``report.exported`` audit event (``via: api``) can name the
+SHA-256 of exactly what is served, and the caller's token name, before anything leaves; the response is then
+streamed from that file, which vanishes when the response ends.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -21,19 +25,18 @@ from typing import IO, Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
-from sqlalchemy import Engine
 from sqlmodel import Session
 
 from certmgr.api.app import RuntimeDep
 from certmgr.api.auth import Viewer
 from certmgr.api.routes_common import Text, aware
-from certmgr.audit.log import append_event
-from certmgr.db.engine import session_scope
 from certmgr.errors import StorageError
 from certmgr.fsutil import ensure_private_dir
+from certmgr.reports.bundle import DEFAULT_FORMATS, pack_params, write_evidence_pack
+from certmgr.reports.generate import export_record, record_exports, report_context
 from certmgr.reports.manifest import MANIFEST_SUFFIX, manifest_bytes, render_signed
-from certmgr.reports.queries import MAX_WEEKS, ReportKind, ReportParams, ReportSpec, build_report
-from certmgr.reports.render import ReportFormat, iter_report
+from certmgr.reports.queries import MAX_MONTHS, MAX_WEEKS, ReportKind, ReportParams, build_report
+from certmgr.reports.render import ReportFormat
 from certmgr.runtime import Runtime
 
 router = APIRouter(prefix="/api/v1/reports", tags=["reports"])
@@ -45,12 +48,17 @@ _ZIP64_FROM = 1 << 31
 
 
 class _Params:
-    """The query parameters shared by both routes, checked once."""
+    """The query parameters shared by the report routes, checked once."""
 
     def __init__(
         self,
         format: Annotated[ReportFormat, Query(description="csv, json or pdf")] = ReportFormat.CSV,
-        weeks: Annotated[int, Query(ge=1, le=MAX_WEEKS, description="expiry: weeks to forecast")] = 12,
+        weeks: Annotated[
+            int | None, Query(ge=1, le=MAX_WEEKS, description="expiry: forecast per week, over this many weeks")
+        ] = None,
+        months: Annotated[
+            int | None, Query(ge=1, le=MAX_MONTHS, description="expiry: months to forecast (default: whole horizon)")
+        ] = None,
         since: Annotated[datetime | None, Query(description="deployments/audit: from (ISO 8601 with zone)")] = None,
         until: Annotated[datetime | None, Query(description="deployments/audit: before (ISO 8601 with zone)")] = None,
         actor: Text = None,
@@ -58,28 +66,55 @@ class _Params:
     ) -> None:
         self.format = format
         self.params = ReportParams(
-            weeks=weeks, since=aware(since, "since"), until=aware(until, "until"), actor=actor, action=action
+            weeks=weeks,
+            months=months,
+            since=aware(since, "since"),
+            until=aware(until, "until"),
+            actor=actor,
+            action=action,
         )
 
 
-def _audit(rt: Runtime, who: str, spec: ReportSpec, fmt: ReportFormat, **extra: Any) -> None:
+def _spool(rt: Runtime) -> IO[bytes]:
+    folder = rt.settings.data_dir / SPOOL_DIR_NAME
+    try:
+        ensure_private_dir(folder)
+        return tempfile.TemporaryFile(dir=folder)
+    except OSError as exc:
+        raise StorageError(f"cannot create a temporary file in {folder}: {exc.strerror or exc}") from exc
+
+
+def _render(rt: Runtime, who: str, kind: ReportKind, q: _Params, name: str, *, bundle: bool) -> tuple[IO[bytes], Any]:
+    """Render the report into a spool file, sign its manifest and audit it; (spool, manifest)."""
+    from certmgr.audit.checkpoint import runtime_signer
+
+    signer = runtime_signer(rt)
+    now = rt.clock.now()
+    spool = _spool(rt)
+    try:
+        with Session(rt.engine) as session:
+            ctx = report_context(rt, session, signer, now=now, actor=who, via="api")
+            spec = build_report(kind, q.params, now, ctx.tz)
+            doc = render_signed(spec, spec.open(session), q.format, spool, name, signer, ctx)
+        spool.flush()
+    except OSError as exc:
+        spool.close()
+        raise StorageError(f"cannot spool the {kind.value} report: {exc.strerror or exc}") from exc
+    except BaseException:
+        spool.close()
+        raise
     params = {k: v for k, v in spec.params.as_dict(spec.kind).items() if v}
-    with session_scope(rt.engine) as session:
-        append_event(
-            session,
-            at=spec.generated_at,
-            actor=who,
-            action="report.exported",
-            subject_type="report",
-            subject_id=spec.kind.value,
-            details={"format": fmt.value, "via": "api", **params, **extra},
-        )
+    record_exports(rt, now, who, [export_record(doc, name, "api", bundle=bundle, **params)])
+    return spool, doc
 
 
-def _stream(engine: Engine, spec: ReportSpec, fmt: ReportFormat) -> Iterator[bytes]:
-    """The rendered report, produced while the client reads (one read-only session for the whole stream)."""
-    with Session(engine) as session:
-        yield from iter_report(spec, spec.rows(session), fmt)
+def _from_spool(spool: IO[bytes]) -> Iterator[bytes]:
+    try:
+        spool.seek(0)
+        while data := spool.read(_READ_CHUNK):
+            yield data
+    finally:
+        spool.close()
 
 
 def _attachment(name: str) -> dict[str, str]:
@@ -90,18 +125,68 @@ _REPORT_CONTENT: dict[str, dict[str, Any]] = {"text/csv": {}, "application/json"
 
 
 @router.get(
+    "/bundle",
+    response_class=StreamingResponse,
+    responses={200: {"content": {BUNDLE_MEDIA_TYPE: {}}, "description": "The evidence pack (zip)."}},
+)
+def evidence_pack(
+    who: Viewer,
+    rt: RuntimeDep,
+    since: Annotated[datetime | None, Query(description="from (ISO 8601 with zone); default 30 days ago")] = None,
+    until: Annotated[datetime | None, Query(description="before (ISO 8601 with zone); default now")] = None,
+    format: Annotated[list[ReportFormat] | None, Query(description="formats (repeat); default pdf and csv")] = None,
+) -> StreamingResponse:
+    """The evidence pack (viewer): every report kind with its signed manifest, the CA chain, the CRL, the audit
+    public key, SHA256SUMS signed by the audit key and a README for the auditor — the zip ``certmgr report
+    bundle`` writes.
+
+    Raises:
+        ConfigError: (503) no CA passphrase configured, so the audit key cannot be used.
+        StorageError: (503) the data dir has no room or cannot be written.
+    """
+    from certmgr.audit.checkpoint import runtime_signer
+
+    signer = runtime_signer(rt)
+    now = rt.clock.now()
+    params = pack_params(now, aware(since, "since"), aware(until, "until"))
+    folder = rt.settings.data_dir / SPOOL_DIR_NAME
+    ensure_private_dir(folder)
+    out = folder / f"evidence-{os.getpid()}-{secrets.token_hex(8)}.zip"
+    result = write_evidence_pack(
+        rt, out, signer, params=params, formats=format or list(DEFAULT_FORMATS), actor=who.actor, via="api"
+    )
+    try:
+        spool: IO[bytes] = out.open("rb")
+    finally:
+        out.unlink(missing_ok=True)  # the open handle keeps the data until the response ends
+    stamp = now.strftime("%Y%m%dT%H%M%SZ")
+    return StreamingResponse(
+        _from_spool(spool),
+        media_type=BUNDLE_MEDIA_TYPE,
+        headers={**_attachment(f"evidence-{stamp}.zip"), "Content-Length": str(result.size)},
+    )
+
+
+@router.get(
     "/{kind}",
     response_class=StreamingResponse,
     responses={200: {"content": _REPORT_CONTENT, "description": "The report in the requested format."}},
 )
 def report(kind: ReportKind, who: Viewer, rt: RuntimeDep, q: Annotated[_Params, Depends()]) -> StreamingResponse:
-    """A report, streamed: inventory, expiry forecast, deployment history, audit log or compliance exceptions
-    (viewer). For a signed manifest use ``/api/v1/reports/{kind}/bundle``."""
-    spec = build_report(kind, q.params, rt.clock.now())
-    _audit(rt, who.actor, spec, q.format)
-    name = f"{kind.value}-{spec.generated_at.strftime('%Y%m%dT%H%M%SZ')}.{q.format.value}"
+    """A report: inventory, expiry forecast, deployment history, audit trail or compliance exceptions (viewer).
+    For its signed manifest use ``/api/v1/reports/{kind}/bundle``.
+
+    Raises:
+        ConfigError: (503) no CA passphrase (the audit key checks the log) or no report font (PDF).
+        StorageError: (503) the data dir has no room or cannot be written.
+    """
+    now = rt.clock.now()
+    name = f"{kind.value}-{now.strftime('%Y%m%dT%H%M%SZ')}.{q.format.value}"
+    spool, doc = _render(rt, who.actor, kind, q, name, bundle=False)
     return StreamingResponse(
-        _stream(rt.engine, spec, q.format), media_type=q.format.media_type, headers=_attachment(name)
+        _from_spool(spool),
+        media_type=q.format.media_type,
+        headers={**_attachment(name), "Content-Length": str(doc["size"])},
     )
 
 
@@ -166,31 +251,12 @@ def report_bundle(kind: ReportKind, who: Viewer, rt: RuntimeDep, q: Annotated[_P
         ConfigError: (503) no CA passphrase configured, so the audit key cannot be used.
         StorageError: (503) the data dir has no room or cannot be written.
     """
-    from certmgr.audit.checkpoint import runtime_signer
-
-    signer = runtime_signer(rt)
-    spec = build_report(kind, q.params, rt.clock.now())
     name = f"{kind.value}.{q.format.value}"
-    folder = rt.settings.data_dir / SPOOL_DIR_NAME
-    try:
-        ensure_private_dir(folder)
-        spool = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115 - anonymous; closed by the zip stream
-    except OSError as exc:
-        raise StorageError(f"cannot create a temporary file in {folder}: {exc.strerror or exc}") from exc
-    try:
-        with Session(rt.engine) as session:
-            doc = render_signed(spec, spec.rows(session), q.format, spool, name, signer)
-        spool.flush()
-    except OSError as exc:
-        spool.close()
-        raise StorageError(f"cannot spool the {kind.value} report: {exc.strerror or exc}") from exc
-    except BaseException:
-        spool.close()
-        raise
-    _audit(rt, who.actor, spec, q.format, bundle=True, sha256=doc["sha256"], rows=doc["rows"])
-    stamp = spec.generated_at.strftime("%Y%m%dT%H%M%SZ")
+    spool, doc = _render(rt, who.actor, kind, q, name, bundle=True)
+    now = datetime.fromisoformat(str(doc["generated_at"]))
+    stamp = now.strftime("%Y%m%dT%H%M%SZ")
     return StreamingResponse(
-        _zip_stream(spool, int(doc["size"]), name, manifest_bytes(doc), spec.generated_at),
+        _zip_stream(spool, int(doc["size"]), name, manifest_bytes(doc), now),
         media_type=BUNDLE_MEDIA_TYPE,
         headers=_attachment(f"{kind.value}-{stamp}.{q.format.value}.zip"),
     )

@@ -150,19 +150,26 @@ def _stored(rows: Iterator[AuditEvent]) -> Iterator[StoredEvent]:
         )
 
 
-def verify_log(session: Session, batch: int = 5000) -> ChainVerdict:
-    """Verify the whole stored chain against its recorded head, streaming in batches."""
-    head = session.get(AuditHead, HEAD_ID)
-    expected = (head.seq, head.hash) if head is not None else (0, GENESIS_HASH)
+def verify_log(session: Session, batch: int = 5000, *, upto: tuple[int, str] | None = None) -> ChainVerdict:
+    """Verify the whole stored chain against its recorded head, streaming in batches.
+
+    With ``upto`` = (seq, hash), verify only the events up to ``seq`` and that the chain ends there in ``hash``
+    (a head recorded elsewhere, e.g. in a report manifest): an event changed, removed or inserted before it
+    breaks the verdict.
+    """
+    if upto is None:
+        head = session.get(AuditHead, HEAD_ID)
+        expected = (head.seq, head.hash) if head is not None else (0, GENESIS_HASH)
+    else:
+        expected = upto
 
     def rows() -> Iterator[AuditEvent]:
         last = 0
         while True:
-            chunk = list(
-                session.execute(
-                    select(AuditEvent).where(col(AuditEvent.seq) > last).order_by(col(AuditEvent.seq)).limit(batch)
-                ).scalars()
-            )
+            query = select(AuditEvent).where(col(AuditEvent.seq) > last)
+            if upto is not None:
+                query = query.where(col(AuditEvent.seq) <= upto[0])
+            chunk = list(session.execute(query.order_by(col(AuditEvent.seq)).limit(batch)).scalars())
             if not chunk:
                 return
             yield from chunk

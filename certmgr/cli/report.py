@@ -1,18 +1,22 @@
-"""``certmgr report``: export a report with its signed manifest, and verify an export."""
+"""``certmgr report``: export a report with its signed manifest, verify an export, write an evidence pack."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from certmgr.settings import Settings
 
 report_app = typer.Typer(help="Audit evidence: signed report exports (CSV, JSON, PDF).", no_args_is_help=True)
 _out = Console(highlight=False, soft_wrap=True)
 _err = Console(stderr=True, highlight=False, soft_wrap=True)
 EXPORT_BROKEN = 1
+ACTOR = "cli"  # how the CLI appears in audit events and report evidence
 
 FormatOpt = Annotated[str, typer.Option("--format", help="csv | json | pdf")]
 OutOpt = Annotated[Path, typer.Option("--out", help="File to write; FILE.manifest.json is written beside it.")]
@@ -32,8 +36,7 @@ def _export(kind: str, fmt: str, out: Path, **params: object) -> None:
     from sqlmodel import Session
 
     from certmgr.audit.checkpoint import runtime_signer
-    from certmgr.audit.log import append_event
-    from certmgr.db.engine import session_scope
+    from certmgr.reports.generate import export_record, record_exports, report_context
     from certmgr.reports.manifest import export_report, manifest_path
     from certmgr.reports.queries import ReportParams, build_report, parse_kind
     from certmgr.reports.render import parse_format
@@ -46,23 +49,17 @@ def _export(kind: str, fmt: str, out: Path, **params: object) -> None:
     try:
         signer = runtime_signer(runtime)
         now = runtime.clock.now()
-        spec = build_report(report_kind, report_params, now)
         with Session(runtime.engine) as session:
-            doc = export_report(spec, spec.rows(session), report_format, out, signer)
-        with session_scope(runtime.engine) as session:
-            append_event(
-                session,
-                at=now,
-                actor="cli",
-                action="report.exported",
-                subject_type="report",
-                subject_id=report_kind.value,
-                details={"format": report_format.value, "file": out.name, "sha256": doc["sha256"], "via": "cli"},
-            )
+            ctx = report_context(runtime, session, signer, now=now, actor=ACTOR, via=ACTOR)
+            spec = build_report(report_kind, report_params, now, ctx.tz)
+            doc = export_report(spec, spec.open(session), report_format, out, signer, ctx)
+        record_exports(runtime, now, ACTOR, [export_record(doc, out.name, ACTOR)])
     finally:
         runtime.close()
     _out.print(f"wrote {out} ({doc['rows']} rows, {doc['size']} bytes, sha256 {doc['sha256']})", markup=False)
     _out.print(f"wrote {manifest_path(out)} (signed by audit key {doc['public_key_sha256'][:16]}…)", markup=False)
+    for line in doc["summary"]["text"]:
+        _out.print(f"  {line}", markup=False)
 
 
 @report_app.command("inventory")
@@ -75,10 +72,13 @@ def report_inventory(out: OutOpt, fmt: FormatOpt = "csv") -> None:
 def report_expiry(
     out: OutOpt,
     fmt: FormatOpt = "csv",
-    weeks: Annotated[int, typer.Option(help="Weeks to forecast (1-104).")] = 12,
+    months: Annotated[
+        int | None, typer.Option(help="Months to forecast (1-60); default: the whole horizon, at least 13.")
+    ] = None,
+    weeks: Annotated[int | None, typer.Option(help="Forecast per week instead, over N weeks (1-104).")] = None,
 ) -> None:
-    """Current certificates expiring per week over the next N weeks (PDF: with a bar chart)."""
-    _export("expiry", fmt, out, weeks=weeks)
+    """Current certificates expiring per month (default, over the fleet's whole horizon) or per week."""
+    _export("expiry", fmt, out, weeks=weeks, months=months)
 
 
 @report_app.command("deployments")
@@ -113,18 +113,108 @@ def report_verify(
     public_key: Annotated[
         Path | None, typer.Option(help="Pinned audit public key (PEM); default: the data dir's, if present.")
     ] = None,
+    audit_log: Annotated[
+        bool | None,
+        typer.Option(
+            "--audit-log/--no-audit-log",
+            help="Check the report against certmgr's audit log (default: when the database is here).",
+        ),
+    ] = None,
 ) -> None:
-    """Check an export against its signed manifest. Exit 0 only if size, SHA-256 and both signatures match."""
+    """Check an export against its signed manifest: size, SHA-256, both signatures and the recorded checkpoint's
+    signature; next to the database also that the audit log up to the event the report reflects is unchanged
+    and that the report's own audit event names its SHA-256. Exit 0 only if everything holds."""
     from certmgr.audit.checkpoint import load_verifier
     from certmgr.reports.manifest import verify_export
     from certmgr.settings import load_settings
 
-    pinned = load_verifier(load_settings().data_dir, public_key)
+    settings = load_settings()
+    pinned = load_verifier(settings.data_dir, public_key)
     verdict = verify_export(file, manifest, pinned)
-    if not verdict.ok:
-        for problem in verdict.problems:
+    problems = list(verdict.problems)
+    checked_log = False
+    if verdict.ok:
+        evidence = verdict.manifest.get("evidence")
+        if not isinstance(evidence, dict):
+            if audit_log:
+                problems.append("the manifest records no audit evidence (manifest version 1)")
+        elif audit_log is not False:
+            found = _check_audit_log(settings, evidence, str(verdict.manifest["sha256"]), required=bool(audit_log))
+            if found is not None:
+                problems += found
+                checked_log = True
+    if problems:
+        for problem in problems:
             _err.print(f"certmgr: {file}: {problem}", markup=False)
         raise typer.Exit(EXPORT_BROKEN)
     _out.print(f"{file}: OK (signed by audit key {verdict.public_key_sha256})", markup=False)
+    if checked_log:
+        last = verdict.manifest["evidence"].get("last_event")
+        upto = "an empty audit log" if last is None else f"audit event {last['seq']}"
+        _out.print(f"audit log: unchanged up to {upto}; the report's generation is recorded", markup=False)
+    elif audit_log is not False:
+        _err.print("warning: the audit log was not checked (no database here; use --audit-log to insist)")
     if not verdict.pinned:
         _err.print("warning: no pinned audit key to compare with (use --public-key)", markup=False)
+
+
+def _check_audit_log(settings: Settings, evidence: dict[str, Any], sha256: str, *, required: bool) -> list[str] | None:
+    """The problems of the report's evidence against the audit log, or None if there is no database here (and
+    ``required`` is false).
+
+    Raises:
+        DatabaseError: if ``required`` and the database cannot be read.
+    """
+    import sqlalchemy.exc
+    from sqlalchemy.engine import make_url
+    from sqlmodel import Session
+
+    from certmgr.db.engine import connection_error, create_db_engine
+    from certmgr.errors import DatabaseError
+    from certmgr.reports.evidence import check_against_log
+
+    url = settings.effective_database_url
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
+        if required:
+            raise DatabaseError(f"no database at {parsed.database}: cannot check the audit log")
+        return None
+    engine = create_db_engine(url)
+    try:
+        with Session(engine) as session:
+            return check_against_log(session, evidence, sha256)
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.ProgrammingError) as exc:
+        if required:
+            raise connection_error(exc, url) from exc
+        return None
+    finally:
+        engine.dispose()
+
+
+@report_app.command("bundle")
+def report_bundle(
+    out: Annotated[Path, typer.Option("--out", help="The zip to write (the evidence pack).")],
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    fmt: Annotated[
+        list[str] | None, typer.Option("--format", help="Formats of every report (repeat; default pdf and csv).")
+    ] = None,
+) -> None:
+    """The evidence pack: every report kind (deployments and audit over --since..--until, default the last 30
+    days) with signed manifests, the CA chain, the CRL, the audit public key, SHA256SUMS signed by the audit key
+    and a README saying how to verify each file."""
+    from certmgr.audit.checkpoint import runtime_signer
+    from certmgr.reports.bundle import DEFAULT_FORMATS, pack_params, write_evidence_pack
+    from certmgr.reports.render import parse_format
+    from certmgr.runtime import open_runtime
+    from certmgr.settings import load_settings
+
+    formats = [parse_format(f) for f in fmt] if fmt else list(DEFAULT_FORMATS)
+    runtime = open_runtime(load_settings())
+    try:
+        signer = runtime_signer(runtime)
+        params = pack_params(runtime.clock.now(), _utc(since), _utc(until))
+        result = write_evidence_pack(runtime, out, signer, params=params, formats=formats, actor=ACTOR, via="bundle")
+    finally:
+        runtime.close()
+    _out.print(f"wrote {out} ({len(result.files)} files, {result.size} bytes, sha256 {result.sha256})", markup=False)

@@ -3,10 +3,14 @@
 Every export ``FILE`` gets ``FILE.manifest.json``::
 
     {
-      "manifest_version": 1,
+      "manifest_version": 2,
       "file": "inventory.csv", "size": 1234, "sha256": "<hex>",
       "kind": "inventory", "format": "csv", "rows": 42, "params": {...},
-      "generated_at": "2026-11-26T09:00:00+00:00",
+      "generated_at": "2026-11-26T09:00:00+00:00", "generated_by": "token:alice", "via": "api",
+      "timezone": "Europe/Berlin",
+      "summary": {"figures": {...}, "breakdowns": {...}, "text": [...], "chart": {...}},
+      "evidence": {"audit_chain": {"intact": true, ...}, "last_event": {"seq": 41, "hash": "<hex>"},
+                   "last_checkpoint": {"seq": 40, "hash": "<hex>", "signature": "<base64>", ...}, ...},
       "signature_algorithm": "ecdsa-p256-sha256",
       "signature": "<base64 DER ECDSA signature over the bytes of FILE>",
       "public_key_pem": "-----BEGIN PUBLIC KEY-----...", "public_key_sha256": "<hex of the DER key>",
@@ -16,7 +20,9 @@ Every export ``FILE`` gets ``FILE.manifest.json``::
 
 ``signature`` signs the export file itself, so ``openssl dgst -sha256 -verify`` checks it directly (commands in
 ``verify_with_openssl`` and ``docs/reports.md``); ``manifest_signature`` additionally binds the metadata (kind,
-time, parameters) and is checked by ``certmgr report verify``. Both are made by the audit key
+time, parameters, summary, evidence) and is checked by ``certmgr report verify`` (which also checks the recorded
+checkpoint's signature and, next to the database, the audit log: :mod:`certmgr.reports.evidence`). Version 1
+manifests (no summary, no evidence) still verify. Both are made by the audit key
 (:mod:`certmgr.audit.checkpoint`); pin its public key (``public_key_sha256``) to trust either.
 """
 
@@ -27,7 +33,6 @@ import binascii
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,11 +40,14 @@ from typing import Any
 from certmgr.audit.checkpoint import SIGNATURE_ALGORITHM, AuditSigner, AuditVerifier, encode_signature
 from certmgr.errors import ConfigError, InputError, StorageError
 from certmgr.fsutil import atomic_write
-from certmgr.reports.queries import ReportSpec, Row
-from certmgr.reports.render import ByteSink, ReportFormat, write_report
+from certmgr.reports.evidence import verify_checkpoint
+from certmgr.reports.queries import ReportRun, ReportSpec
+from certmgr.reports.render import ByteSink, RenderContext, ReportFormat, write_report
+from certmgr.reports.summary import Summary
 
 MANIFEST_SUFFIX = ".manifest.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+KNOWN_VERSIONS = (1, 2)
 MAX_MANIFEST_BYTES = 64 * 1024
 _HASH_CHUNK = 1024 * 1024
 
@@ -77,19 +85,6 @@ def _sha256_file(path: Path) -> tuple[bytes, int]:
     return digest.digest(), size
 
 
-class _CountingRows:
-    """Counts the rows as the renderer consumes them."""
-
-    def __init__(self, rows: Iterable[Row]) -> None:
-        self._rows = rows
-        self.count = 0
-
-    def __iter__(self) -> Iterator[Row]:
-        for row in self._rows:
-            self.count += 1
-            yield row
-
-
 class HashingWriter:
     """A write-only file wrapper that hashes (SHA-256) and counts the bytes on their way to ``out``."""
 
@@ -110,10 +105,26 @@ class HashingWriter:
         return self._digest.digest()
 
 
+@dataclass(frozen=True)
+class Rendered:
+    """What a rendering produced: rows, summary, and the evidence it was made with."""
+
+    rows: int
+    summary: Summary
+    ctx: RenderContext
+
+
 def sign_manifest(
-    file_name: str, size: int, digest: bytes, spec: ReportSpec, fmt: ReportFormat, rows: int, signer: AuditSigner
+    file_name: str,
+    size: int,
+    digest: bytes,
+    spec: ReportSpec,
+    fmt: ReportFormat,
+    rendered: Rendered,
+    signer: AuditSigner,
 ) -> dict[str, Any]:
     """The signed manifest of a file called ``file_name`` of ``size`` bytes whose SHA-256 is ``digest``."""
+    evidence = rendered.ctx.evidence
     doc: dict[str, Any] = {
         "manifest_version": MANIFEST_VERSION,
         "file": file_name,
@@ -121,9 +132,14 @@ def sign_manifest(
         "sha256": digest.hex(),
         "kind": spec.kind.value,
         "format": fmt.value,
-        "rows": rows,
+        "rows": rendered.rows,
         "params": spec.params.as_dict(spec.kind),
         "generated_at": spec.generated_at.isoformat(),
+        "generated_by": None if evidence is None else evidence.generated_by,
+        "via": None if evidence is None else evidence.via,
+        "timezone": str(getattr(rendered.ctx.tz, "key", rendered.ctx.tz)),
+        "summary": rendered.summary.as_dict(),
+        "evidence": None if evidence is None else evidence.as_dict(),
         "signature_algorithm": SIGNATURE_ALGORITHM,
         "signature": encode_signature(signer.sign_digest(digest)),
         "public_key_pem": signer.public_pem.decode("ascii"),
@@ -139,7 +155,9 @@ def manifest_bytes(doc: dict[str, Any]) -> bytes:
     return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def build_manifest(export: Path, spec: ReportSpec, fmt: ReportFormat, rows: int, signer: AuditSigner) -> dict[str, Any]:
+def build_manifest(
+    export: Path, spec: ReportSpec, fmt: ReportFormat, rendered: Rendered, signer: AuditSigner
+) -> dict[str, Any]:
     """The signed manifest of the finished file ``export``.
 
     Raises:
@@ -149,26 +167,33 @@ def build_manifest(export: Path, spec: ReportSpec, fmt: ReportFormat, rows: int,
         digest, size = _sha256_file(export)
     except OSError as exc:
         raise StorageError(f"cannot read {export}: {exc.strerror or exc}") from exc
-    return sign_manifest(export.name, size, digest, spec, fmt, rows, signer)
+    return sign_manifest(export.name, size, digest, spec, fmt, rendered, signer)
 
 
 def render_signed(
-    spec: ReportSpec, rows: Iterable[Row], fmt: ReportFormat, out: ByteSink, file_name: str, signer: AuditSigner
+    spec: ReportSpec,
+    run: ReportRun,
+    fmt: ReportFormat,
+    out: ByteSink,
+    file_name: str,
+    signer: AuditSigner,
+    ctx: RenderContext,
 ) -> dict[str, Any]:
     """Render the report into ``out``, hashing on the way, and return the signed manifest of what was written
     (as the file ``file_name``): one pass over the rows, no second read of the output.
 
     Raises:
         OSError: if ``out`` cannot be written.
+        ConfigError: (PDF) if the report fonts cannot be found or read.
     """
-    counted = _CountingRows(rows)
     hashing = HashingWriter(out)
-    write_report(spec, counted, fmt, hashing)
-    return sign_manifest(file_name, hashing.size, hashing.digest, spec, fmt, counted.count, signer)
+    write_report(spec, run, fmt, hashing, ctx)
+    rendered = Rendered(run.count, run.summary(ctx.tz), ctx)
+    return sign_manifest(file_name, hashing.size, hashing.digest, spec, fmt, rendered, signer)
 
 
 def export_report(
-    spec: ReportSpec, rows: Iterable[Row], fmt: ReportFormat, out: Path, signer: AuditSigner
+    spec: ReportSpec, run: ReportRun, fmt: ReportFormat, out: Path, signer: AuditSigner, ctx: RenderContext
 ) -> dict[str, Any]:
     """Render the report into ``out`` (0600, replaced atomically) and write its signed manifest beside it.
 
@@ -179,7 +204,7 @@ def export_report(
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as fh:
-            doc = render_signed(spec, rows, fmt, fh, out.name, signer)
+            doc = render_signed(spec, run, fmt, fh, out.name, signer, ctx)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, out)
@@ -201,6 +226,7 @@ class ManifestVerdict:
     problems: tuple[str, ...]
     public_key_sha256: str | None
     pinned: bool
+    manifest: dict[str, Any]
 
 
 def _b64(value: object, name: str) -> bytes:
@@ -255,7 +281,7 @@ def verify_export(
         key = AuditVerifier(pem.encode("ascii"))
     except (ConfigError, UnicodeEncodeError):
         raise InputError("manifest: public_key_pem is not an EC P-256 public key") from None
-    if doc.get("manifest_version") != MANIFEST_VERSION:
+    if doc.get("manifest_version") not in KNOWN_VERSIONS:
         problems.append(f"unknown manifest_version {doc.get('manifest_version')!r}")
     if doc.get("file") != export.name:
         problems.append(f"manifest is for {doc.get('file')!r}, not {export.name!r}")
@@ -273,13 +299,19 @@ def verify_export(
         problems.append(
             f"signed by key {key.fingerprint[:16]}…, not the pinned audit key {pinned_key.fingerprint[:16]}…"
         )
-    return ManifestVerdict(not problems, tuple(problems), key.fingerprint, pinned_key is not None)
+    evidence = doc.get("evidence")
+    if isinstance(evidence, dict):
+        problem = verify_checkpoint(evidence, key)
+        if problem is not None:
+            problems.append(problem)
+    return ManifestVerdict(not problems, tuple(problems), key.fingerprint, pinned_key is not None, doc)
 
 
 __all__ = [
     "MANIFEST_SUFFIX",
     "HashingWriter",
     "ManifestVerdict",
+    "Rendered",
     "build_manifest",
     "export_report",
     "load_manifest",

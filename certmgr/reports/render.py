@@ -4,9 +4,11 @@
   spreadsheet would run as a formula (``=``, ``@``, a leading ``+``/``-`` not followed by a digit, tab, CR)
   get a leading ``'``; phone numbers like ``+4989…`` stay as they are.
 * JSON: one array of objects (keys = column names), written element by element.
-* PDF: title, generation time and parameters, then the rows as a table, written page by page
-  (:mod:`certmgr.reports.pdfstream`); a report with a chart (the expiry forecast) gets a bar chart per week on
-  the first page.
+* PDF: page one states the summary, the evidence and a chart; then the rows as a table, written page by page
+  (:mod:`certmgr.reports.pdfstream`).
+
+The summary and the evidence of CSV and JSON reports are in their signed manifests
+(:mod:`certmgr.reports.manifest`).
 """
 
 from __future__ import annotations
@@ -15,11 +17,21 @@ import csv
 import io
 import json
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, tzinfo
 from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 from certmgr.errors import InputError
-from certmgr.reports.pdfstream import ByteSink, iter_pdf, write_pdf_streaming
-from certmgr.reports.queries import Cell, ReportSpec, Row
+from certmgr.reports.evidence import Evidence
+from certmgr.reports.fonts import font_set
+from certmgr.reports.pdfstream import ByteSink, Cover, PdfStyle, iter_pdf
+from certmgr.reports.queries import Cell, ReportRun, ReportSpec, Row
+
+if TYPE_CHECKING:
+    from certmgr.settings import Settings
 
 CHUNK_ROWS = 500
 
@@ -32,6 +44,20 @@ class ReportFormat(StrEnum):
     @property
     def media_type(self) -> str:
         return {"csv": "text/csv; charset=utf-8", "json": "application/json", "pdf": "application/pdf"}[self.value]
+
+
+@dataclass(frozen=True)
+class RenderContext:
+    """What rendering needs besides the rows: the time zone of shown times, the configured fonts (empty: the
+    default set) and the evidence collected before the rows were read (None: no audit log consulted)."""
+
+    tz: tzinfo = UTC
+    fonts: tuple[Path, ...] = ()
+    evidence: Evidence | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, evidence: Evidence | None) -> RenderContext:
+        return cls(ZoneInfo(settings.report_timezone), tuple(settings.report_fonts), evidence)
 
 
 def parse_format(value: str) -> ReportFormat:
@@ -81,40 +107,36 @@ def iter_json(spec: ReportSpec, rows: Iterable[Row]) -> Iterator[bytes]:
     yield "".join(parts).encode("utf-8")
 
 
-def write_pdf(spec: ReportSpec, rows: Iterable[Row], out: ByteSink) -> None:
-    """The report as a PDF (A4 landscape) written to ``out`` page by page (:mod:`certmgr.reports.pdfstream`).
+def iter_report(spec: ReportSpec, run: ReportRun, fmt: ReportFormat, ctx: RenderContext) -> Iterator[bytes]:
+    """The report rendered as ``fmt``, piece by piece (every format streams; memory stays flat).
 
     Raises:
-        OSError: if ``out`` cannot be written.
+        ConfigError: (PDF) if the report fonts cannot be found or read.
     """
-    write_pdf_streaming(spec, rows, out)
-
-
-def iter_report(spec: ReportSpec, rows: Iterable[Row], fmt: ReportFormat) -> Iterator[bytes]:
-    """The report rendered as ``fmt``, piece by piece (every format streams; memory stays flat)."""
     if fmt is ReportFormat.PDF:
-        return iter_pdf(spec, rows)
-    return iter_csv(spec, rows) if fmt is ReportFormat.CSV else iter_json(spec, rows)
+        style = PdfStyle(ctx.tz, font_set(ctx.fonts))
+        return iter_pdf(spec, run, lambda: Cover(run.summary(ctx.tz), ctx.evidence, run.count), style, ctx.evidence)
+    return iter_csv(spec, run) if fmt is ReportFormat.CSV else iter_json(spec, run)
 
 
-def write_report(spec: ReportSpec, rows: Iterable[Row], fmt: ReportFormat, out: ByteSink) -> None:
-    """Render ``rows`` of ``spec`` as ``fmt`` into ``out``.
+def write_report(spec: ReportSpec, run: ReportRun, fmt: ReportFormat, out: ByteSink, ctx: RenderContext) -> None:
+    """Render the rows of ``run`` as ``fmt`` into ``out``.
 
     Raises:
         OSError: if ``out`` cannot be written.
+        ConfigError: (PDF) if the report fonts cannot be found or read.
     """
-    for chunk in iter_report(spec, rows, fmt):
+    for chunk in iter_report(spec, run, fmt, ctx):
         out.write(chunk)
 
 
 __all__ = [
     "ByteSink",
+    "RenderContext",
     "ReportFormat",
     "iter_csv",
     "iter_json",
-    "iter_pdf",
     "iter_report",
     "parse_format",
-    "write_pdf",
     "write_report",
 ]

@@ -31,10 +31,9 @@ from typing import TYPE_CHECKING
 
 from sqlmodel import Session
 
-from certmgr.audit.log import NewEvent, append_events
 from certmgr.clock import ensure_utc
-from certmgr.db.engine import session_scope
 from certmgr.errors import ConfigError, StorageError
+from certmgr.reports.generate import ExportRecord, export_record, record_exports, report_context
 from certmgr.reports.manifest import export_report
 from certmgr.reports.queries import ReportParams, build_report, parse_kind
 from certmgr.reports.render import parse_format
@@ -142,15 +141,16 @@ def run_scheduled_exports(runtime: Runtime, now: datetime, *, signer: AuditSigne
         staging = root / f"{STAGING_PREFIX}{period}-{os.getpid()}"
         try:
             staging.mkdir(mode=0o700)
-            written: list[tuple[str, str, str, str]] = []
+            written: list[tuple[str, ExportRecord]] = []
             params = ReportParams()
             with Session(runtime.engine) as session:  # one read session: the reports agree with each other
+                ctx = report_context(runtime, session, signer, now=now, actor=ACTOR, via="schedule")
                 for kind in kinds:
-                    spec = build_report(kind, params, now)
+                    spec = build_report(kind, params, now, ctx.tz)
                     for fmt in formats:
                         name = f"{kind.value}-{period}.{fmt.value}"
-                        doc = export_report(spec, spec.rows(session), fmt, staging / name, signer)
-                        written.append((kind.value, fmt.value, name, str(doc["sha256"])))
+                        doc = export_report(spec, spec.open(session), fmt, staging / name, signer, ctx)
+                        written.append((name, export_record(doc, f"{period}/{name}", "schedule", period=period)))
             _fsync_dir(staging)
             os.rename(staging, final)
             _fsync_dir(root)
@@ -160,19 +160,5 @@ def run_scheduled_exports(runtime: Runtime, now: datetime, *, signer: AuditSigne
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-    with session_scope(runtime.engine) as session:
-        append_events(
-            session,
-            now,
-            [
-                NewEvent(
-                    ACTOR,
-                    "report.exported",
-                    "report",
-                    kind,
-                    {"format": fmt, "file": f"{period}/{name}", "sha256": sha256, "via": "schedule", "period": period},
-                )
-                for kind, fmt, name, sha256 in written
-            ],
-        )
-    return ExportRun(period, final, tuple(final / name for _, _, name, _ in written))
+    record_exports(runtime, now, ACTOR, [record for _, record in written])
+    return ExportRun(period, final, tuple(final / name for name, _ in written))

@@ -43,7 +43,7 @@ from tests.integration.test_api_support import (  # noqa: F401 - fixtures
     rt,
     tokens,
 )
-from tests.unit.test_reports_render import bar_heights
+from tests.unit.test_reports_render import bars
 
 COLUMNS = {
     "inventory": INVENTORY_COLUMNS,
@@ -72,6 +72,11 @@ def _pdf_text(data: bytes) -> str:
     return "\n".join(page.extract_text() or "" for page in PdfReader(io.BytesIO(data)).pages)
 
 
+def rows_note(n: int) -> str:
+    """What the last page of a PDF report says after its last row."""
+    return "1 row." if n == 1 else f"{n:,} rows."
+
+
 @pytest.mark.parametrize("kind", list(COLUMNS))
 def test_cli_exports_every_kind_in_every_format(
     kind: str, rt: Runtime, fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -98,7 +103,9 @@ def test_cli_exports_every_kind_in_every_format(
         else:
             text = _pdf_text(out.read_bytes())
             assert kind in text
-            assert f"{manifest['rows']} rows." in text
+            assert rows_note(manifest["rows"]) in text
+            assert "Summary" in text
+            assert "Evidence" in text
 
 
 def test_inventory_and_compliance_content(
@@ -134,10 +141,13 @@ def test_expiry_pdf_has_a_chart(rt: Runtime, fleet: Fleet, tmp_path: Path, capsy
     assert "Certificates expiring per week" in first  # the chart's title and its week labels
     for week in ("W1", "W8"):
         assert week in first
-    assert len(bar_heights(reader)) == 1  # one filled bar: the "soon" certificate in W1; the other weeks are empty
+    # three filled bars of one certificate each: "expired", W1 (the "soon" certificate) and "later" (the "ok" one)
+    drawn = bars(reader)
+    assert len(drawn) == 3
+    assert len({height for _, height in drawn}) == 1
     out_csv = tmp_path / "expiry.csv"
     assert _run(capsys, "report", "expiry", "--weeks", "8", "--out", str(out_csv))[0] == 0
-    counts = {r["week"]: int(r["certificates"]) for r in _read_csv(out_csv)}
+    counts = {r["period"]: int(r["certificates"]) for r in _read_csv(out_csv)}
     assert counts["expired"] == 1
     assert counts["W1"] == 1
     assert counts["later"] == 1
@@ -177,12 +187,14 @@ def test_manifest_signed_by_another_key_fails_against_the_pinned_key(
     code, _ = _run(capsys, "report", "inventory", "--out", str(tmp_path / "other.csv"))  # creates a new key
     assert code == 0
     from certmgr.audit.checkpoint import runtime_signer
-    from certmgr.reports.manifest import build_manifest
+    from certmgr.reports.manifest import Rendered, build_manifest
     from certmgr.reports.queries import ReportKind, ReportParams, build_report
-    from certmgr.reports.render import ReportFormat
+    from certmgr.reports.render import RenderContext, ReportFormat
+    from certmgr.reports.summary import FleetTally
 
     spec = build_report(ReportKind.INVENTORY, ReportParams(), rt.clock.now())
-    doc = build_manifest(out, spec, ReportFormat.CSV, 5, runtime_signer(rt))
+    rendered = Rendered(5, FleetTally().summary(UTC), RenderContext())
+    doc = build_manifest(out, spec, ReportFormat.CSV, rendered, runtime_signer(rt))
     manifest_path(out).write_text(json.dumps(doc))
     code, output = _run(capsys, "report", "verify", str(out), "--public-key", str(pinned))
     assert code == 1
@@ -316,8 +328,8 @@ def test_api_bundle_holds_the_report_and_its_signed_manifest(
         assert len(json.loads(data)) == manifest["rows"]
     else:
         text = _pdf_text(data)
-        assert "Certificates expiring per week" in text
-        assert f"{manifest['rows']} rows." in text
+        assert "Certificates expiring per month" in text
+        assert rows_note(manifest["rows"]) in text
     assert manifest["sha256"] in _audited_sha256(client, tokens["viewer"], kind)
     assert list((rt.settings.data_dir / "tmp").iterdir()) == []  # the spooled file is gone
     # the same download, tampered with after unzipping, fails

@@ -1,67 +1,60 @@
-"""The streaming PDF writer (:mod:`certmgr.reports.pdfstream`) that renders every PDF report (CLI, API, scheduled):
-a valid PDF that pypdf reads, every row present, column names on every page."""
+"""Scheduled PDF exports: every configured kind renders, states the scheduler as its author and the audit head it
+reflects, and is audited with its SHA-256 after the events it reflects."""
+
+# ruff: noqa: F811 - the shared fixtures are imported from test_api_support and named as parameters
 
 from __future__ import annotations
 
-import io
-from collections.abc import Iterator
-from datetime import UTC, datetime
+import json
+from pathlib import Path
+from typing import Any
 
+import pytest
 from pypdf import PdfReader
+from sqlmodel import Session, col, select
 
-from certmgr.reports.pdfstream import write_pdf_streaming
-from certmgr.reports.queries import INVENTORY_COLUMNS, ReportKind, ReportParams, ReportSpec, Row
-
-T0 = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
-
-
-def _spec(rows: list[Row]) -> ReportSpec:
-    def produce(_session: object) -> Iterator[Row]:
-        return iter(rows)
-
-    return ReportSpec(ReportKind.INVENTORY, "Phone inventory", INVENTORY_COLUMNS, ReportParams(), T0, produce)
+from certmgr.db.models import AuditEvent
+from certmgr.reports.manifest import manifest_path, verify_export
+from certmgr.reports.scheduled import run_scheduled_exports
+from certmgr.runtime import Runtime
+from tests.integration.test_api_support import Fleet, ca_template, fleet, rt  # noqa: F401 - fixtures
 
 
-def _row(i: int) -> Row:
-    return (
-        f"00:1A:E8:00:{i >> 8:02X}:{i & 0xFF:02X}",
-        f"+4989{i:06d}",
-        f"10.0.{i >> 8}.{i & 0xFF}",
-        "OS (a) \\ ü",
-        None,
-        "default",
-        "verified",
-        f"{i:x}",
-        "2027-01-01T00:00:00+00:00",
-        30,
-        "active",
-        None,
-        "a very long value that does not fit into its column at all, so it is clipped",
+def _configure(rt: Runtime, monkeypatch: pytest.MonkeyPatch, **values: Any) -> None:
+    monkeypatch.setattr(rt, "settings", rt.settings.model_copy(update=values))
+
+
+def test_scheduled_pdfs_carry_summary_and_evidence(
+    rt: Runtime, fleet: Fleet, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    kinds = ["inventory", "expiry", "deployments", "audit", "compliance"]
+    _configure(
+        rt,
+        monkeypatch,
+        export_dir=tmp_path / "exports",
+        export_kinds=kinds,
+        export_formats=["pdf"],
+        report_timezone="Europe/Berlin",
     )
-
-
-def test_streaming_pdf_is_valid_and_complete() -> None:
-    rows = [_row(i) for i in range(300)]
-    out = io.BytesIO()
-    assert write_pdf_streaming(_spec(rows), iter(rows), out) == 300
-    reader = PdfReader(io.BytesIO(out.getvalue()), strict=True)
-    assert len(reader.pages) >= 5
-    texts = [page.extract_text() for page in reader.pages]
-    assert "Phone inventory" in texts[0]
-    assert "Generated at 2026-11-26T09:00:00+00:00" in texts[0]
-    assert all("certificate_serial" in t for t in texts)  # header repeated on every page
-    everything = "\n".join(texts)
-    for i in (0, 150, 299):
-        assert f"00:1A:E8:00:{i >> 8:02X}:{i & 0xFF:02X}" in everything
-    assert "300 rows." in texts[-1]
-    assert "OS (a) \\ ü" in everything  # escaped and encoded, not dropped
-    assert reader.metadata is not None
-    assert reader.metadata.title == "Phone inventory"
-
-
-def test_empty_report_is_one_page() -> None:
-    out = io.BytesIO()
-    assert write_pdf_streaming(_spec([]), iter([]), out) == 0
-    reader = PdfReader(io.BytesIO(out.getvalue()), strict=True)
-    assert len(reader.pages) == 1
-    assert "0 rows." in reader.pages[0].extract_text()
+    with Session(rt.engine) as s:
+        head_before = max(s.exec(select(AuditEvent.seq)).all(), default=0)
+    run = run_scheduled_exports(rt, rt.clock.now())
+    assert len(run.files) == len(kinds)
+    shas = set()
+    for path in run.files:
+        assert verify_export(path).ok
+        manifest = json.loads(manifest_path(path).read_text())
+        evidence = manifest["evidence"]
+        assert (manifest["generated_by"], manifest["via"]) == ("scheduler", "schedule")
+        assert manifest["timezone"] == "Europe/Berlin"
+        assert evidence["audit_chain"]["intact"] is True
+        assert evidence["last_event"]["seq"] == head_before
+        first = PdfReader(path).pages[0].extract_text()
+        assert "Generated 2026-11-26 10:00:00 CET by scheduler (via schedule)" in first
+        assert f"#{head_before}" in first
+        assert manifest["summary"]["text"][0].split(":")[0] in first
+        shas.add(manifest["sha256"])
+    with Session(rt.engine) as s:
+        events = s.exec(select(AuditEvent).where(col(AuditEvent.action) == "report.exported")).all()
+    assert {e.details["sha256"] for e in events} == shas
+    assert all(e.seq > head_before and e.details["reflects_seq"] == head_before for e in events)

@@ -1,30 +1,79 @@
-"""Report renderers and pure report rules, without a database."""
+"""Report renderers, the PDF writer and pure report rules, without a database."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import subprocess
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from pypdf import PdfReader
 from pypdf.generic import ContentStream
-from sqlmodel import Session
 
-from certmgr.errors import InputError
-from certmgr.reports.pdfstream import BAR_RGB, FLUSH_BYTES, iter_pdf
-from certmgr.reports.queries import ReportKind, ReportParams, ReportSpec, Row, compliance_issues, parse_kind
-from certmgr.reports.render import CHUNK_ROWS, ReportFormat, iter_csv, iter_json, parse_format, write_pdf
+from certmgr.errors import ConfigError, InputError
+from certmgr.reports.evidence import CheckpointRef, Evidence
+from certmgr.reports.fonts import FontChain, default_font_set, font_set, visual_order
+from certmgr.reports.pdfstream import BAR_RGB, FLUSH_BYTES, fit_lines
+from certmgr.reports.queries import (
+    INVENTORY_COLUMNS,
+    TIME_COLUMNS,
+    ReportKind,
+    ReportParams,
+    ReportSpec,
+    Row,
+    compliance_issues,
+    parse_kind,
+)
+from certmgr.reports.render import (
+    CHUNK_ROWS,
+    RenderContext,
+    ReportFormat,
+    iter_csv,
+    iter_json,
+    iter_report,
+    parse_format,
+)
+from certmgr.reports.summary import AuditTally, ExpiryTally, FleetTally, Summary
 from tests.conftest import T0
 
+CJK = "会議室-東京-3階"
+HEBREW = "טלפון-קבלה"
+GREEK = "Ωμέγα-Телефон"
 
-def _spec(rows: list[Row], chart: str | None = None) -> ReportSpec:
-    def produce(_session: Session) -> Iterator[Row]:
+
+class _Tally:
+    def __init__(self) -> None:
+        self.rows = 0
+
+    def summary(self, tz: Any) -> Summary:
+        return FleetTally().summary(tz)
+
+
+def _spec(rows: list[Row], columns: tuple[str, ...] = ("a", "b", "c")) -> ReportSpec:
+    def produce(_session: object, tally: Any) -> Iterator[Row]:
         yield from rows
 
-    return ReportSpec(ReportKind.INVENTORY, "Test report", ("a", "b", "c"), ReportParams(), T0, produce, chart)
+    return ReportSpec(ReportKind.INVENTORY, "Test report", columns, ReportParams(), T0, produce, _Tally)
+
+
+def _bytes(spec: ReportSpec, ctx: RenderContext | None = None) -> bytes:
+    run = spec.open(None)  # type: ignore[arg-type] # the producers here ignore the session
+    return b"".join(iter_report(spec, run, ReportFormat.PDF, ctx or RenderContext()))
+
+
+def _pdf(spec: ReportSpec, ctx: RenderContext | None = None) -> PdfReader:
+    return PdfReader(io.BytesIO(_bytes(spec, ctx)), strict=True)
+
+
+def pdftotext(data: bytes) -> list[str]:
+    """The text of each page as poppler lays it out (form XObjects in place)."""
+    done = subprocess.run(["pdftotext", "-layout", "-", "-"], input=data, capture_output=True, timeout=60, check=True)
+    return done.stdout.decode("utf-8").split("\f")
 
 
 def test_csv_round_trip_and_formula_guard() -> None:
@@ -52,57 +101,180 @@ def test_empty_json_is_an_empty_array() -> None:
     assert json.loads(b"".join(iter_json(_spec([]), []))) == []
 
 
-def bar_heights(reader: PdfReader) -> list[float]:
-    """Heights of the bars drawn on the first page: the ``re`` operators filled in :data:`BAR_RGB`."""
-    ops = ContentStream(reader.pages[0].get_contents(), reader).operations
-    heights: list[float] = []
+def bars(reader: PdfReader, page: int = 0) -> list[tuple[float, float]]:
+    """(width, height) of the bars drawn on a page: the ``re`` operators filled in :data:`BAR_RGB`."""
+    ops = ContentStream(reader.pages[page].get_contents(), reader).operations
+    found: list[tuple[float, float]] = []
     in_bars = False
     for operands, operator in ops:
         if operator == b"rg":
             in_bars = tuple(round(float(v), 3) for v in operands) == BAR_RGB
         elif operator == b"re" and in_bars:
-            heights.append(float(operands[3]))
+            found.append((float(operands[2]), float(operands[3])))
         elif operator == b"Q":
             in_bars = False
-    return heights
+    return found
 
 
-def test_pdf_with_chart_and_many_rows() -> None:
-    rows: list[Row] = []
-    rows.extend((f"W{i}", "s", i) for i in range(1, 9))
-    rows.append(("W9", "s", 0))  # an empty week: labelled, no bar
-    rows.extend((f"row{i}", "x" * 100, i) for i in range(450))
-    out = io.BytesIO()
-    write_pdf(_spec(rows, chart="Bars per week"), iter(rows), out)
-    reader = PdfReader(io.BytesIO(out.getvalue()), strict=True)
-    text = "\n".join(p.extract_text() or "" for p in reader.pages)
-    assert "Test report" in text
-    assert "Bars per week" in text
-    assert "W9" in reader.pages[0].extract_text()
-    assert "row449" in text
-    assert "459 rows." in text
-    assert len(reader.pages) > 3
-    heights = bar_heights(reader)
-    assert len(heights) == 8  # one filled rectangle per non-empty week
-    assert heights == sorted(heights)
-    assert heights[-1] == pytest.approx(8 * heights[0], rel=1e-3)  # proportional to the counts
+def test_pdf_page_one_sums_up_and_the_table_follows() -> None:
+    rows: list[Row] = [(f"row{i}", "x" * 400, i) for i in range(450)]
+    data = _bytes(_spec(rows))
+    reader = PdfReader(io.BytesIO(data), strict=True)
+    pages = [p.extract_text() for p in reader.pages]
+    total = len(pages)
+    assert total > 3
+    assert "Summary" in pages[0]
+    assert "Evidence" in pages[0]
+    assert "Rows: 450" in pages[0]
+    assert "Audit log: not consulted" in pages[0]
+    laid_out = pdftotext(data)
+    for number, text in enumerate(laid_out[:total], 1):
+        assert f"page {number} of {total}" in text  # the total is a form XObject written at the end
+        assert "Test report" in text
+    assert "row449" in pages[-1]
+    assert "450 rows." in pages[-1]
+    assert "x" * 400 not in "".join(pages)  # too long for its column: wrapped and abbreviated
+    assert reader.metadata is not None
+    assert reader.metadata.title == "Test report"
 
 
-def test_pdf_without_chart_draws_no_bars() -> None:
-    rows: list[Row] = [(f"W{i}", "s", i) for i in range(1, 5)]
-    out = io.BytesIO()
-    write_pdf(_spec(rows), rows, out)
-    reader = PdfReader(io.BytesIO(out.getvalue()), strict=True)
-    assert bar_heights(reader) == []
-    assert "4 rows." in reader.pages[0].extract_text()
+def test_empty_report_says_none() -> None:
+    reader = _pdf(_spec([]))
+    assert len(reader.pages) == 2
+    first, table = (p.extract_text() for p in reader.pages)
+    assert "Phones in service: none" in first
+    assert "Earliest expiry: none" in first
+    assert "none: this report has no rows" in table
+    assert "0 rows." in table
+
+
+def test_times_in_the_report_time_zone_to_the_second() -> None:
+    columns = ("mac", "not_after")
+    spec = ReportSpec(
+        ReportKind.INVENTORY,
+        "Times",
+        columns,
+        ReportParams(),
+        T0,
+        lambda _s, _t: iter([("m1", "2026-11-29T15:28:41.699598+00:00")]),
+        _Tally,
+        TIME_COLUMNS & frozenset(columns),
+    )
+    text = "\n".join(p.extract_text() for p in _pdf(spec, RenderContext(ZoneInfo("Europe/Berlin"))).pages)
+    assert "2026-11-29 16:28:41" in text
+    assert "699598" not in text
+    assert "times in Europe/Berlin" in text
+    assert "Generated 2026-11-26 10:00:00 CET" in text
+
+
+def test_any_script_is_embedded_and_extractable() -> None:
+    rows: list[Row] = [(CJK, GREEK, 1), (HEBREW, "plain", 2)]
+    reader = _pdf(_spec(rows))
+    table = reader.pages[1].extract_text()
+    assert CJK in table
+    assert GREEK in table
+    assert HEBREW in table  # drawn in visual order; pypdf reads right-to-left runs back into logical order
+    assert "?" not in table
+    fonts = set()
+    for page in reader.pages:
+        resources: Any = page["/Resources"]
+        for ref in resources["/Font"].values():
+            font = ref.get_object()
+            descendant = font["/DescendantFonts"][0].get_object()
+            assert "/FontFile2" in descendant["/FontDescriptor"]  # embedded TrueType
+            fonts.add(str(font["/BaseFont"]).split("+", 1)[1])
+    assert {"DejaVuSansCondensed", "DroidSansFallback"} <= fonts or {"DejaVuSans", "DroidSansFallback"} <= fonts
+
+
+def test_a_character_no_font_has_is_marked_and_counted() -> None:
+    rows: list[Row] = [("a\U000f0000b", "x", 1)]  # a private-use character: in no font
+    reader = _pdf(_spec(rows))
+    assert "a\ufffdb" in reader.pages[1].extract_text()
+    assert "1 character could not be drawn" in reader.pages[0].extract_text()
 
 
 def test_iter_pdf_streams_page_by_page() -> None:
     rows: list[Row] = [(f"row{i}", "y" * 40, i) for i in range(20_000)]
-    chunks = list(iter_pdf(_spec(rows), iter(rows)))
+    spec = _spec(rows)
+    chunks = list(iter_report(spec, spec.open(None), ReportFormat.PDF, RenderContext()))  # type: ignore[arg-type]
     assert len(chunks) > 3  # written while the rows arrive, not at the end
-    assert max(len(c) for c in chunks) < 2 * FLUSH_BYTES
-    assert "20000 rows." in PdfReader(io.BytesIO(b"".join(chunks))).pages[-1].extract_text()
+    assert max(len(c) for c in chunks[:-1]) < 2 * FLUSH_BYTES
+    assert "20,000 rows." in PdfReader(io.BytesIO(b"".join(chunks))).pages[-1].extract_text()
+
+
+def test_subsets_keep_the_pdf_small() -> None:
+    rows: list[Row] = [(CJK, f"value {i}", i) for i in range(50)]
+    spec = _spec(rows)
+    data = b"".join(iter_report(spec, spec.open(None), ReportFormat.PDF, RenderContext()))  # type: ignore[arg-type]
+    assert len(data) < 200_000  # the fallback font alone is 4 MB; only the glyphs drawn are embedded
+
+
+def test_fit_lines_wraps_at_separators_and_abbreviates() -> None:
+    chain = FontChain(default_font_set().chain)
+    assert fit_lines(chain, "short", 100.0) == ["short"]
+    lines = fit_lines(chain, "alpha beta gamma delta epsilon zeta eta theta", 60.0)
+    assert len(lines) > 1
+    assert lines[0].startswith("alpha")
+    assert " " not in lines[0].strip() or lines[0].endswith(("beta", "alpha"))
+    host = "h" * 255
+    wrapped = fit_lines(chain, host, 80.0, max_lines=3)
+    assert len(wrapped) == 3
+    assert wrapped[-1].endswith("…")
+    assert all(chain.width(line) * 8 / 1000 <= 81.0 for line in wrapped)
+
+
+def test_visual_order() -> None:
+    assert visual_order("plain\ttext\n") == "plain text "
+    assert visual_order(HEBREW) == HEBREW[::-1]
+    assert visual_order("שלום.example.net") == "םולש.example.net"  # a left-to-right paragraph
+    arabic = visual_order("هاتف")
+    assert arabic != "هاتف"
+    assert all(0xFE70 <= ord(c) <= 0xFEFF for c in arabic)  # joined presentation forms
+
+
+def test_configured_fonts_must_exist(tmp_path: Any) -> None:
+    with pytest.raises(ConfigError):
+        font_set([tmp_path / "missing.ttf"])
+    chain = default_font_set().chain
+    assert font_set(list(chain)).chain == chain
+
+
+def test_evidence_is_stated_on_page_one() -> None:
+    evidence = Evidence(
+        generated_at=T0,
+        generated_by="token:alice",
+        via="api",
+        chain_ok=False,
+        events_verified=41,
+        checkpoints_verified=2,
+        first_bad_seq=42,
+        bad_reason="content does not match its hash (modified)",
+        last_event=(57, "ab" * 32),
+        checkpoint=CheckpointRef(3, 40, "cd" * 32, T0, b"sig"),
+        audit_key_sha256="ef" * 32,
+    )
+    first = _pdf(_spec([("a", "b", 1)]), RenderContext(UTC, (), evidence)).pages[0].extract_text()
+    assert "by token:alice (via api)" in first
+    assert "BROKEN at event 42" in first
+    assert "#57" in first
+    assert "#3 over event #40" in first
+
+
+def test_summaries_say_none_where_there_is_nothing() -> None:
+    empty = [t.summary(UTC) for t in (FleetTally(), ExpiryTally(), AuditTally())]
+    text = "\n".join(line for s in empty for line in s.lines())
+    assert "Compliant: none" in text
+    assert "Busiest months: none" in text
+    assert "Events by action: none" in text
+    fleet = FleetTally()
+    fleet.add(status="verified", issues=[], not_after=T0 + timedelta(days=3), name="m1, h1")
+    fleet.add(status="failed", issues=["failing", "expired"], not_after=T0 - timedelta(days=1), name="m2")
+    fleet.add(status="decommissioned", issues=[], not_after=None, name="m3")
+    summary = fleet.summary(UTC)
+    assert summary.figure("compliance_percent").value == 50.0
+    assert summary.figure("failing").value == 1
+    assert summary.figure("earliest_expiry").text == "2026-11-25 09:00:00 UTC (m2)"
+    assert summary.as_dict()["breakdowns"]["by_status"]["items"][0] == ["decommissioned", 1]
 
 
 def test_compliance_rules() -> None:
@@ -126,13 +298,50 @@ def test_compliance_rules() -> None:
 
 
 def test_parameters_and_names_are_validated() -> None:
+    for bad in ({"weeks": 0}, {"months": 61}, {"weeks": 4, "months": 4}, {"since": T0.replace(tzinfo=None)}):
+        with pytest.raises(InputError):
+            ReportParams(**bad)
     with pytest.raises(InputError):
-        ReportParams(weeks=0)
-    with pytest.raises(InputError):
-        ReportParams(since=T0.replace(tzinfo=None))
+        ReportParams(since=T0, until=T0 - timedelta(days=1))
     with pytest.raises(InputError):
         parse_kind("secrets")
     with pytest.raises(InputError):
         parse_format("xlsx")
     assert parse_format("PDF") is ReportFormat.PDF
     assert ReportParams(weeks=4).as_dict(ReportKind.EXPIRY) == {"weeks": 4}
+    assert ReportParams().as_dict(ReportKind.EXPIRY) == {"months": "auto"}
+
+
+def test_inventory_columns_name_the_host() -> None:
+    assert INVENTORY_COLUMNS[:2] == ("mac", "hostname")
+    assert datetime.fromisoformat(T0.isoformat()) == T0
+
+
+def test_a_chart_of_many_periods_thins_its_labels() -> None:
+    """104 weekly bars: one rectangle per non-empty week, proportional; every n-th label and a scale instead of
+    a count above each bar."""
+    buckets = [("expired", 0)] + [(f"W{i + 1}", i % 7) for i in range(104)] + [("later", 12)]
+
+    def produce(_session: object, tally: ExpiryTally) -> Iterator[Row]:
+        tally.unit = "week"
+        tally.buckets = buckets
+        for label, n in buckets:
+            yield (label, None, None, n)
+
+    spec = ReportSpec(
+        ReportKind.EXPIRY,
+        "Forecast",
+        ("period", "start", "end", "certificates"),
+        ReportParams(weeks=104),
+        T0,
+        produce,
+        ExpiryTally,
+    )
+    reader = _pdf(spec)
+    drawn = bars(reader)
+    assert len(drawn) == sum(1 for _, n in buckets if n)
+    assert max(h for _, h in drawn) == pytest.approx(12 * min(h for _, h in drawn), rel=1e-3)
+    first = reader.pages[0].extract_text()
+    assert "W5" in first
+    assert "W2 " not in first.replace("\n", " ")
+    assert "12" in first  # the scale's maximum
