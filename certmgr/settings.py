@@ -101,6 +101,32 @@ class Settings(BaseSettings):
     )
     reconcile_scan_batch: int = Field(default=500, ge=1, description="Devices checked per dispatcher tick.")
     wpi_max_body: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024, description="Cap on a WPI POST body.")
+    # Bounds on what the phone-facing listeners hold for peers that are not a known phone's address (anyone on the
+    # phone network can reach them): see docs/threat-model.md.
+    wpi_request_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=120, description="Deadline to receive a request's headers and body (every listener)."
+    )
+    wpi_untrusted_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=300, description="Idle expiry of an interaction from an address no phone is known at."
+    )
+    wpi_max_open_per_peer: int = Field(
+        default=4, ge=1, le=1000, description="Open interactions per address that is not a known phone's."
+    )
+    wpi_max_untrusted: int = Field(
+        default=1000, ge=1, le=100_000, description="Open interactions from addresses that are not a known phone's."
+    )
+    wpi_max_buffered_per_peer: int = Field(
+        default=256 * 1024, ge=64 * 1024, description="Bytes of unfinished (fragmented) messages per such address."
+    )
+    wpi_max_buffered: int = Field(
+        default=8 * 1024 * 1024, ge=1024 * 1024, description="Bytes of unfinished messages from all such addresses."
+    )
+    wpi_max_interaction_bytes: int = Field(
+        default=1024 * 1024, ge=64 * 1024, description="Bytes one interaction may send before it is complete."
+    )
+    address_proof_interval_seconds: float = Field(
+        default=60.0, ge=0, description="Least time between two proofs of a phone's claimed new address."
+    )
 
     # --- service ------------------------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(

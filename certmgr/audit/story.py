@@ -57,6 +57,7 @@ STORY: Mapping[str, Line] = {
     "deployment.contacted": Line(INFO, "phone {mac}: contact-me sent (deployment {subject})"),
     "deployment.contact-failed": Line(INFO, "phone {mac}: contact-me failed: {reason}"),
     "deployment.written": Line(INFO, "phone {mac}: certificate written (deployment {subject}, profile {profile})"),
+    "deployment.write-confirmed": Line(INFO, "phone {mac}: already held the certificate (deployment {subject})"),
     "deployment.verified": Line(INFO, "phone {mac}: certificate {serial} verified (deployment {subject})"),
     "deployment.retry": Line(INFO, "phone {mac}: attempt {attempts} failed ({reason}); next at {next_attempt_at}"),
     "deployment.failed": Line(INFO, "phone {mac}: deployment {subject} failed: {reason}"),
@@ -65,6 +66,11 @@ STORY: Mapping[str, Line] = {
     "ca.registered": Line(INFO, "CA {subject_dn} registered as the active {role} CA (sha256 {subject})"),
     "ca.imported": Line(INFO, "CA {subject_dn} imported as the active {role} CA (sha256 {subject})"),
     "wpi.refused": Line(WARNING, "phone {subject}: message from {peer} refused (D10): {reason}"),
+    "device.address-claim": Line(WARNING, "phone {subject}: a message from {peer} claims it moved to {claimed}"),
+    "device.moved": Line(INFO, "phone {subject} moved to {to}: {proof}"),
+    "device.move-held": Line(WARNING, "phone {subject}: move from {from} to {to} held for approval: {reason}"),
+    "device.move-approved": Line(INFO, "phone {subject}: move from {from} to {to} approved by {actor}"),
+    "device.move-withdrawn": Line(INFO, "phone {subject} reported from its known address; move to {pending} dropped"),
 }
 
 

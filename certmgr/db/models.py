@@ -204,6 +204,11 @@ class Device(SQLModel, table=True):
         default=DeviceStatus.NEW, sa_type=StrEnumType(DeviceStatus, 16), nullable=False, index=True
     )
     drift: bool = Field(default=False, nullable=False)
+    #: A move to another address that certmgr could not confirm (the phone did not prove it holds its key): held
+    #: until an operator approves it; the phone keeps its known address meanwhile.
+    pending_ip: str | None = Field(default=None, sa_type=String(45))
+    pending_contact_me_uri: str | None = Field(default=None, sa_type=String(512))
+    pending_since: datetime | None = _ts(nullable=True)
     last_seen_at: datetime | None = _ts(nullable=True)
     last_contact_me_at: datetime | None = _ts(nullable=True)
     last_verified_at: datetime | None = _ts(nullable=True)
@@ -271,6 +276,9 @@ class Deployment(SQLModel, table=True):
     password_item_used: bool = Field(default=False, nullable=False)
     last_error: str | None = Field(default=None, sa_type=Text)
     contacted_at: datetime | None = _ts(nullable=True)
+    #: When a WriteItems with the certificate last left for the phone; with ``written_at`` unset the write's outcome
+    #: is unknown (e.g. certmgr died before the phone's reply-to): the next contact checks before it writes again.
+    write_sent_at: datetime | None = _ts(nullable=True)
     written_at: datetime | None = _ts(nullable=True)
     verified_at: datetime | None = _ts(nullable=True)
     finished_at: datetime | None = _ts(nullable=True)

@@ -30,11 +30,12 @@ from certmgr.db.engine import session_scope
 from certmgr.db.models import Certificate, Deployment, DeploymentState, Device, Enrollment, ProfileMemory
 from certmgr.deploy.profiles import choose_profile
 from certmgr.deploy.records import current_deployment, deployment_event, hold, interaction_lease
-from certmgr.inventory.addresses import peer_is_trusted_proxy, same_ip
+from certmgr.inventory.addresses import peer_is_phone
 from certmgr.inventory.phones import phone_policy
 from certmgr.issuance.packaging import package, signing_chain
 from certmgr.issuance.service import load_key
 from certmgr.pki.types import Pkcs12Profile
+from certmgr.wpi.certinfo import ExpectedCert
 from certmgr.wpi.jobs import Admission, Defer, Job, NoJob, Refuse, Serve
 from certmgr.wpi.messages import Reason
 
@@ -85,9 +86,18 @@ def decide(facts: CallFacts) -> Decision:
     return Decision.SERVE
 
 
+@dataclass(frozen=True)
+class Admitted:
+    """The decision for a phone's opening message, and whether its TCP peer is the phone (its known address or a
+    trusted proxy): only such a peer may hold the phone's place in the interaction table."""
+
+    admission: Admission
+    from_phone: bool
+
+
 def admit(
     runtime: Runtime, *, mac: str, peer: str | None, reason: Reason, now: datetime, busy_until: datetime | None
-) -> Admission:
+) -> Admitted:
     """Find the pending deployment for ``mac``, :func:`decide` D10 and build the job. One transaction.
 
     Serving moves the deployment to ``awaiting_callback`` (if it was not there) and leases it to this node for
@@ -100,44 +110,60 @@ def admit(
     with session_scope(runtime.engine) as session:
         device = session.exec(select(Device).where(col(Device.mac) == mac)).first()
         if device is None or device.id is None:
-            return NoJob()
+            return Admitted(NoJob(), False)
+        from_phone = peer_is_phone(peer, device.ip, settings.trusted_proxies)
         dep = current_deployment(session, device.id)
         if dep is None or dep.id is None:
-            return NoJob()
-        callback_due = (
-            dep.contacted_at is not None
-            and dep.contacted_at + timedelta(seconds=settings.callback_timeout_seconds) >= now
-        )
-        facts = CallFacts(
-            reason=reason,
-            write_pending=dep.written_at is None,
-            started_by_us=(dep.state in (S.CONTACTING, S.AWAITING_CALLBACK) and callback_due)
-            or (busy_until is not None and busy_until >= now and dep.state in (S.QUEUED, S.AWAITING_CALLBACK)),
-            peer_matches=same_ip(peer, device.ip) or peer_is_trusted_proxy(peer, settings.trusted_proxies),
-            approved=device.enrollment is Enrollment.APPROVED,
-        )
-        decision = decide(facts)
-        if decision is Decision.DEFER:
-            return Defer(dep.id)
-        if decision is Decision.IGNORE:
-            return NoJob()
-        if decision is Decision.REFUSE:
-            return Refuse("; ".join(facts.problems()), dep.id)
-        events: list[NewEvent] = []
-        if dep.state is not S.AWAITING_CALLBACK:
-            move(dep, S.AWAITING_CALLBACK, now)
-            dep.contacted_at = dep.contacted_at or now
-        hold(settings, dep, interaction_lease(settings, now))
-        job = Job.verify(dep.id, device.mac) if not facts.write_pending else _write_job(runtime, session, dep, device)
-        if job is None:
-            events.append(deployment_event("deployment.failed", dep, device.mac, reason="no PKCS#12 profile left"))
-            move(dep, S.FAILED, now, error="no PKCS#12 profile left")
-            session.add(dep)
-            append_events(session, now, events)
-            return NoJob()
+            return Admitted(NoJob(), from_phone)
+        decision = _admit(runtime, session, device, dep, from_phone, reason, now, busy_until)
+        return Admitted(decision, from_phone)
+
+
+def _admit(
+    runtime: Runtime,
+    session: Session,
+    device: Device,
+    dep: Deployment,
+    from_phone: bool,
+    reason: Reason,
+    now: datetime,
+    busy_until: datetime | None,
+) -> Admission:
+    settings = runtime.settings
+    assert dep.id is not None
+    callback_due = (
+        dep.contacted_at is not None and dep.contacted_at + timedelta(seconds=settings.callback_timeout_seconds) >= now
+    )
+    facts = CallFacts(
+        reason=reason,
+        write_pending=dep.written_at is None,
+        started_by_us=(dep.state in (S.CONTACTING, S.AWAITING_CALLBACK) and callback_due)
+        or (busy_until is not None and busy_until >= now and dep.state in (S.QUEUED, S.AWAITING_CALLBACK)),
+        peer_matches=from_phone,
+        approved=device.enrollment is Enrollment.APPROVED,
+    )
+    decision = decide(facts)
+    if decision is Decision.DEFER:
+        return Defer(dep.id)
+    if decision is Decision.IGNORE:
+        return NoJob()
+    if decision is Decision.REFUSE:
+        return Refuse("; ".join(facts.problems()), dep.id)
+    events: list[NewEvent] = []
+    if dep.state is not S.AWAITING_CALLBACK:
+        move(dep, S.AWAITING_CALLBACK, now)
+        dep.contacted_at = dep.contacted_at or now
+    hold(settings, dep, interaction_lease(settings, now))
+    job = Job.verify(dep.id, device.mac) if not facts.write_pending else _write_job(runtime, session, dep, device)
+    if job is None:
+        events.append(deployment_event("deployment.failed", dep, device.mac, reason="no PKCS#12 profile left"))
+        move(dep, S.FAILED, now, error="no PKCS#12 profile left")
         session.add(dep)
         append_events(session, now, events)
-        return Serve(job)
+        return NoJob()
+    session.add(dep)
+    append_events(session, now, events)
+    return Serve(job)
 
 
 def remembered_profile(session: Session, device: Device) -> Pkcs12Profile | None:
@@ -167,9 +193,10 @@ def _write_job(runtime: Runtime, session: Session, dep: Deployment, device: Devi
         return None
     password = runtime.pkcs12_password(policy.pkcs12.password_secret) if profile.needs_password else None
     chain, root = signing_chain(session, cert_row.issuer_fingerprint)
+    cert = x509.load_pem_x509_certificate(cert_row.cert_pem.encode())
     p12 = package(
         load_key(runtime.vault, cert_row),
-        x509.load_pem_x509_certificate(cert_row.cert_pem.encode()),
+        cert,
         chain,
         root,
         policy=policy,
@@ -183,7 +210,16 @@ def _write_job(runtime: Runtime, session: Session, dep: Deployment, device: Devi
     dep.profile_used = profile
     dep.password_item_used = password_item is not None
     assert dep.id is not None
-    return Job.certificate(dep.id, device.mac, base64.b64encode(p12).decode("ascii"), password_item=password_item)
+    # A WriteItems left earlier and its answer never came back (certmgr died, the connection broke): the phone may
+    # hold the certificate already, so the job reads the phone's info first and writes only if it lacks it.
+    unknown = dep.write_sent_at is not None and dep.written_at is None
+    return Job.certificate(
+        dep.id,
+        device.mac,
+        base64.b64encode(p12).decode("ascii"),
+        password_item=password_item,
+        check_first=ExpectedCert.from_certificate(cert) if unknown else None,
+    )
 
 
-__all__ = ["CallFacts", "Decision", "admit", "decide", "remembered_profile"]
+__all__ = ["Admitted", "CallFacts", "Decision", "admit", "decide", "remembered_profile"]

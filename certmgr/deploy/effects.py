@@ -32,7 +32,7 @@ from certmgr.db.models import (
 from certmgr.deploy.profiles import next_profile
 from certmgr.deploy.queue import retry_or_fail
 from certmgr.deploy.records import deployment_event, hold, interaction_lease, load_deployment
-from certmgr.inventory.enrollment import record_report
+from certmgr.inventory.enrollment import AddressClaim, record_report
 from certmgr.inventory.phones import phone_policy
 from certmgr.wpi.certinfo import ExpectedCert, InfoVerdict, parse_certificate_info
 from certmgr.wpi.certjudge import judge_certificate_info
@@ -47,6 +47,7 @@ from certmgr.wpi.effects import (
     SecurityRefused,
     WriteAccepted,
     WriteRejected,
+    WriteSent,
 )
 
 if TYPE_CHECKING:
@@ -62,10 +63,12 @@ _INFO_CHECK = {
 
 @dataclass(frozen=True)
 class Applied:
-    """Follow-ups for the adapter: probe this deployment; the phone was told send-solicited."""
+    """Follow-ups for the adapter: probe this deployment; the phone was told send-solicited; prove these address
+    claims (TLS-probe the claimed address, then :func:`certmgr.inventory.enrollment.resolve_claim`)."""
 
     probe_deployment_id: int | None = None
     busy_mac: str | None = None
+    claims: tuple[AddressClaim, ...] = ()
 
 
 @dataclass
@@ -82,6 +85,8 @@ class _Step:
     events: list[NewEvent] = field(default_factory=list)
     probe_id: int | None = None
     busy_mac: str | None = None
+    claims: list[AddressClaim] = field(default_factory=list)
+    subject_mac: str | None = None
 
     @property
     def live(self) -> tuple[Deployment, Device] | None:
@@ -100,15 +105,17 @@ def apply_effects(
     peer: str | None,
     now: datetime,
     transcript: Sequence[dict[str, Any]],
+    subject_mac: str | None = None,
 ) -> Applied:
     """Apply one phone message's effects and the redacted transcript in one transaction with audit events.
+    ``subject_mac`` names the phone in audit records when no deployment is given (a refusal).
 
     Raises:
         DatabaseError: if the database cannot be reached.
     """
     with session_scope(runtime.engine) as session:
         dep, device = load_deployment(session, deployment_id) if deployment_id is not None else (None, None)
-        step = _Step(runtime, session, now, peer, authorised, dep, device)
+        step = _Step(runtime, session, now, peer, authorised, dep, device, subject_mac=subject_mac)
         for effect in effects:
             _apply(step, effect)
         if step.dep is not None:
@@ -119,7 +126,7 @@ def apply_effects(
         if step.device is not None:
             session.add(step.device)
         append_events(session, now, step.events)
-    return Applied(step.probe_id, step.busy_mac)
+    return Applied(step.probe_id, step.busy_mac, tuple(step.claims))
 
 
 def _apply(step: _Step, effect: Effect) -> None:
@@ -130,8 +137,10 @@ def _apply(step: _Step, effect: Effect) -> None:
             _security_refused(step, effect)
         case ProtocolViolation():
             _protocol_violation(step, effect)
+        case WriteSent():
+            _write_sent(step)
         case WriteAccepted():
-            _write_accepted(step)
+            _write_accepted(step, effect)
         case WriteRejected():
             _write_rejected(step, effect)
         case PhoneBusy():
@@ -161,14 +170,16 @@ def _phone_reported(step: _Step, effect: PhoneReported) -> None:
         policies=step.runtime.policies,
         trusted_proxies=step.runtime.settings.trusted_proxies,
     )
-    if step.device is not None and result.device.id == step.device.id:
+    if result.claim is not None:
+        step.claims.append(result.claim)
+    if step.device is not None and result.device is not None and result.device.id == step.device.id:
         step.device = result.device
     if step.dep is not None:
         step.session.refresh(step.dep)
 
 
 def _mac(step: _Step) -> str:
-    return step.device.mac if step.device is not None else ""
+    return step.device.mac if step.device is not None else (step.subject_mac or "")
 
 
 def _security_refused(step: _Step, effect: SecurityRefused) -> None:
@@ -188,7 +199,13 @@ def _profile_name(dep: Deployment) -> str | None:
     return dep.profile_used.value if dep.profile_used is not None else None
 
 
-def _write_accepted(step: _Step) -> None:
+def _write_sent(step: _Step) -> None:
+    live = step.live
+    if live is not None:
+        live[0].write_sent_at = step.now  # committed before the reply with the WriteItems leaves
+
+
+def _write_accepted(step: _Step, effect: WriteAccepted) -> None:
     live = step.live
     if live is None:
         return
@@ -196,6 +213,9 @@ def _write_accepted(step: _Step) -> None:
     move(dep, S.WRITTEN, step.now)
     dep.written_at = step.now
     dep.check_reply = CheckReply.PASSED
+    if effect.already_present:  # an earlier write whose answer never arrived had landed: not written again
+        step.events.append(deployment_event("deployment.write-confirmed", dep, device.mac))
+        return
     step.events.append(deployment_event("deployment.written", dep, device.mac, profile=_profile_name(dep)))
 
 

@@ -29,6 +29,7 @@ from certmgr.db.locks import claim_device, node_name, serialize, skip_locked
 from certmgr.db.models import (
     Certificate,
     CertificateStatus,
+    CheckReply,
     Deployment,
     DeploymentState,
     Device,
@@ -37,10 +38,13 @@ from certmgr.db.models import (
     IssueReason,
 )
 from certmgr.deploy.backoff import next_attempt_at
-from certmgr.deploy.records import current_deployment, deployment_event, hold, load_deployment
+from certmgr.deploy.records import ACTOR, current_deployment, deployment_event, hold, load_deployment
+from certmgr.errors import ProtocolError
+from certmgr.inventory.addresses import contact_me_target, peer_is_phone
 from certmgr.inventory.phones import phone_policy
 from certmgr.issuance.service import BuiltCertificate, record_certificate
 from certmgr.policy.windows import window_open
+from certmgr.wpi.contactme import ContactMeTarget
 
 if TYPE_CHECKING:
     from certmgr.runtime import Runtime
@@ -79,11 +83,15 @@ def retry_or_fail(
 # --- dispatcher side ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ContactTask:
-    """A claimed deployment: send contact-me to ``uri``."""
+    """A claimed deployment: send contact-me to ``target`` (validated: the phone's own address or a trusted proxy,
+    the contact-me path). ``unknown_write`` is the expected SHA-256 when an earlier WriteItems' outcome is unknown:
+    probe the phone's WBM first (:func:`confirm_written` if it already serves the certificate)."""
 
     deployment_id: int
     mac: str
-    uri: str
+    target: ContactMeTarget
+    phone_ip: str
+    unknown_write: str | None = None
 
 
 def claim_due(runtime: Runtime, now: datetime, *, exclude_macs: frozenset[str] = frozenset()) -> list[ContactTask]:
@@ -130,6 +138,15 @@ def claim_due(runtime: Runtime, now: datetime, *, exclude_macs: frozenset[str] =
                 continue
             if not window_open(phone_policy(runtime.policies, device, device.policy_name)[1].windows, now):
                 continue
+            try:
+                target = contact_me_target(device.contact_me_uri or "", device.ip, settings.trusted_proxies)
+            except ProtocolError as exc:  # recorded before this rule, or the address moved: never sent there
+                device.contact_me_uri = None
+                session.add(device)
+                events.append(
+                    NewEvent(ACTOR, "device.bad-contact-me-uri", "device", device.mac, {"reason": exc.message})
+                )
+                continue
             busy.add(device.mac)
             move(dep, S.CONTACTING, now)
             dep.attempts += 1
@@ -138,8 +155,12 @@ def claim_due(runtime: Runtime, now: datetime, *, exclude_macs: frozenset[str] =
             hold(runtime.settings, dep, now + timedelta(seconds=settings.callback_timeout_seconds))
             session.add(dep)
             assert dep.id is not None
-            assert device.contact_me_uri is not None
-            tasks.append(ContactTask(dep.id, device.mac, device.contact_me_uri))
+            assert device.ip is not None
+            unknown = None
+            if dep.write_sent_at is not None and dep.written_at is None:
+                cert = session.get(Certificate, dep.certificate_id)
+                unknown = cert.fingerprint_sha256 if cert is not None else None
+            tasks.append(ContactTask(dep.id, device.mac, target, device.ip, unknown))
             events.append(
                 deployment_event(
                     "deployment.contacting", dep, device.mac, attempt=dep.attempts, node=node_name(settings)
@@ -173,9 +194,30 @@ def contact_result(
         append_events(session, now, events)
 
 
-def poll(runtime: Runtime, mac: str, now: datetime) -> bool:
-    """A DCMP poll (D5): True (answer "pending") if a deployment is due for ``mac``; it then awaits the
-    phone's callback ("certmgr started this"). Respects approval, windows and the concurrency limit.
+def confirm_written(runtime: Runtime, deployment_id: int, now: datetime) -> bool:
+    """The phone's WBM already serves the certificate of a deployment whose write outcome was unknown: record the
+    write as accepted (the contact that follows only verifies). Returns whether anything was recorded.
+
+    Raises:
+        DatabaseError: if the database cannot be reached.
+    """
+    with session_scope(runtime.engine) as session:
+        dep, device = load_deployment(session, deployment_id)
+        if dep.state.is_final or dep.written_at is not None or dep.write_sent_at is None:
+            return False
+        dep.written_at = now
+        dep.check_reply = CheckReply.PASSED
+        dep.updated_at = now
+        session.add(dep)
+        append_events(session, now, [deployment_event("deployment.write-confirmed", dep, device.mac, source="probe")])
+        return True
+
+
+def poll(runtime: Runtime, mac: str, now: datetime, *, peer: str | None = None) -> bool:
+    """A DCMP poll (D5) from TCP peer ``peer``: True (answer "pending") if a deployment is due for ``mac``; it then
+    awaits the phone's callback ("certmgr started this"). Only the phone's own address (or a trusted proxy) can
+    claim its pending deployment; a poll from elsewhere is answered "nothing pending" and changes nothing.
+    Respects approval, windows and the concurrency limit.
 
     Raises:
         DatabaseError: if the database cannot be reached.
@@ -185,6 +227,8 @@ def poll(runtime: Runtime, mac: str, now: datetime) -> bool:
         device = session.exec(select(Device).where(col(Device.mac) == mac)).first()
         if device is None or device.id is None or device.enrollment is not Enrollment.APPROVED:
             return False
+        if not peer_is_phone(peer, device.ip, settings.trusted_proxies):
+            return False  # a poll from anywhere else than the phone's address claims nothing and changes nothing
         dep = current_deployment(session, device.id)
         if dep is None:
             return False
@@ -321,6 +365,7 @@ __all__ = [
     "ContactTask",
     "QueuedCertificate",
     "claim_due",
+    "confirm_written",
     "contact_result",
     "issue_and_queue",
     "poll",

@@ -136,7 +136,7 @@ def finish_verification(
             device.drift = True
             device.status = DeviceStatus.DRIFT
             events.append(NewEvent(ACTOR, "device.drift", "device", device.mac, {"deployment": dep.id, **checks}))
-            dep.written_at = None  # the phone does not hold it: write again
+            dep.written_at = dep.write_sent_at = None  # the phone does not hold it: write again
             dep.check_reply = None
             retry_or_fail(runtime, dep, device, now, "phone reports or serves another certificate", events)
         else:

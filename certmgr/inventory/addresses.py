@@ -1,9 +1,20 @@
-"""Address rules: when two addresses are the same phone, and which peers are trusted NAT/proxy addresses. Pure."""
+"""Address rules: when two addresses are the same phone, which peers speak for a phone, and where a contact-me
+may go. Pure.
+
+In Default Mode a phone authenticates nothing; what certmgr knows is the address the phone has (the known
+address, moved only on proof of possession or by an operator). A message speaks for a phone only when its TCP
+peer is that address or a trusted NAT/proxy (:func:`peer_is_phone`); and a contact-me only ever goes to the
+phone's own address (or a trusted proxy), on the protocol's contact-me path (:func:`contact_me_target`): a
+``contact-me-uri`` cannot steer certmgr's HTTP client anywhere else (no server-side request forgery).
+"""
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+
+from certmgr.errors import ProtocolError
+from certmgr.wpi.contactme import CONTACT_ME_PATH, ContactMeTarget, parse_contact_me_uri
 
 
 def same_ip(a: str | None, b: str | None) -> bool:
@@ -38,4 +49,29 @@ def peer_is_trusted_proxy(peer: str | None, trusted: Iterable[str]) -> bool:
     return False
 
 
-__all__ = ["peer_is_trusted_proxy", "same_ip"]
+def peer_is_phone(peer: str | None, phone_address: str | None, trusted: Iterable[str]) -> bool:
+    """True if a message from TCP peer ``peer`` speaks for the phone at ``phone_address``: the same address, or a
+    trusted NAT/proxy address."""
+    return same_ip(peer, phone_address) or peer_is_trusted_proxy(peer, trusted)
+
+
+def contact_me_target(uri: str, phone_address: str | None, trusted: Iterable[str]) -> ContactMeTarget:
+    """The contact-me target of a reported ``contact-me-uri``, if certmgr may send there: an IP literal (no DNS
+    name) that is the phone's own address or a trusted proxy, on the protocol's contact-me path; the port stays
+    the phone's choice.
+
+    Raises:
+        ProtocolError: naming what is refused.
+    """
+    target = parse_contact_me_uri(uri)
+    if target.ip is None:
+        raise ProtocolError("contact-me-uri names a DNS name; only the phone's own address is accepted")
+    host = str(target.ip)
+    if not (same_ip(host, phone_address) or peer_is_trusted_proxy(host, trusted)):
+        raise ProtocolError(f"contact-me-uri names {host}, not the phone's address")
+    if target.path != CONTACT_ME_PATH:
+        raise ProtocolError("contact-me-uri names another path than the protocol's contact-me path")
+    return target
+
+
+__all__ = ["contact_me_target", "peer_is_phone", "peer_is_trusted_proxy", "same_ip"]

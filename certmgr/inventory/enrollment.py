@@ -1,17 +1,31 @@
-"""Inventory and enrollment (D9): what phones tell certmgr about themselves, and operator approval.
+"""Inventory and enrollment (D9): what phones tell certmgr about themselves, address moves, operator approval.
 
 Every function runs in the caller's transaction and writes its audit events there.
 
-Address rule (D9, §8 (b)): the phone's IP is taken from its ``contact-me-uri`` when the TCP peer agrees with it
-(or the peer is a trusted NAT/proxy address); a phone whose URI names no IP literal gets the peer address. When
-URI and peer disagree, the known address is kept and the mismatch is audited: an unauthenticated message must
-not be able to move a phone (and with it the key, D10) to another address.
+**Who may change a phone's record.** In Default Mode nothing is authenticated, so a message only speaks for a
+phone when its TCP peer is the phone's known address or a trusted NAT/proxy
+(:func:`~certmgr.inventory.addresses.peer_is_phone`):
+
+* a **new** phone (unknown MAC) is recorded from its first message (D9), its address taken from its
+  ``contact-me-uri`` when the peer agrees with it (or is a trusted proxy); its policy's enrollment mode decides
+  whether it is approved at once;
+* a **known** phone's record (E.164, model, firmware, ``contact-me-uri``) is updated only from its known address;
+* a message for a known phone from **another** address changes nothing. If it is self-consistent (its
+  ``contact-me-uri`` names the sender) it is an **address claim** (:class:`AddressClaim`): the adapter TLS-probes the
+  claimed address and :func:`resolve_claim` moves the phone only on proof of possession — the new address serves
+  the certificate certmgr last deployed to the phone (the handshake proves it holds the key). Without proof the
+  move is **held** for an operator (``pending_ip``), except for a phone that never received a certificate from
+  certmgr, which follows its policy's enrollment mode. A later message from the known address withdraws the claim.
+
+A ``contact-me-uri`` is kept only if certmgr may send a contact-me there
+(:func:`~certmgr.inventory.addresses.contact_me_target`): the phone's own address (or a trusted proxy), an IP
+literal, the protocol's contact-me path.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -19,11 +33,11 @@ from sqlmodel import Session, col, select
 
 from certmgr.audit.log import NewEvent, append_events
 from certmgr.db.deployments import UNFINISHED_STATES, move
-from certmgr.db.models import Deployment, DeploymentState, Device, DeviceStatus, Enrollment
+from certmgr.db.models import Certificate, Deployment, DeploymentState, Device, DeviceStatus, Enrollment
 from certmgr.errors import ConflictError, InputError, NotFoundError, PolicyError, ProtocolError
 from certmgr.identity import DeviceIdentity, normalize_mac
-from certmgr.inventory.addresses import peer_is_trusted_proxy, same_ip
-from certmgr.inventory.phones import policy_for
+from certmgr.inventory.addresses import contact_me_target, peer_is_phone, peer_is_trusted_proxy, same_ip
+from certmgr.inventory.phones import identity_of, policy_for
 from certmgr.policy import PolicySet
 from certmgr.wpi.contactme import parse_contact_me_uri
 from certmgr.wpi.messages import ITEM_CONTACT_ME_URI, ITEM_DEVICE_TYPE, ITEM_E164, ITEM_SOFTWARE_VERSION
@@ -32,12 +46,23 @@ ACTOR = "wpi"
 
 
 @dataclass(frozen=True)
-class ReportResult:
-    """What :func:`record_report` did: the device, whether it is new, and whether its IP changed."""
+class AddressClaim:
+    """A known phone reported from another address, naming it in its ``contact-me-uri``: to be proven."""
 
-    device: Device
+    mac: str
+    ip: str
+    contact_me_uri: str
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """What :func:`record_report` did: the device (``None`` if nothing was recorded), whether it is new, whether its
+    address changed, and an address claim to prove (see the module docstring)."""
+
+    device: Device | None
     created: bool
     ip_changed: bool
+    claim: AddressClaim | None = None
 
 
 def _clip(value: str | None, limit: int) -> str | None:
@@ -68,6 +93,31 @@ def supersede_unfinished(
     return events
 
 
+def _reported_address(
+    items: Mapping[str, str | None], peer: str | None, trusted: Sequence[str]
+) -> tuple[str | None, str | None, str | None]:
+    """``(address, contact-me-uri, problem)`` of a report: the address the message speaks for (the URI's IP when the
+    peer agrees or is a trusted proxy, else the peer), the URI if certmgr may contact-me there, and what was wrong."""
+    uri = _clip(items.get(ITEM_CONTACT_ME_URI), 255)
+    peer_trusted = peer_is_trusted_proxy(peer, trusted)
+    if uri is None:
+        return (None if peer_trusted else peer), None, None
+    try:
+        uri_ip = parse_contact_me_uri(uri).ip
+    except ProtocolError as exc:
+        return (None if peer_trusted else peer), None, exc.message
+    if uri_ip is None:
+        return (None if peer_trusted else peer), None, "contact-me-uri names a DNS name"
+    address = str(uri_ip)
+    if not peer_trusted and not same_ip(peer, address):
+        return peer, None, f"contact-me-uri names {address}, the message came from {peer}"
+    try:
+        contact_me_target(uri, address, trusted)
+    except ProtocolError as exc:
+        return address, None, exc.message
+    return address, uri, None
+
+
 def record_report(
     session: Session,
     *,
@@ -79,78 +129,33 @@ def record_report(
     policies: PolicySet,
     trusted_proxies: Iterable[str] = (),
 ) -> ReportResult:
-    """Create or update the device ``mac`` from an opening message's items (D9).
-
-    A new phone gets its policy; ``enrollment = auto`` approves it at once, ``approve`` leaves it pending (with
-    an audit event) until an operator approves it. A changed IP supersedes the device's unfinished deployments
-    (their certificate's SANs are stale); the reconciler issues the new certificate.
+    """Take an opening message's items for phone ``mac`` (D9), under the rules of the module docstring.
 
     Raises:
         InputError: for an invalid MAC.
     """
     mac = normalize_mac(mac)
     trusted = list(trusted_proxies)
-    uri = _clip(items.get(ITEM_CONTACT_ME_URI), 255)
-    uri_ip: str | None = None
-    events: list[NewEvent] = []
-    if uri is not None:
-        try:
-            target = parse_contact_me_uri(uri)
-            uri_ip = str(target.ip) if target.ip is not None else None
-        except ProtocolError:
-            events.append(NewEvent(ACTOR, "device.bad-contact-me-uri", "device", mac, {"reason": reason}))
-            uri = None
-    peer_trusted = peer_is_trusted_proxy(peer, trusted)
-    new_ip: str | None
-    mismatch = False
-    if uri_ip is not None:
-        if peer is None or same_ip(peer, uri_ip) or peer_trusted:
-            new_ip = uri_ip
-        else:
-            new_ip, mismatch = None, True
-    else:
-        new_ip = peer if peer is not None and not peer_trusted else None
-
+    address, uri, problem = _reported_address(items, peer, trusted)
     device = session.exec(select(Device).where(col(Device.mac) == mac)).first()
-    created = device is None
+    events: list[NewEvent] = []
+    if problem is not None:
+        events.append(NewEvent(ACTOR, "device.bad-contact-me-uri", "device", mac, {"reason": problem, "peer": peer}))
     if device is None:
-        identity = DeviceIdentity(
-            mac=mac,
-            ips=(ipaddress.ip_address(new_ip),) if new_ip else (),
-            e164=_clip(items.get(ITEM_E164), 32),
-            model=_clip(items.get(ITEM_DEVICE_TYPE), 64),
-            firmware=_clip(items.get(ITEM_SOFTWARE_VERSION), 64),
-        )
-        try:
-            policy = policy_for(policies, None, identity).policy
-        except PolicyError:
-            policy = None
-        approved = policy is not None and policy.enrollment == "auto"
-        device = Device(
-            mac=mac,
-            policy_name=policy.name if policy is not None else None,
-            enrollment=Enrollment.APPROVED if approved else Enrollment.PENDING,
-            status=DeviceStatus.ENROLLED if approved else DeviceStatus.NEW,
-            created_at=now,
-            updated_at=now,
-        )
+        device = _new_device(session, mac, items, reason, address, uri, now, policies, events)
+        append_events(session, now, events)
+        return ReportResult(device, True, False)
+    if not peer_is_phone(peer, device.ip, trusted) and device.ip is not None:
+        # Another address speaks for a known phone: nothing changes; a self-consistent message is a claim to prove.
+        claim = None
+        if uri is not None and address is not None and not same_ip(address, device.ip):
+            claim = AddressClaim(mac, address, uri)
         events.append(
-            NewEvent(
-                ACTOR,
-                "device.discovered",
-                "device",
-                mac,
-                {
-                    "reason": reason,
-                    "policy": device.policy_name,
-                    "enrollment": device.enrollment.value,
-                    "ip": new_ip,
-                },
-            )
-        )
-        if not approved:
-            events.append(NewEvent(ACTOR, "device.approval-pending", "device", mac, {"policy": device.policy_name}))
-    old_ip = device.ip
+            NewEvent(ACTOR, "device.address-claim" if claim else "device.address-mismatch", "device", mac,
+                     {"peer": peer, "claimed": address, "known": device.ip, "reason": reason})
+        )  # fmt: skip
+        append_events(session, now, events)
+        return ReportResult(None, False, False, claim)
     for attr, key, limit in (
         ("e164", ITEM_E164, 32),
         ("device_type", ITEM_DEVICE_TYPE, 64),
@@ -159,29 +164,143 @@ def record_report(
         value = _clip(items.get(key), limit)
         if value is not None:
             setattr(device, attr, value)
-    if uri is not None and not mismatch:
-        device.contact_me_uri = uri
-    if mismatch:
-        events.append(
-            NewEvent(ACTOR, "device.address-mismatch", "device", mac, {"peer": peer, "contact_me_ip": uri_ip})
-        )
     ip_changed = False
-    if new_ip is not None and not same_ip(new_ip, old_ip):
-        device.ip = new_ip
-        ip_changed = not created and old_ip is not None
+    if device.ip is None and address is not None:
+        device.ip = address  # a pre-registered phone's first report, or one recorded without an address
+    if uri is not None and same_ip(address, device.ip):
+        device.contact_me_uri = uri
+    elif address is not None and not same_ip(address, device.ip):
+        # The known address speaks (e.g. through a trusted proxy) for another address: a move to prove.
+        append_events(session, now, events)
+        return ReportResult(device, False, False, AddressClaim(mac, address, uri) if uri else None)
+    if device.pending_ip is not None:
+        events.append(NewEvent(ACTOR, "device.move-withdrawn", "device", mac, {"pending": device.pending_ip}))
+        device.pending_ip = device.pending_contact_me_uri = device.pending_since = None
     device.last_seen_at = now
     device.updated_at = now
     session.add(device)
     session.flush()
-    if ip_changed:
-        events.append(NewEvent(ACTOR, "device.ip-changed", "device", mac, {"old": old_ip, "new": new_ip}))
-        events.extend(supersede_unfinished(session, device, now, "ip-change"))
     append_events(session, now, events)
-    return ReportResult(device, created, ip_changed)
+    return ReportResult(device, False, ip_changed)
+
+
+def _new_device(
+    session: Session,
+    mac: str,
+    items: Mapping[str, str | None],
+    reason: str,
+    address: str | None,
+    uri: str | None,
+    now: datetime,
+    policies: PolicySet,
+    events: list[NewEvent],
+) -> Device:
+    identity = DeviceIdentity(
+        mac=mac,
+        ips=(ipaddress.ip_address(address),) if address else (),
+        e164=_clip(items.get(ITEM_E164), 32),
+        model=_clip(items.get(ITEM_DEVICE_TYPE), 64),
+        firmware=_clip(items.get(ITEM_SOFTWARE_VERSION), 64),
+    )
+    try:
+        policy = policy_for(policies, None, identity).policy
+    except PolicyError:
+        policy = None
+    approved = policy is not None and policy.enrollment == "auto"
+    device = Device(
+        mac=mac,
+        ip=address,
+        contact_me_uri=uri,
+        e164=identity.e164,
+        device_type=identity.model,
+        software_version=identity.firmware,
+        policy_name=policy.name if policy is not None else None,
+        enrollment=Enrollment.APPROVED if approved else Enrollment.PENDING,
+        status=DeviceStatus.ENROLLED if approved else DeviceStatus.NEW,
+        last_seen_at=now,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(device)
+    session.flush()
+    details = {"reason": reason, "policy": device.policy_name, "enrollment": device.enrollment.value, "ip": address}
+    events.append(NewEvent(ACTOR, "device.discovered", "device", mac, details))
+    if not approved:
+        events.append(NewEvent(ACTOR, "device.approval-pending", "device", mac, {"policy": device.policy_name}))
+    return device
+
+
+# --- address moves --------------------------------------------------------------------------------------------
+def resolve_claim(
+    session: Session,
+    claim: AddressClaim,
+    *,
+    served_sha256: str | None,
+    probe_error: str | None,
+    now: datetime,
+    policies: PolicySet,
+) -> str:
+    """Decide an address claim after the TLS probe of the claimed address (module docstring); returns what was
+    done: ``moved``, ``held`` or ``stale`` (the phone's record changed meanwhile; nothing done).
+
+    Raises:
+        DatabaseError: if the database cannot be reached.
+    """
+    device = session.exec(select(Device).where(col(Device.mac) == claim.mac)).first()
+    if device is None or same_ip(device.ip, claim.ip) or device.enrollment is Enrollment.DECOMMISSIONED:
+        return "stale"
+    current = session.get(Certificate, device.current_certificate_id) if device.current_certificate_id else None
+    if current is not None and served_sha256 is not None and served_sha256 == current.fingerprint_sha256:
+        proof = f"the new address serves certificate {current.serial}"
+    elif current is None and _auto_enrolled(device, policies):
+        proof = "the phone never received a certificate from certmgr; its policy enrolls automatically"
+    else:
+        why = (
+            "the new address did not serve the phone's certificate"
+            if current is not None
+            else "the phone's policy requires approval"
+        )
+        device.pending_ip, device.pending_contact_me_uri, device.pending_since = claim.ip, claim.contact_me_uri, now
+        device.updated_at = now
+        session.add(device)
+        details = {"from": device.ip, "to": claim.ip, "reason": why, "probe_error": probe_error}
+        append_events(session, now, [NewEvent(ACTOR, "device.move-held", "device", device.mac, details)])
+        return "held"
+    events = move_device(session, device, claim.ip, claim.contact_me_uri, now)
+    events.insert(0, NewEvent(ACTOR, "device.moved", "device", device.mac, {"to": claim.ip, "proof": proof}))
+    append_events(session, now, events)
+    return "moved"
+
+
+def _auto_enrolled(device: Device, policies: PolicySet) -> bool:
+    try:
+        return policy_for(policies, device.policy_name, identity_of(device)).policy.enrollment == "auto"
+    except (PolicyError, InputError):
+        return False
+
+
+def move_device(session: Session, device: Device, ip: str, contact_me_uri: str | None, now: datetime) -> list[NewEvent]:
+    """Give ``device`` its new address (and contact-me URI); its unfinished deployments are superseded (their
+    certificates name the old address) and the reconciler issues for the new one. Returns the audit events.
+
+    Raises:
+        DatabaseError: if the database cannot be reached.
+    """
+    old = device.ip
+    device.ip = ip
+    device.contact_me_uri = contact_me_uri
+    device.pending_ip = device.pending_contact_me_uri = device.pending_since = None
+    device.last_seen_at = device.updated_at = now
+    session.add(device)
+    session.flush()
+    events = [NewEvent(ACTOR, "device.ip-changed", "device", device.mac, {"old": old, "new": ip})]
+    events.extend(supersede_unfinished(session, device, now, "ip-change"))
+    return events
 
 
 def approve_device(session: Session, mac: str, now: datetime, actor: str) -> Device:
-    """Approve a pending phone so that certmgr deploys to it.
+    """Approve a pending phone so that certmgr deploys to it, and a held address move (the phone gets the new
+    address; a certificate for it is issued and deployed there).
 
     Raises:
         InputError: invalid MAC. NotFoundError: unknown phone. ConflictError: decommissioned phone.
@@ -195,6 +314,11 @@ def approve_device(session: Session, mac: str, now: datetime, actor: str) -> Dev
         raise NotFoundError(f"no phone with MAC {mac}", mac=mac)
     if device.enrollment is Enrollment.DECOMMISSIONED:
         raise ConflictError(f"phone {mac} is decommissioned", mac=mac)
+    if device.pending_ip is not None:  # a held address move: the operator vouches for the new address
+        pending = device.pending_ip
+        events = [NewEvent(actor, "device.move-approved", "device", mac, {"from": device.ip, "to": pending})]
+        events += move_device(session, device, pending, device.pending_contact_me_uri, now)
+        append_events(session, now, events)
     if device.enrollment is Enrollment.APPROVED:
         return device
     device.enrollment = Enrollment.APPROVED

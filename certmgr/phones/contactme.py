@@ -8,7 +8,7 @@ import socket
 import httpx
 
 from certmgr.errors import DeploymentError, ProtocolError
-from certmgr.wpi.contactme import CONTACT_ME_CONTENT_TYPE, build_contact_me, parse_contact_me_uri
+from certmgr.wpi.contactme import CONTACT_ME_CONTENT_TYPE, ContactMeTarget, build_contact_me
 
 
 def local_address_for(host: str, port: int) -> str:
@@ -33,26 +33,27 @@ def local_address_for(host: str, port: int) -> str:
 
 
 async def send_contact_me(
-    client: httpx.AsyncClient, contact_me_uri: str, dls_ip_addr: str | None, dls_ip_port: int
+    client: httpx.AsyncClient, target: ContactMeTarget, dls_ip_addr: str | None, dls_ip_port: int
 ) -> tuple[int, str]:
-    """POST contact-me to ``contact_me_uri``; returns ``(HTTP status, dls_ip_addr used)``.
+    """POST contact-me to ``target`` — already validated by
+    :func:`certmgr.inventory.addresses.contact_me_target` (the phone's own address or a trusted proxy, the
+    contact-me path); returns ``(HTTP status, dls_ip_addr used)``.
 
     ``dls_ip_addr`` ``None`` means: the local address towards the phone. Any 2xx counts as success (D4).
+    Redirects are not followed.
 
     Raises:
-        DeploymentError: for an unusable URI, a network error or a non-2xx answer.
+        DeploymentError: for a network error or a non-2xx answer.
     """
-    try:
-        target = parse_contact_me_uri(contact_me_uri)
-    except ProtocolError as exc:
-        raise DeploymentError(f"unusable contact-me-uri: {exc.message}") from exc
     addr = dls_ip_addr or local_address_for(target.host, target.port)
     try:
         body = build_contact_me(addr, dls_ip_port)
     except ProtocolError as exc:
         raise DeploymentError(f"cannot build contact-me: {exc.message}") from exc
     try:
-        response = await client.post(target.url, content=body, headers={"Content-Type": CONTACT_ME_CONTENT_TYPE})
+        response = await client.post(
+            target.url, content=body, headers={"Content-Type": CONTACT_ME_CONTENT_TYPE}, follow_redirects=False
+        )
     except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
         # Nothing answered on the phone's contact-me port: the phone is off, unplugged or filtered.
         raise DeploymentError(f"contact-me to {target.host} failed: phone unreachable ({type(exc).__name__})") from exc

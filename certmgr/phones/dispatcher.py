@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING
 import httpx
 
 from certmgr.db.txretry import run_db
-from certmgr.deploy.queue import ContactTask, claim_due, contact_result
+from certmgr.deploy.queue import ContactTask, claim_due, confirm_written, contact_result
 from certmgr.deploy.reconcile import Reconciler
 from certmgr.deploy.recovery import expire_stale, recover
 from certmgr.errors import CertmgrError
 from certmgr.phones.contactme import send_contact_me
 from certmgr.phones.hub import DeploymentHub
+from certmgr.phones.probe import probe_once
 
 if TYPE_CHECKING:
     from certmgr.runtime import Runtime
@@ -100,8 +101,10 @@ class Dispatcher:
         settings = self.runtime.settings
         error: str | None = None
         addr: str | None = None
+        if task.unknown_write is not None:
+            await self._check_unknown_write(task, task.unknown_write)
         try:
-            _status, addr = await send_contact_me(client, task.uri, settings.wpi_public_addr, self.callback_port)
+            _status, addr = await send_contact_me(client, task.target, settings.wpi_public_addr, self.callback_port)
         except CertmgrError as exc:
             error = exc.message
         try:
@@ -116,3 +119,17 @@ class Dispatcher:
             )
         except CertmgrError as exc:
             log.error("cannot record the contact-me to %s: %s", task.mac, exc.message)
+
+    async def _check_unknown_write(self, task: ContactTask, expected_sha256: str) -> None:
+        """An earlier WriteItems' answer never came: if the phone's WBM already serves the certificate, record the
+        write (the contact that follows only verifies); otherwise the job reads the phone's info before writing."""
+        settings = self.runtime.settings
+        try:
+            seen = await asyncio.to_thread(probe_once, task.phone_ip, settings.wbm_port, settings.probe_timeout_seconds)
+        except CertmgrError:
+            return
+        if seen == expected_sha256:
+            try:
+                await run_db(confirm_written, self.runtime, task.deployment_id, self.runtime.clock.now())
+            except CertmgrError as exc:
+                log.error("cannot record the write of %s: %s", task.mac, exc.message)

@@ -1,13 +1,25 @@
 """The live side of the pipeline, shared by the phone-facing listener and the dispatcher (one asyncio loop).
 
-:class:`DeploymentHub` owns the in-memory interaction table (D3: keyed by the ``JSESSIONID`` cookie, with the
-MAC as fallback; never two interactions with one phone), runs one phone message through
-:mod:`certmgr.wpi.interaction`, applies the effects in the database (worker thread, one transaction with the
-audit events) and starts the TLS probe after the certificate info came back.
+:class:`DeploymentHub` owns the in-memory interaction table, runs one phone message through
+:mod:`certmgr.wpi.interaction`, applies the effects in the database (worker thread, one transaction with the audit
+events), starts the TLS probe after the certificate info came back, and proves address claims.
+
+**Who may hold what** (everything reaching this port may come from an attacker on the phone network):
+
+* An interaction is *trusted* when its TCP peer is the phone's known address (or a trusted proxy). Only a trusted
+  interaction is indexed by the phone's MAC (D3's fallback) and counts as "the phone's interaction": a message from
+  another address can neither continue it (by cookie or by MAC) nor occupy the phone's place.
+* Untrusted interactions (unknown phones, foreign peers) live in a bounded pool: at most ``wpi_max_open_per_peer``
+  per address and ``wpi_max_untrusted`` in all (more get HTTP 429), ``wpi_max_buffered_per_peer`` /
+  ``wpi_max_buffered`` bytes of unfinished fragmented messages, and they expire after
+  ``wpi_untrusted_timeout_seconds``. Every interaction stops (CleanUp, protocol violation) past
+  ``wpi_max_interaction_bytes``. A phone with a pending deployment is served whatever the pool holds.
+* Refusals from foreign peers are audited at most once per address every ``_AUDIT_EVERY`` (with the count of
+  those not written), so a flood cannot grow the audit log without bound.
 
 Every database call runs in a worker thread (``asyncio.to_thread``; the ones that change a deployment through
-:func:`~certmgr.db.txretry.run_db`, which retries a lost optimistic-lock race); the table itself is only
-touched on the event loop, and a per-phone :class:`asyncio.Lock` serialises the messages of one phone.
+:func:`~certmgr.db.txretry.run_db`, which retries a lost optimistic-lock race); the table itself is only touched
+on the event loop, and a per-(address, phone) :class:`asyncio.Lock` serialises the messages of one phone.
 """
 
 from __future__ import annotations
@@ -19,15 +31,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from certmgr.db.engine import session_scope
 from certmgr.db.txretry import run_db
-from certmgr.deploy.admission import admit
+from certmgr.deploy.admission import Admitted, admit
 from certmgr.deploy.effects import apply_effects
 from certmgr.deploy.verification import finish_verification, probe_target
 from certmgr.errors import CertmgrError, ProtocolError
-from certmgr.phones.probe import probe_until
+from certmgr.inventory.enrollment import AddressClaim, resolve_claim
+from certmgr.phones.probe import probe_once, probe_until
 from certmgr.wpi import interaction as wi
 from certmgr.wpi.codec import encode_dls, parse_workpoint
-from certmgr.wpi.jobs import Admission, NoJob, Serve, deployment_of
+from certmgr.wpi.jobs import NoJob, Serve, deployment_of
 from certmgr.wpi.messages import DLSMessage, Reason, WorkpointMessage, cleanup_message
 
 if TYPE_CHECKING:
@@ -38,6 +52,10 @@ log = logging.getLogger("certmgr.wpi")
 COOKIE_NAME = "JSESSIONID"
 COOKIE_PATH = "/DeploymentService"
 MAX_INTERACTIONS = 10_000
+#: Refusals from one foreign address are audited at most this often.
+_AUDIT_EVERY = timedelta(seconds=10)
+#: Address proofs (TLS probes of a claimed new address) running at once.
+MAX_PROOFS = 16
 
 
 @dataclass
@@ -49,6 +67,8 @@ class _Live:
     authorised: bool
     peer: str | None
     last_at: datetime
+    trusted: bool  # the peer is the phone's known address (or a trusted proxy)
+    taken: int = 0  # request bytes this interaction has taken so far
 
 
 @dataclass(frozen=True)
@@ -59,29 +79,48 @@ class WpiResponse:
     body: bytes
     content_type: str = "text/xml; charset=utf-8"
     set_cookie: str | None = None
+    retry_after: int | None = None
+
+
+def _plain(status: int, text: str, retry_after: int | None = None) -> WpiResponse:
+    return WpiResponse(status, f"{text}\n".encode(), "text/plain; charset=utf-8", retry_after=retry_after)
 
 
 @dataclass
 class DeploymentHub:
-    """Interaction table, busy markers and probe tasks of one certmgr process."""
+    """Interaction table, busy markers, probe and proof tasks of one certmgr process."""
 
     runtime: Runtime
     _live: dict[str, _Live] = field(default_factory=dict)
     _by_mac: dict[str, str] = field(default_factory=dict)
+    _untrusted_per_peer: dict[str, int] = field(default_factory=dict)
+    _buffered_per_peer: dict[str, int] = field(default_factory=dict)
     _busy_until: dict[str, datetime] = field(default_factory=dict)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     _probes: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    _proofs: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    _last_proof: dict[str, datetime] = field(default_factory=dict)
+    _audited: dict[str, tuple[datetime, int]] = field(default_factory=dict)
     on_device_seen: list[Any] = field(default_factory=list)
 
-    # -- views used by the dispatcher --
+    # -- views used by the dispatcher and the tests --
     def active_deployments(self) -> frozenset[int]:
         """Deployments with a live interaction or a running probe."""
         ids = {live.deployment_id for live in self._live.values() if live.deployment_id is not None}
         return frozenset(ids | set(self._probes))
 
     def active_macs(self) -> frozenset[str]:
-        """Phones in a live interaction."""
+        """Phones in a live (trusted) interaction."""
         return frozenset(self._by_mac)
+
+    def held(self) -> dict[str, int]:
+        """What the table holds: interactions, untrusted ones, buffered bytes of untrusted peers, locks."""
+        return {
+            "interactions": len(self._live),
+            "untrusted": sum(self._untrusted_per_peer.values()),
+            "buffered": sum(self._buffered_per_peer.values()),
+            "locks": len(self._locks),
+        }
 
     def _now(self) -> datetime:
         return self.runtime.clock.now()
@@ -94,20 +133,48 @@ class DeploymentHub:
             lock = self._locks[key] = asyncio.Lock()
         return lock
 
+    def _register(self, live: _Live) -> None:
+        self._live[live.token] = live
+        if live.trusted and live.mac is not None:
+            self._by_mac[live.mac] = live.token
+        elif not live.trusted:
+            peer = live.peer or ""
+            self._untrusted_per_peer[peer] = self._untrusted_per_peer.get(peer, 0) + 1
+
     def _drop(self, live: _Live) -> None:
-        self._live.pop(live.token, None)
+        if self._live.pop(live.token, None) is None:
+            return
         if live.mac is not None and self._by_mac.get(live.mac) == live.token:
             del self._by_mac[live.mac]
+        if not live.trusted:
+            peer = live.peer or ""
+            self._decrement(self._untrusted_per_peer, peer, 1)
+            self._decrement(self._buffered_per_peer, peer, live.taken)
+
+    @staticmethod
+    def _decrement(table: dict[str, int], key: str, amount: int) -> None:
+        left = table.get(key, 0) - amount
+        if left > 0:
+            table[key] = left
+        else:
+            table.pop(key, None)
 
     def sweep(self) -> None:
-        """Forget interactions idle longer than ``interaction_timeout_seconds`` (and old busy markers)."""
+        """Forget idle interactions (``interaction_timeout_seconds``; ``wpi_untrusted_timeout_seconds`` for
+        untrusted ones), old busy markers and old refusal counters."""
         now = self._now()
-        idle = timedelta(seconds=self.runtime.settings.interaction_timeout_seconds)
-        for live in [x for x in self._live.values() if x.last_at + idle < now]:
-            log.info("interaction with %s timed out", live.mac)
-            self._drop(live)
+        settings = self.runtime.settings
+        idle = timedelta(seconds=settings.interaction_timeout_seconds)
+        idle_untrusted = timedelta(seconds=settings.wpi_untrusted_timeout_seconds)
+        for live in list(self._live.values()):
+            if live.last_at + (idle if live.trusted else idle_untrusted) < now:
+                if live.trusted:
+                    log.info("interaction with %s timed out", live.mac)
+                self._drop(live)
         for mac in [m for m, until in self._busy_until.items() if until < now]:
             del self._busy_until[mac]
+        for peer in [p for p, (at, _n) in self._audited.items() if at + _AUDIT_EVERY < now]:
+            del self._audited[peer]
 
     # -- the phone-facing entry point --
     async def handle(self, body: bytes, *, peer: str | None, cookie: str | None, path: str) -> WpiResponse:
@@ -119,8 +186,8 @@ class DeploymentHub:
         try:
             msg = parse_workpoint(body, max_body=self.runtime.settings.wpi_max_body)
         except ProtocolError as exc:
-            log.info("rejected a WPI message from %s on %s: %s", peer, path, exc.message)
-            return WpiResponse(400, f"bad request: {exc.message}\n".encode(), "text/plain; charset=utf-8")
+            log.debug("rejected a WPI message from %s on %s: %s", peer, path[:200], exc.message)
+            return _plain(400, f"bad request: {exc.message}")
         if path.rstrip("/") != "/DeploymentService/LoginService":
             log.debug("WPI message from %s on path %s", peer, path[:200])
         self.sweep()
@@ -129,69 +196,97 @@ class DeploymentHub:
             live = None  # a cookie from another address does not continue an interaction
         opening = msg.reason in wi.OPENING_REASONS
         if live is None and not opening and msg.mac is not None:
-            token = self._by_mac.get(msg.mac)
+            token = self._by_mac.get(msg.mac)  # trusted interactions only
             candidate = self._live.get(token) if token else None
             if candidate is not None and candidate.peer == peer:
                 live = candidate
-        key = live.mac if live is not None and live.mac else (msg.mac or f"peer:{peer}")
+        key = f"{peer}|{live.mac if live is not None and live.mac else msg.mac}"
         async with self._lock(key):
             if live is None or (opening and cookie is None):
-                return await self._open(msg, peer=peer)
-            return await self._continue(live, msg)
+                return await self._open(msg, peer=peer, size=len(body))
+            return await self._continue(live, msg, size=len(body))
 
-    async def _open(self, msg: WorkpointMessage, *, peer: str | None) -> WpiResponse:
+    async def _open(self, msg: WorkpointMessage, *, peer: str | None, size: int) -> WpiResponse:
+        settings = self.runtime.settings
         mac = msg.mac
         now = self._now()
         if mac is not None and mac in self._by_mac:
             other = self._live.get(self._by_mac[mac])
-            if other is not None and not other.interaction.finished:
+            if other is not None and other.peer == peer and not other.interaction.finished:
                 # Never two interactions with one phone: the running one keeps the job.
                 reply = cleanup_message(msg.nonce, reason="interaction in progress")
-                await asyncio.to_thread(
-                    apply_effects,
-                    self.runtime,
-                    effects=[wi.SecurityRefused("second interaction while one is in progress")],
-                    deployment_id=None,
-                    authorised=False,
-                    peer=peer,
-                    now=now,
-                    transcript=[],
-                )
+                await self._audit_refusal(peer, mac, "second interaction while one is in progress", now)
                 return WpiResponse(200, encode_dls(reply))
-        admission: Admission = NoJob()
+        admitted = Admitted(NoJob(), False)
         if mac is not None and msg.reason in wi.OPENING_REASONS:
-            busy_until = self._busy_until.get(mac)
             try:
-                admission = await run_db(
+                admitted = await run_db(
                     admit,
                     self.runtime,
                     mac=mac,
                     peer=peer,
                     reason=msg.reason if isinstance(msg.reason, Reason) else Reason.STATUS,
                     now=now,
-                    busy_until=busy_until,
+                    busy_until=self._busy_until.get(mac),
                 )
             except CertmgrError as exc:
                 log.error("cannot prepare the job for %s: %s", mac, exc.message)
-                admission = NoJob()
+                admitted = Admitted(NoJob(), False)
+        admission = admitted.admission
+        trusted = admitted.from_phone
+        if not trusted:
+            key = peer or ""
+            if self._untrusted_per_peer.get(key, 0) >= settings.wpi_max_open_per_peer or (
+                sum(self._untrusted_per_peer.values()) >= settings.wpi_max_untrusted
+            ):
+                return _plain(429, "too many open interactions from this address", retry_after=10)
         interaction, output = wi.start(msg, admission)
         authorised = isinstance(admission, Serve)
         token = secrets.token_hex(16)
-        live = _Live(token, mac, interaction, deployment_of(admission), authorised, peer, now)
+        # A refused call is audited (rate-limited per address) and changes nothing else: no deployment is touched.
+        deployment_id = deployment_of(admission) if authorised or trusted else None
+        live = _Live(token, mac, interaction, deployment_id, authorised, peer, now, trusted)
         cookie = None
         if not output.finished:
             if len(self._live) >= MAX_INTERACTIONS:
-                return WpiResponse(503, b"too many interactions\n", "text/plain; charset=utf-8")
-            self._live[token] = live
-            if mac is not None:
-                self._by_mac[mac] = token
+                return _plain(429, "too many open interactions", retry_after=10)
+            self._register(live)
             cookie = f"{COOKIE_NAME}={token}; Path={COOKIE_PATH}; Secure; HttpOnly"
+            over = self._take(live, size)
+            if over is not None:
+                return await self._over_limit(live, msg, over)
         if mac is not None and authorised:
             self._busy_until.pop(mac, None)
         return await self._finish_step(live, msg, output, cookie)
 
-    async def _continue(self, live: _Live, msg: WorkpointMessage) -> WpiResponse:
+    def _take(self, live: _Live, size: int) -> str | None:
+        """Count ``size`` request bytes against the interaction's limits; the limit exceeded, if any."""
+        settings = self.runtime.settings
+        live.taken += size
+        if live.taken > settings.wpi_max_interaction_bytes:
+            return "interaction too large"
+        if live.trusted:
+            return None
+        peer = live.peer or ""
+        self._buffered_per_peer[peer] = self._buffered_per_peer.get(peer, 0) + size
+        if self._buffered_per_peer[peer] > settings.wpi_max_buffered_per_peer:
+            return "too much unfinished data from this address"
+        if sum(self._buffered_per_peer.values()) > settings.wpi_max_buffered:
+            return "too much unfinished data"
+        return None
+
+    async def _over_limit(self, live: _Live, msg: WorkpointMessage, why: str) -> WpiResponse:
+        self._drop(live)
+        reply = cleanup_message(msg.nonce, reason="protocol error")
+        await self._audit_refusal(live.peer, live.mac, why, self._now())
+        cookie = f"{COOKIE_NAME}=; Path={COOKIE_PATH}; Max-Age=0; Secure; HttpOnly"
+        return WpiResponse(200, encode_dls(reply), set_cookie=cookie)
+
+    async def _continue(self, live: _Live, msg: WorkpointMessage, *, size: int) -> WpiResponse:
         live.last_at = self._now()
+        over = self._take(live, size)
+        if over is not None:
+            return await self._over_limit(live, msg, over)
         output = live.interaction.receive(msg)
         cookie = None
         if output.finished:
@@ -199,15 +294,42 @@ class DeploymentHub:
             cookie = f"{COOKIE_NAME}=; Path={COOKIE_PATH}; Max-Age=0; Secure; HttpOnly"
         return await self._finish_step(live, msg, output, cookie)
 
+    async def _audit_refusal(self, peer: str | None, mac: str | None, reason: str, now: datetime) -> None:
+        """Audit a refusal, at most once per address every :data:`_AUDIT_EVERY` (the count of the others with it)."""
+        key = peer or ""
+        last = self._audited.get(key)
+        if last is not None and last[0] + _AUDIT_EVERY > now:
+            self._audited[key] = (last[0], last[1] + 1)
+            return
+        suppressed = last[1] if last is not None else 0
+        self._audited[key] = (now, 0)
+        effects: list[wi.Effect] = [wi.SecurityRefused(reason + (f" (+{suppressed} more)" if suppressed else ""))]
+        await run_db(
+            apply_effects,
+            self.runtime,
+            effects=effects,
+            deployment_id=None,
+            authorised=False,
+            peer=peer,
+            now=now,
+            transcript=[],
+            subject_mac=mac,
+        )
+
     async def _finish_step(
         self, live: _Live, msg: WorkpointMessage, output: wi.Output, cookie: str | None
     ) -> WpiResponse:
         now = self._now()
+        effects = output.effects
+        if not live.trusted and any(isinstance(e, wi.SecurityRefused) for e in effects):
+            refused = [e for e in effects if isinstance(e, wi.SecurityRefused)]
+            effects = tuple(e for e in effects if not isinstance(e, wi.SecurityRefused))
+            await self._audit_refusal(live.peer, live.mac, refused[0].reason, now)
         transcript = [_entry(now, "in", msg), _entry(now, "out", output.reply)]
         applied = await run_db(
             apply_effects,
             self.runtime,
-            effects=output.effects,
+            effects=effects,
             deployment_id=live.deployment_id,
             authorised=live.authorised,
             peer=live.peer,
@@ -218,10 +340,13 @@ class DeploymentHub:
             self._busy_until[applied.busy_mac] = now + timedelta(seconds=self.runtime.settings.busy_callback_seconds)
         if applied.probe_deployment_id is not None:
             self.start_probe(applied.probe_deployment_id)
-        for effect in output.effects:
-            if isinstance(effect, wi.PhoneReported) and effect.mac is not None:
-                for callback in self.on_device_seen:
-                    callback(effect.mac)
+        for claim in applied.claims:
+            self.start_proof(claim)
+        if live.trusted:
+            for effect in effects:
+                if isinstance(effect, wi.PhoneReported) and effect.mac is not None:
+                    for callback in self.on_device_seen:
+                        callback(effect.mac)
         return WpiResponse(200, encode_dls(output.reply), set_cookie=cookie)
 
     # -- probing --
@@ -260,13 +385,61 @@ class DeploymentHub:
         except CertmgrError as exc:
             log.error("verification of deployment %s failed: %s", deployment_id, exc.message)
 
+    # -- proving an address claim --
+    def start_proof(self, claim: AddressClaim) -> None:
+        """TLS-probe a claimed new address in the background, then move the phone or hold the move (bounded: one
+        proof per phone at a time, at most :data:`MAX_PROOFS` at once, one per phone per
+        ``address_proof_interval_seconds``)."""
+        now = self._now()
+        last = self._last_proof.get(claim.mac)
+        interval = timedelta(seconds=self.runtime.settings.address_proof_interval_seconds)
+        if claim.mac in self._proofs or len(self._proofs) >= MAX_PROOFS or (last is not None and last + interval > now):
+            return
+        self._last_proof[claim.mac] = now
+        if len(self._last_proof) > MAX_INTERACTIONS:
+            self._last_proof = {m: t for m, t in self._last_proof.items() if t + interval > now}
+        task = asyncio.create_task(self._prove(claim), name=f"proof-{claim.mac}")
+        self._proofs[claim.mac] = task
+        task.add_done_callback(lambda _t: self._proofs.pop(claim.mac, None))
+
+    async def _prove(self, claim: AddressClaim) -> None:
+        settings = self.runtime.settings
+        seen: str | None = None
+        error: str | None = None
+        try:
+            seen = await asyncio.to_thread(probe_once, claim.ip, settings.wbm_port, settings.probe_timeout_seconds)
+        except CertmgrError as exc:
+            error = exc.message
+        try:
+            outcome = await run_db(prove_address, self.runtime, claim, seen, error, self._now())
+        except CertmgrError as exc:
+            log.error("cannot decide the address claim of %s: %s", claim.mac, exc.message)
+            return
+        if outcome == "moved":
+            for callback in self.on_device_seen:
+                callback(claim.mac)
+
     async def close(self) -> None:
-        """Wait (bounded) for running probes to finish."""
-        tasks = list(self._probes.values())
+        """Wait (bounded) for running probes and proofs to finish."""
+        tasks = [*self._probes.values(), *self._proofs.values()]
         if tasks:
             _done, pending = await asyncio.wait(tasks, timeout=30)
             for task in pending:
                 task.cancel()
+
+
+def prove_address(
+    runtime: Runtime, claim: AddressClaim, seen_sha256: str | None, error: str | None, now: datetime
+) -> str:
+    """:func:`certmgr.inventory.enrollment.resolve_claim` in its own transaction.
+
+    Raises:
+        DatabaseError: if the database cannot be reached.
+    """
+    with session_scope(runtime.engine) as session:
+        return resolve_claim(
+            session, claim, served_sha256=seen_sha256, probe_error=error, now=now, policies=runtime.policies
+        )
 
 
 def _entry(now: datetime, direction: str, msg: WorkpointMessage | DLSMessage) -> dict[str, Any]:

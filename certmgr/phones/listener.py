@@ -25,6 +25,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("certmgr.wpi")
 
 
+def _peer(request: Request) -> str | None:
+    """The TCP peer's address — never a header (X-Forwarded-For and friends are ignored: uvicorn runs with
+    ``proxy_headers=False``, and nothing here reads them); the trusted-proxy rule decides the rest."""
+    return request.client.host if request.client is not None else None
+
+
 def create_wpi_app(hub: DeploymentHub, *, max_body: int) -> FastAPI:
     """The WPI app: ``POST /DeploymentService/LoginService`` and the same handler on any other path (D1)."""
     app = FastAPI(title="certmgr WPI", docs_url=None, redoc_url=None, openapi_url=None)
@@ -39,9 +45,11 @@ def create_wpi_app(hub: DeploymentHub, *, max_body: int) -> FastAPI:
             body.extend(chunk)
             if len(body) > max_body:
                 return PlainTextResponse("request body too large\n", status_code=413)
-        peer = request.client.host if request.client is not None else None
+        peer = _peer(request)
         answer = await hub.handle(bytes(body), peer=peer, cookie=request.cookies.get(COOKIE_NAME), path="/" + path)
         response = Response(answer.body, status_code=answer.status, media_type=answer.content_type)
+        if answer.retry_after is not None:
+            response.headers["retry-after"] = str(answer.retry_after)
         if answer.set_cookie is not None:
             response.headers["set-cookie"] = answer.set_cookie
         return response
@@ -62,7 +70,7 @@ def create_poll_app(runtime: Runtime) -> FastAPI:
         except InputError:
             return PlainTextResponse("invalid device-id\n", status_code=400)
         try:
-            pending = await run_db(poll, runtime, mac, runtime.clock.now())
+            pending = await run_db(poll, runtime, mac, runtime.clock.now(), peer=_peer(request))
         except CertmgrError as exc:
             log.error("poll for %s failed: %s", mac, exc.message)
             pending = False

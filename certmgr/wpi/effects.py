@@ -35,10 +35,20 @@ class PhoneReported:
 
 
 @dataclass(frozen=True)
-class WriteAccepted:
-    """The phone accepted every ``WriteItems`` of the job."""
+class WriteSent:
+    """A ``WriteItems`` carrying the job's items goes out with this reply: until the phone answers, the write's
+    outcome is unknown (record it before the reply leaves)."""
 
     deployment_id: int
+
+
+@dataclass(frozen=True)
+class WriteAccepted:
+    """The phone accepted every ``WriteItems`` of the job — or, for a job that checked first, already held the
+    certificate (``already_present``: an earlier write whose answer certmgr never got had landed)."""
+
+    deployment_id: int
+    already_present: bool = False
 
 
 @dataclass(frozen=True)
@@ -97,6 +107,7 @@ class InteractionFinished:
 
 Effect = (
     PhoneReported
+    | WriteSent
     | WriteAccepted
     | WriteRejected
     | PhoneBusy
@@ -120,4 +131,5 @@ __all__ = [
     "SecurityRefused",
     "WriteAccepted",
     "WriteRejected",
+    "WriteSent",
 ]

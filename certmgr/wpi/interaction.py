@@ -40,6 +40,8 @@ from enum import StrEnum
 from typing import assert_never
 
 from certmgr.errors import ProtocolError
+from certmgr.wpi.certinfo import InfoVerdict, parse_certificate_info
+from certmgr.wpi.certjudge import judge_certificate_info
 from certmgr.wpi.codec import encode_dls
 from certmgr.wpi.effects import (
     CertificateInfoReceived,
@@ -53,6 +55,7 @@ from certmgr.wpi.effects import (
     SecurityRefused,
     WriteAccepted,
     WriteRejected,
+    WriteSent,
 )
 from certmgr.wpi.jobs import Admission, Defer, Job, JobMode, NoJob, Refuse, Serve
 from certmgr.wpi.messages import (
@@ -117,6 +120,7 @@ class Interaction:
         self._batch: tuple[Item, ...] = ()
         self._write_sent = False
         self._write_accepted = False
+        self._checking = False
         self._outcome: Outcome | None = None
 
     # -- read-only view --
@@ -264,7 +268,8 @@ class Interaction:
                     return self._violation(msg, "opening message without a valid mac-addr", effects)
                 if msg.mac != job.mac:
                     return self._violation(msg, "mac-addr does not match the job", effects)
-                if job.mode is JobMode.VERIFY:
+                if job.mode is JobMode.VERIFY or job.check_first is not None:
+                    self._checking = job.check_first is not None
                     return self._send_read(msg, effects)
                 self._pending = job.write_items
                 return self._send_write(msg, effects)
@@ -285,7 +290,7 @@ class Interaction:
         self._batch, self._pending = batch, rest
         self._write_sent = True
         self._state = State.AWAITING_WRITE_REPLY
-        return Output(reply, tuple(effects), False)
+        return Output(reply, (*effects, WriteSent(self._job.deployment_id)), False)
 
     def _send_read(self, msg: WorkpointMessage, effects: list[Effect]) -> Output:
         assert self._job is not None
@@ -338,6 +343,16 @@ class Interaction:
         if status is ReplyStatus.FAILED:
             raw, item_status = None, item_status or ReplyStatus.FAILED.value
         effect = CertificateInfoReceived(self._job.deployment_id, raw, item_status)
+        if self._checking:  # an earlier write's outcome was unknown: write only if the phone lacks the certificate
+            self._checking = False
+            expected = self._job.check_first
+            assert expected is not None
+            if raw is None or judge_certificate_info(parse_certificate_info(raw), expected) is not InfoVerdict.VERIFIED:
+                self._pending = self._job.write_items
+                return self._send_write(msg, [])
+            self._write_accepted = True
+            accepted = WriteAccepted(self._job.deployment_id, already_present=True)
+            return self._finish(cleanup_message(msg.nonce), [accepted, effect], Outcome.COMPLETED)
         return self._finish(cleanup_message(msg.nonce), [effect], Outcome.COMPLETED)
 
 
@@ -377,5 +392,6 @@ __all__ = [
     "State",
     "WriteAccepted",
     "WriteRejected",
+    "WriteSent",
     "start",
 ]

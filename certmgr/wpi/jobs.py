@@ -20,6 +20,7 @@ from typing import assert_never
 
 from certmgr.errors import InputError, ProtocolError
 from certmgr.identity import normalize_mac
+from certmgr.wpi.certinfo import ExpectedCert
 from certmgr.wpi.messages import ITEM_WBM_CERTIFICATE, ITEM_WBM_CERTIFICATE_INFO, Item
 
 
@@ -47,6 +48,9 @@ class Job:
     mode: JobMode
     write_items: tuple[Item, ...] = field(default=(), repr=False)
     info_item: str = ITEM_WBM_CERTIFICATE_INFO
+    #: For a write whose earlier attempt's outcome is unknown: read the info first and write only if it does not
+    #: identify this certificate.
+    check_first: ExpectedCert | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -57,7 +61,7 @@ class Job:
         object.__setattr__(self, "write_items", tuple(self.write_items))
         if self.mode is JobMode.WRITE and not self.write_items:
             raise ProtocolError("a write job needs items to write")
-        if self.mode is JobMode.VERIFY and self.write_items:
+        if self.mode is JobMode.VERIFY and (self.write_items or self.check_first is not None):
             raise ProtocolError("a verify job must not carry items to write")
         if not self.info_item.strip():
             raise ProtocolError("info item name must not be empty")
@@ -72,8 +76,10 @@ class Job:
         password_item: tuple[str, str] | None = None,
         certificate_item: str = ITEM_WBM_CERTIFICATE,
         info_item: str = ITEM_WBM_CERTIFICATE_INFO,
+        check_first: ExpectedCert | None = None,
     ) -> Job:
-        """A write job for a WBM certificate; ``password_item`` is ``(item name, password)`` (D7), sent first.
+        """A write job for a WBM certificate; ``password_item`` is ``(item name, password)`` (D7), sent first;
+        ``check_first`` (the certificate as expected in the phone's info) makes it read the info before writing.
 
         Raises:
             ProtocolError: for an invalid MAC or an empty PKCS#12.
@@ -84,7 +90,7 @@ class Job:
         if not pkcs12_base64.strip():
             raise ProtocolError("empty PKCS#12")
         items.append(Item(certificate_item, pkcs12_base64))
-        return cls(deployment_id, mac, JobMode.WRITE, tuple(items), info_item)
+        return cls(deployment_id, mac, JobMode.WRITE, tuple(items), info_item, check_first)
 
     @classmethod
     def verify(cls, deployment_id: int, mac: str, *, info_item: str = ITEM_WBM_CERTIFICATE_INFO) -> Job:

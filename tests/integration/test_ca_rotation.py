@@ -142,6 +142,7 @@ def test_a_certificate_of_the_old_ca_travels_with_the_old_chain(
     with session_scope(service.engine) as s:
         device = s.exec(select(Device)).one()
         device.ip = "10.99.0.1"
+        device.contact_me_uri = "http://10.99.0.1:8085/contact_dls.html/ContactDLS"
         s.add(device)
     assert Reconciler(service).run(clock.now()) == 1
     _rotate(node("cli"))
@@ -149,7 +150,7 @@ def test_a_certificate_of_the_old_ca_travels_with_the_old_chain(
     queue.contact_result(service, tasks[0].deployment_id, clock.now(), error=None)
     served = admission.admit(
         service, mac=mac_of(0), peer="10.99.0.1", reason=Reason.SOLICITED, now=clock.now(), busy_until=None
-    )
+    ).admission
     assert isinstance(served, Serve)
     p12 = pkcs12.load_pkcs12(base64.b64decode(served.job.write_items[-1].value or ""), None)
     assert p12.cert is not None
@@ -165,6 +166,7 @@ def test_packaging_reads_the_chain_without_the_ca_key(
     with session_scope(service.engine) as s:
         device = s.exec(select(Device)).one()
         device.ip = "10.99.0.2"
+        device.contact_me_uri = "http://10.99.0.2:8085/contact_dls.html/ContactDLS"
         s.add(device)
     assert Reconciler(service).run(clock.now()) == 1  # issuing signs: that needs the CA key
 
@@ -177,5 +179,5 @@ def test_packaging_reads_the_chain_without_the_ca_key(
     queue.contact_result(service, tasks[0].deployment_id, clock.now(), error=None)
     served = admission.admit(
         service, mac=mac_of(0), peer="10.99.0.2", reason=Reason.SOLICITED, now=clock.now(), busy_until=None
-    )
+    ).admission
     assert isinstance(served, Serve)

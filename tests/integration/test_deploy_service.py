@@ -25,7 +25,7 @@ from certmgr.db.models import (
 from certmgr.deploy import admission, queue, recovery
 from certmgr.deploy.reconcile import Reconciler
 from certmgr.errors import NotFoundError
-from certmgr.inventory.enrollment import approve_device, record_report
+from certmgr.inventory.enrollment import ReportResult, approve_device, record_report, resolve_claim
 from certmgr.runtime import Runtime, open_runtime
 from certmgr.settings import Settings
 from certmgr.wpi.interaction import JobMode
@@ -68,9 +68,9 @@ def runtime(settings: Settings, clock: ManualClock, tmp_path: Path) -> Iterator[
         rt.close()
 
 
-def _report(rt: Runtime, mac: str = MAC, ip: str = IP, peer: str | None = IP) -> None:
+def _report(rt: Runtime, mac: str = MAC, ip: str = IP, peer: str | None = IP) -> ReportResult:
     with session_scope(rt.engine) as s:
-        record_report(
+        return record_report(
             s, mac=mac, items=_items(ip), reason="start-up", peer=peer, now=rt.clock.now(), policies=rt.policies
         )
 
@@ -122,7 +122,15 @@ def test_ip_change_supersedes_and_reissues(runtime: Runtime) -> None:
     _report(runtime)
     Reconciler(runtime).run(runtime.clock.now())
     first = _dep(runtime)
-    _report(runtime, ip="10.1.2.4", peer="10.1.2.4")
+    claim = _report(runtime, ip="10.1.2.4", peer="10.1.2.4").claim
+    assert claim is not None  # another address: nothing changed yet, a claim to prove
+    assert _dep(runtime).state is DeploymentState.QUEUED
+    with session_scope(runtime.engine) as s:
+        # The phone never received a certificate from certmgr and its policy enrolls automatically: it moves.
+        outcome = resolve_claim(
+            s, claim, served_sha256=None, probe_error="unreachable", now=runtime.clock.now(), policies=runtime.policies
+        )
+    assert outcome == "moved"
     with session_scope(runtime.engine) as s:
         old = s.get(Deployment, first.id)
         assert old is not None
@@ -163,26 +171,28 @@ def test_d10_admission(runtime: Runtime, clock: ManualClock) -> None:
     # A pending job, but certmgr has not contacted the phone: refused (never a key).
     _report(runtime)
     Reconciler(runtime).run(now)
-    adm = admission.admit(runtime, mac=MAC, peer=IP, reason=Reason.SOLICITED, now=now, busy_until=None)
+    adm = admission.admit(runtime, mac=MAC, peer=IP, reason=Reason.SOLICITED, now=now, busy_until=None).admission
     assert isinstance(adm, Refuse)
     assert "no contact-me" in adm.reason
     tasks = queue.claim_due(runtime, now)
     queue.contact_result(runtime, tasks[0].deployment_id, now, error=None)
     # Wrong peer: refused.
-    adm = admission.admit(runtime, mac=MAC, peer="10.6.6.6", reason=Reason.SOLICITED, now=now, busy_until=None)
+    adm = admission.admit(
+        runtime, mac=MAC, peer="10.6.6.6", reason=Reason.SOLICITED, now=now, busy_until=None
+    ).admission
     assert isinstance(adm, Refuse)
     assert "peer address" in adm.reason
     # Phone-initiated call: no key, no refusal (deferred: contact-me later).
-    adm = admission.admit(runtime, mac=MAC, peer=IP, reason=Reason.START_UP, now=now, busy_until=None)
+    adm = admission.admit(runtime, mac=MAC, peer=IP, reason=Reason.START_UP, now=now, busy_until=None).admission
     assert isinstance(adm, Defer)
     # Right peer, solicited after our contact-me: a write job with the PKCS#12.
-    adm = admission.admit(runtime, mac=MAC, peer=IP, reason=Reason.SOLICITED, now=now, busy_until=None)
+    adm = admission.admit(runtime, mac=MAC, peer=IP, reason=Reason.SOLICITED, now=now, busy_until=None).admission
     assert isinstance(adm, Serve)
     assert adm.job.mode is JobMode.WRITE
     assert "job" not in repr(adm.job.write_items)  # repr hides the items
     # After the callback window: refused again.
     later = now + timedelta(seconds=61)
-    adm = admission.admit(runtime, mac=MAC, peer=IP, reason=Reason.SOLICITED, now=later, busy_until=None)
+    adm = admission.admit(runtime, mac=MAC, peer=IP, reason=Reason.SOLICITED, now=later, busy_until=None).admission
     assert not isinstance(adm, Serve)
 
 
@@ -230,7 +240,9 @@ def test_restart_recovery_never_writes_again(runtime: Runtime, clock: ManualCloc
     assert dep.written_at is not None
     tasks = queue.claim_due(runtime, clock.now())
     queue.contact_result(runtime, tasks[0].deployment_id, clock.now(), error=None)
-    adm = admission.admit(runtime, mac=MAC, peer=IP, reason=Reason.SOLICITED, now=clock.now(), busy_until=None)
+    adm = admission.admit(
+        runtime, mac=MAC, peer=IP, reason=Reason.SOLICITED, now=clock.now(), busy_until=None
+    ).admission
     assert isinstance(adm, Serve)
     assert adm.job.mode is JobMode.VERIFY
     assert not adm.job.write_items

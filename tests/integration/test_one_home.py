@@ -36,7 +36,7 @@ from certmgr.deploy import admission, queue, verification
 from certmgr.deploy.effects import apply_effects
 from certmgr.deploy.reconcile import Reconciler
 from certmgr.deploy.rollback import is_rollback, rollback_failed
-from certmgr.inventory.enrollment import record_report
+from certmgr.inventory.enrollment import record_report, resolve_claim
 from certmgr.inventory.phones import PolicySource, identity_of, policy_for
 from certmgr.issuance.service import issue_to_files
 from certmgr.pki.crl import RevocationReason
@@ -113,7 +113,9 @@ def _serve_write_job(rt: Runtime, mac: str = MAC, ip: str = IP) -> Serve:
     tasks = queue.claim_due(rt, rt.clock.now())
     assert [t.mac for t in tasks] == [mac]
     queue.contact_result(rt, tasks[0].deployment_id, rt.clock.now(), error=None)
-    served = admission.admit(rt, mac=mac, peer=ip, reason=Reason.SOLICITED, now=rt.clock.now(), busy_until=None)
+    served = admission.admit(
+        rt, mac=mac, peer=ip, reason=Reason.SOLICITED, now=rt.clock.now(), busy_until=None
+    ).admission
     assert isinstance(served, Serve)
     return served
 
@@ -236,8 +238,21 @@ def test_removed_policy_reconcile_issues_under_the_matching_policy(
     removed_policy: Callable[[], Runtime], clock: ManualClock
 ) -> None:
     rt = removed_policy()
-    _report(rt, SPECIAL_MAC, "10.1.2.99")  # a new address: the reconciler issues (it raised before)
-    assert Reconciler(rt).run(clock.now()) == 1
+    device = _device(rt, SPECIAL_MAC)
+    with session_scope(rt.engine) as s:
+        current = s.get(Certificate, device.current_certificate_id)
+        assert current is not None
+        uri: dict[str, str | None] = {"contact-me-uri": "http://10.1.2.99:8085/contact_dls.html/ContactDLS"}
+        claim = record_report(
+            s, mac=SPECIAL_MAC, items=uri, reason="start-up", peer="10.1.2.99", now=clock.now(), policies=rt.policies
+        ).claim
+        assert claim is not None
+        # The new address serves the phone's certificate (proof of possession): the phone moves there.
+        moved = resolve_claim(
+            s, claim, served_sha256=current.fingerprint_sha256, probe_error=None, now=clock.now(), policies=rt.policies
+        )
+        assert moved == "moved"
+    assert Reconciler(rt).run(clock.now()) == 1  # a new address: the reconciler issues (it raised before)
     with session_scope(rt.engine) as s:
         newest = s.exec(select(Certificate).order_by(col(Certificate.id).desc())).first()
         assert newest is not None
@@ -255,7 +270,13 @@ def _leased(rt: Runtime, dep_id: int) -> None:
 
 
 def _supersede_by_address_change(rt: Runtime) -> None:
-    _report(rt, ip="10.1.2.4")
+    with session_scope(rt.engine) as s:
+        items: dict[str, str | None] = {"contact-me-uri": "http://10.1.2.4:8085/contact_dls.html/ContactDLS"}
+        claim = record_report(
+            s, mac=MAC, items=items, reason="start-up", peer="10.1.2.4", now=rt.clock.now(), policies=rt.policies
+        ).claim
+        assert claim is not None
+        assert resolve_claim(s, claim, served_sha256=None, probe_error=None, now=rt.clock.now(), policies=rt.policies)
 
 
 def _supersede_by_renewal(rt: Runtime) -> None:

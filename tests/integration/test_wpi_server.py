@@ -313,8 +313,10 @@ def test_poll_answers_200_then_202(settings: Settings, tmp_path: Path, block: in
     runtime = _runtime(settings, tmp_path, block, approve=True, contact_gap_seconds=3600, callback_timeout_seconds=30)
     stack = Stack(runtime)
     phone = _phone(stack, runtime, tmp_path, block, 2, callback=False)
+    foreign = httpx.Client(timeout=5, transport=httpx.HTTPTransport(local_address="127.0.0.1"))
     try:
-        with httpx.Client(timeout=5) as client:
+        # The phone polls from its own address; another address is answered "nothing pending" and changes nothing.
+        with httpx.Client(timeout=5, transport=httpx.HTTPTransport(local_address=phone.ip)) as client:
             url = f"{stack.poll_url}/dcmp/contact-me"
             assert client.get(url, params={"device-id": phone.mac}).status_code == 200  # unknown phone
             assert client.get(url, params={"device-id": "nonsense"}).status_code == 400
@@ -326,6 +328,10 @@ def test_poll_answers_200_then_202(settings: Settings, tmp_path: Path, block: in
                 s.add(device)
                 approve_device(s, phone.mac, runtime.clock.now(), actor="test")
             wait_for(lambda: _deployment(runtime, phone.mac), 30)
+            assert foreign.get(url, params={"device-id": phone.mac}).status_code == 200  # poll hijack: refused
+            queued = _deployment(runtime, phone.mac)
+            assert queued is not None
+            assert (queued.state, queued.attempts) == (DeploymentState.QUEUED, 0)
             assert client.get(url, params={"device-id": phone.mac}).status_code == 202
             dep = _deployment(runtime, phone.mac)
             assert dep is not None
@@ -335,6 +341,7 @@ def test_poll_answers_200_then_202(settings: Settings, tmp_path: Path, block: in
             wait_for(lambda: _state(runtime, phone.mac, DeploymentState.VERIFIED), 30)
             assert client.get(url, params={"device-id": phone.mac}).status_code == 200
     finally:
+        foreign.close()
         phone.close()
         stack.close()
         runtime.close()

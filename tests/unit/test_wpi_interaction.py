@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from certmgr.errors import ProtocolError
+from certmgr.wpi.certinfo import ExpectedCert
 from certmgr.wpi.codec import encode_dls, encode_workpoint, parse_dls, parse_workpoint
 from certmgr.wpi.interaction import (
     MAX_FRAGMENTS,
@@ -31,6 +33,7 @@ from certmgr.wpi.interaction import (
     State,
     WriteAccepted,
     WriteRejected,
+    WriteSent,
     start,
 )
 from certmgr.wpi.jobs import Admission, Defer, NoJob, Refuse, Serve
@@ -138,7 +141,7 @@ def test_happy_path_write_then_read() -> None:
     inter, out = begin(opening(), write_job())
     assert out.reply.action is Action.WRITE_ITEMS
     assert out.reply.items == (Item("wbm-server-certificate", P12),)
-    assert kinds(out) == [PhoneReported]
+    assert kinds(out) == [PhoneReported, WriteSent]  # recorded before the reply (with the key) leaves
     assert not out.finished
     assert inter.state is State.AWAITING_WRITE_REPLY
     assert inter.write_sent
@@ -288,7 +291,7 @@ def test_max_items_1_splits_password_before_certificate() -> None:
     out = send(inter, reply(Action.WRITE_ITEMS, ReplyStatus.ACCEPTED, "N2", max_items=1))
     assert out.reply.action is Action.WRITE_ITEMS
     assert out.reply.items == (Item("wbm-server-certificate", P12),)
-    assert out.effects == ()
+    assert out.effects == (WriteSent(7),)
     out = send(inter, reply(Action.WRITE_ITEMS, ReplyStatus.ACCEPTED, "N3", max_items=1))
     assert out.reply.action is Action.READ_ITEMS
     assert out.effects == (WriteAccepted(7),)
@@ -305,6 +308,47 @@ def test_rejection_of_second_batch() -> None:
     out = send(inter, reply(Action.WRITE_ITEMS, ReplyStatus.FAILED, "N3"))
     assert WriteAccepted(7) not in out.effects
     assert outcome(out) is Outcome.REJECTED
+
+
+# --- a write whose earlier outcome is unknown: check first ------------------------------------------------------
+EXPECTED = ExpectedCert(
+    serial=0x3AF1, sha256="ab" * 32, sha1="cd" * 20, subject="CN=phone", not_after=datetime(2027, 1, 1, tzinfo=UTC)
+)
+
+
+def check_job() -> Job:
+    return Job.certificate(7, MAC, P12, check_first=EXPECTED)
+
+
+def test_check_first_finds_the_certificate_and_writes_nothing() -> None:
+    inter, out = begin(opening(), check_job())
+    assert out.reply == DLSMessage("N1", Action.READ_ITEMS, (Item("wbm-server-certificate-info"),))
+    out = send(
+        inter,
+        reply(Action.READ_ITEMS, ReplyStatus.ACCEPTED, "N2", items=(Item("wbm-server-certificate-info", INFO),)),
+    )
+    assert out.reply.action is Action.CLEAN_UP
+    assert out.effects[:2] == (
+        WriteAccepted(7, already_present=True),
+        CertificateInfoReceived(7, INFO, None),
+    )
+    assert not inter.write_sent
+
+
+@pytest.mark.parametrize("info", ["Serial Number: 77", None])
+def test_check_first_writes_when_the_phone_lacks_it(info: str | None) -> None:
+    inter, _ = begin(opening(), check_job())
+    items = (Item("wbm-server-certificate-info", info),) if info else ()
+    out = send(inter, reply(Action.READ_ITEMS, ReplyStatus.ACCEPTED, "N2", items=items))
+    assert out.reply == DLSMessage("N2", Action.WRITE_ITEMS, (Item("wbm-server-certificate", P12),))
+    assert out.effects == (WriteSent(7),)
+    out = send(inter, reply(Action.WRITE_ITEMS, ReplyStatus.ACCEPTED, "N3"))
+    assert out.effects == (WriteAccepted(7),)
+    out = send(
+        inter,
+        reply(Action.READ_ITEMS, ReplyStatus.ACCEPTED, "N4", items=(Item("wbm-server-certificate-info", INFO),)),
+    )
+    assert CertificateInfoReceived(7, INFO, None) in out.effects
 
 
 # --- fragments -------------------------------------------------------------------------------------------
