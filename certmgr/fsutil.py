@@ -68,6 +68,32 @@ def atomic_write_many(files: dict[Path, bytes], mode: int = 0o600) -> None:
         raise StorageError(f"cannot write {exc.filename or 'file'}: {exc.strerror or exc}") from exc
 
 
+def claim_slot(folder: Path, prefix: str, limit: int = 64) -> tuple[int, int]:
+    """The lowest slot number ``n`` whose lock file ``<folder>/<prefix>-<n>.lock`` no other process holds, locked for
+    the life of this process (or until the returned file descriptor is closed): ``(n, fd)``. A process that dies
+    releases its slot with its last file descriptor, so a restarted process gets the same number back.
+
+    Raises:
+        StorageError: if the folder is unwritable or all ``limit`` slots are taken.
+    """
+    import fcntl
+
+    ensure_private_dir(folder)
+    for n in range(limit):
+        path = folder / f"{prefix}-{n}.lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StorageError(f"cannot create {path}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        return n, fd
+    raise StorageError(f"all {limit} {prefix} slots in {folder} are taken")
+
+
 def ensure_private_dir(path: Path) -> None:
     """Create ``path`` (mode 0700) if needed and check that it is writable.
 

@@ -8,6 +8,8 @@ a half-initialised data dir behind.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -22,7 +24,7 @@ from certmgr.db.engine import create_db_engine, session_scope
 from certmgr.db.migrate import check_schema, upgrade
 from certmgr.db.models import CARecord, CARole
 from certmgr.errors import CACorruptError, CANotInitialisedError, ConfigError, SchemaOutdatedError
-from certmgr.fsutil import ensure_private_dir
+from certmgr.fsutil import claim_slot, ensure_private_dir
 from certmgr.pki.ca import load_ca_definition
 from certmgr.pki.keypool import KeyPool
 from certmgr.pki.keys import PrivateKey, fingerprint_sha256
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
 CA_DEFINITION_FILE = "ca.toml"
+#: Folder of the data dir holding the node slot locks (see :func:`open_runtime`).
+NODE_DIR = "nodes"
 log = logging.getLogger("certmgr.ca")
 
 
@@ -54,6 +58,7 @@ class Runtime:
     _passphrase: SecretStr | None = None
     _issuer: Issuer | None = None
     _issuer_fp: str | None = None
+    _node_slot: int | None = None
     _key_pool: KeyPool | None = None
 
     def issuer(self) -> Issuer:
@@ -146,6 +151,9 @@ class Runtime:
     def close(self) -> None:
         if self._key_pool is not None:
             self._key_pool.close()
+        if self._node_slot is not None:
+            os.close(self._node_slot)
+            self._node_slot = None
         self.engine.dispose()
 
 
@@ -155,12 +163,16 @@ def open_runtime(
     *,
     create_ca: bool = False,
     migrate: bool = True,
+    node: bool = False,
 ) -> Runtime:
     """Validate the configuration and open the runtime.
 
     With ``create_ca`` (first start of the service), a missing CA is created from ``ca/ca.toml`` and missing
     secrets (CA passphrase, master key) are generated into 0600 files in the data dir; each such step is
-    reported in ``Runtime.notices``. With ``migrate``, the database is upgraded to the code's head revision.
+    reported in ``Runtime.notices``. With ``migrate``, the database is upgraded to the code's head revision. With
+    ``node`` (``certmgr serve``), a process without a configured ``node_id`` takes the name
+    ``<hostname>-<n>``, ``n`` the lowest slot of the data dir no running process holds: stable across restarts
+    (a restarted node reclaims its own leases at once), unique among the processes sharing the data dir.
 
     Raises:
         StorageError: unwritable data dir. PolicySetError: invalid policies. ConfigError: bad settings or
@@ -169,6 +181,10 @@ def open_runtime(
     """
     clock = clock or SystemClock()
     ensure_private_dir(settings.data_dir)
+    node_slot: int | None = None
+    if node and not settings.node_id:
+        n, node_slot = claim_slot(settings.data_dir / NODE_DIR, "node")
+        settings = settings.model_copy(update={"node_id": f"{socket.gethostname()[:80]}-{n}"})
     # 1. Everything that can be validated without writing comes first.
     policies = load_policies(settings.policy_dir, known_secrets=set(settings.pkcs12_passwords))
     store = CAStore(settings.ca_dir)
@@ -178,7 +194,7 @@ def open_runtime(
         definition = load_ca_definition(settings.ca_config_dir / CA_DEFINITION_FILE)
     notices: list[str] = []
     url = settings.effective_database_url
-    engine = create_db_engine(url)
+    engine = create_db_engine(url, busy_timeout_ms=int(settings.sqlite_busy_timeout_seconds * 1000))
     try:
         if migrate:
             try:
@@ -206,6 +222,7 @@ def open_runtime(
             vault=KeyVault(mkey.get_secret_value().encode()),
             notices=notices,
             _passphrase=passphrase,
+            _node_slot=node_slot,
         )
         # 3. The CA, created last so that a failure above leaves no key material behind — and only if the
         #    database holds none either (another node created or imported it: that one is used).
@@ -217,6 +234,8 @@ def open_runtime(
         return runtime
     except BaseException:
         engine.dispose()
+        if node_slot is not None:
+            os.close(node_slot)
         raise
 
 

@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from certmgr.runtime import Runtime
 
@@ -43,9 +44,56 @@ class Listener:
     url: str
 
 
-def make_listener(name: str, app: object, host: str, port: int, **config: object) -> Listener:
+class DeadlineH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a read deadline: a request's headers and body must arrive within
+    :attr:`request_timeout` seconds of the connection opening (or, on a kept-alive connection, of the request's
+    first byte); otherwise the connection is closed. uvicorn alone closes idle kept-alive connections but lets a
+    peer that trickles a byte now and then hold a connection for ever (slowloris). The deadline stops once the
+    request is complete: the application's own time is not limited here."""
+
+    request_timeout: float = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._deadline: asyncio.TimerHandle | None = self.loop.call_later(self.request_timeout, self._too_slow)
+
+    def data_received(self, data: bytes) -> None:
+        if self._deadline is None and (self.cycle is None or self.cycle.response_complete):
+            self._deadline = self.loop.call_later(self.request_timeout, self._too_slow)  # the next request begins
+        super().data_received(data)
+        if self.cycle is not None and not self.cycle.more_body and self._deadline is not None:
+            self._deadline.cancel()  # the whole request is in
+            self._deadline = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        super().connection_lost(exc)
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+def make_listener(
+    name: str, app: object, host: str, port: int, *, request_timeout: float = 10.0, **config: object
+) -> Listener:
+    """A uvicorn server for ``app`` on ``host:port`` with certmgr's HTTP/1.1 protocol (a read deadline of
+    ``request_timeout`` seconds for each request's headers and body) and no logging of its own."""
+    protocol = type("DeadlineH11", (DeadlineH11Protocol,), {"request_timeout": request_timeout})
     # log_config=None: uvicorn keeps its hands off logging (certmgr.logs configures it; JSON applies to uvicorn too).
-    cfg = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="off", **config)  # type: ignore[arg-type]
+    cfg = uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host=host,
+        port=port,
+        http=protocol,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        **config,  # type: ignore[arg-type]
+    )
     scheme = "https" if config.get("ssl_certfile") else "http"
     shown = f"[{host}]" if ":" in host else host
     return Listener(name, _Server(cfg), f"{scheme}://{shown}:{port}")
@@ -123,7 +171,11 @@ def build_listeners(runtime: Runtime, role: Role) -> tuple[list[Listener], list[
         monitor = SchedulerMonitor()  # what GET /api/v1/scheduler shows when the API runs in this process
     if role in (Role.ALL, Role.API):
         app = create_app(runtime, scheduler=monitor)
-        listeners.append(make_listener("api", app, settings.api_host, settings.api_port))
+        listeners.append(
+            make_listener(
+                "api", app, settings.api_host, settings.api_port, request_timeout=settings.request_timeout_seconds
+            )
+        )
     if role in (Role.ALL, Role.WPI):
         from certmgr.phones.hub import DeploymentHub
         from certmgr.phones.listener import create_poll_app, create_wpi_app
@@ -133,7 +185,12 @@ def build_listeners(runtime: Runtime, role: Role) -> tuple[list[Listener], list[
         hub = DeploymentHub(runtime)
         # Phone-facing listeners: HTTP/1.1 (h11), keep-alive 10 s (§3.2), and never trust X-Forwarded-For:
         # the TCP peer address is what D10 checks.
-        phone = {"http": "h11", "timeout_keep_alive": 10, "proxy_headers": False, "server_header": False}
+        phone: dict[str, Any] = {
+            "timeout_keep_alive": 10,
+            "proxy_headers": False,
+            "server_header": False,
+            "request_timeout": settings.request_timeout_seconds,
+        }
         listeners.append(
             make_listener(
                 "wpi",

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
 
     # --- storage ------------------------------------------------------------------------------------------
     data_dir: Path = Field(default=Path("var"), description="Data directory: database, CA keys, secrets.")
+    sqlite_busy_timeout_seconds: float = Field(
+        default=30.0, gt=0, le=600, description="SQLite: how long a writer waits for another's lock."
+    )
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default SQLite at <data_dir>/certmgr.db."
     )
@@ -103,7 +106,7 @@ class Settings(BaseSettings):
     wpi_max_body: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024, description="Cap on a WPI POST body.")
     # Bounds on what the phone-facing listeners hold for peers that are not a known phone's address (anyone on the
     # phone network can reach them): see docs/threat-model.md.
-    wpi_request_timeout_seconds: float = Field(
+    request_timeout_seconds: float = Field(
         default=10.0, gt=0, le=120, description="Deadline to receive a request's headers and body (every listener)."
     )
     wpi_untrusted_timeout_seconds: float = Field(
@@ -156,7 +159,8 @@ class Settings(BaseSettings):
     # --- scheduler, renewal and fleet safety (certmgr.scheduling, certmgr.renewal.service) ------------------
     node_id: str | None = Field(
         default=None,
-        description="Name of this process in deployment leases and audit events; default <hostname>-<pid>.",
+        description="Name of this node in deployment leases and audit events; default for `certmgr serve`: "
+        "<hostname>-<n>, n the lowest slot free in the data dir (stable across restarts).",
     )
     dispatch_role: Literal["wpi", "scheduler"] = Field(
         default="wpi",

@@ -362,7 +362,7 @@ def serve_cmd(
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
-    runtime = open_runtime(settings, create_ca=True)
+    runtime = open_runtime(settings, create_ca=True, node=True)
     try:
         _print_notices(runtime.notices)
         serve(runtime, chosen, announce=lambda line: out.print(line))

@@ -9,7 +9,7 @@ shows the URL without its password.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from sqlalchemy import URL, Engine, create_engine, event, make_url, text
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session
 
+from certmgr.db.health import health_of
 from certmgr.errors import DatabaseError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -59,12 +60,12 @@ def _is_sqlite_memory(url: URL) -> bool:
     return database in ("", ":memory:") or url.query.get("mode") == "memory"
 
 
-def _sqlite_pragmas(engine: Engine, *, wal: bool) -> None:
+def _sqlite_pragmas(engine: Engine, *, wal: bool, busy_timeout_ms: int) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             cursor.execute("PRAGMA foreign_keys = ON")
             if wal:
                 cursor.execute("PRAGMA journal_mode = WAL")
@@ -73,10 +74,11 @@ def _sqlite_pragmas(engine: Engine, *, wal: bool) -> None:
             cursor.close()
 
 
-def create_db_engine(url: str | URL, *, echo: bool = False) -> Engine:
+def create_db_engine(url: str | URL, *, echo: bool = False, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS) -> Engine:
     """Create (but do not connect) the engine for ``url``.
 
-    SQLite: the parent directory is created, every connection gets ``foreign_keys=ON``, a busy timeout and
+    SQLite: the parent directory is created, every connection gets ``foreign_keys=ON``, a busy timeout
+    (``busy_timeout_ms``: how long a writer waits for another's lock before the database counts as unavailable) and
     (for files) WAL journaling; connections may cross threads. In-memory SQLite shares one connection.
     PostgreSQL: psycopg 3 with pre-ping, so connections dropped by a restart are replaced transparently.
 
@@ -107,7 +109,7 @@ def create_db_engine(url: str | URL, *, echo: bool = False) -> Engine:
     except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError, ImportError) as exc:
         raise DatabaseError(f"cannot use database {shown}: {error_summary(exc)}", url=shown) from exc
     if parsed.get_backend_name() == "sqlite":
-        _sqlite_pragmas(engine, wal=not memory)
+        _sqlite_pragmas(engine, wal=not memory, busy_timeout_ms=busy_timeout_ms)
     return engine
 
 
@@ -141,28 +143,49 @@ def check_connection(engine: Engine) -> None:
         raise connection_error(exc, engine.url) from exc
 
 
+#: Errors that mean "the database is not there right now" (locked past the busy timeout, server gone, connection
+#: dropped) rather than "this transaction is wrong".
+UNAVAILABLE = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
+
+
 @contextmanager
 def session_scope(engine: Engine, *, expire_on_commit: bool = False) -> Iterator[Session]:
     """A session in one transaction: committed when the block ends, rolled back if it raises.
 
-    The connection is opened up front, so "cannot connect" surfaces as :class:`DatabaseError`; every other
-    error from the block (``IntegrityError``, ``StaleDataError``, domain errors) propagates unchanged after
-    the rollback. Objects stay usable after the block (``expire_on_commit=False`` by default).
+    The connection is opened up front, so "cannot connect" surfaces as :class:`DatabaseError`; so does a transaction
+    that fails because the database is unavailable (locked past the busy timeout, the server gone or restarting),
+    and the outage is recorded in :func:`certmgr.db.health.health_of` (logged once, and once when it is back). Every
+    other error from the block (``IntegrityError``, ``StaleDataError``, domain errors) propagates unchanged after the
+    rollback. Objects stay usable after the block (``expire_on_commit=False`` by default).
 
     Raises:
-        DatabaseError: if no connection can be opened.
+        DatabaseError: if the database cannot be reached or is unavailable.
     """
+    health = health_of(engine)
     with Session(engine, expire_on_commit=expire_on_commit) as session:
         try:
             session.connection()
-        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
+        except UNAVAILABLE as exc:
+            health.failed(error_summary(exc))
             raise connection_error(exc, engine.url) from exc
         try:
             yield session
             session.commit()
+        except UNAVAILABLE as exc:
+            _rollback_quietly(session)
+            health.failed(error_summary(exc))
+            shown = redact_url(engine.url)
+            raise DatabaseError(f"database {shown} unavailable: {error_summary(exc)}", url=shown) from exc
         except BaseException:
-            session.rollback()
+            _rollback_quietly(session)
             raise
+    health.succeeded()
+
+
+def _rollback_quietly(session: Session) -> None:
+    """Roll back; a connection that died with the database cannot, and that must not hide the real error."""
+    with suppress(*UNAVAILABLE):
+        session.rollback()
 
 
 __all__ = [

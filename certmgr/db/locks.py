@@ -33,7 +33,9 @@ T = TypeVar("T")
 
 
 def node_name(settings: Settings) -> str:
-    """This process's name in leases and audit events: ``settings.node_id`` or ``<hostname>-<pid>``."""
+    """This process's name in leases and audit events: ``settings.node_id`` — for ``certmgr serve`` set at start to
+    a stable name when not configured (see :func:`certmgr.runtime.open_runtime`), so a restarted node recognises its
+    own leases at once — else ``<hostname>-<pid>``."""
     return settings.node_id or f"{socket.gethostname()[:80]}-{os.getpid()}"
 
 

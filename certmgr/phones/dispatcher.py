@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from certmgr.db.health import log_failure
 from certmgr.db.txretry import run_db
 from certmgr.deploy.queue import ContactTask, claim_due, confirm_written, contact_result
 from certmgr.deploy.reconcile import Reconciler
@@ -61,12 +62,12 @@ class Dispatcher:
                 if recovered:
                     log.info("recovered %d unfinished deployments", recovered)
             except CertmgrError as exc:
-                log.error("restart recovery failed: %s", exc.message)
+                log_failure(log, "restart recovery failed", exc)
             while not stop.is_set():
                 try:
                     await self.tick(client)
                 except CertmgrError as exc:
-                    log.error("dispatcher tick failed: %s", exc.message)
+                    log_failure(log, "dispatcher tick failed", exc)
                 except Exception:  # a bug must not stop the service; it is logged with its traceback
                     log.exception("dispatcher tick failed")
                 with contextlib.suppress(TimeoutError):
@@ -118,7 +119,7 @@ class Dispatcher:
                 dls_ip_addr=addr,
             )
         except CertmgrError as exc:
-            log.error("cannot record the contact-me to %s: %s", task.mac, exc.message)
+            log_failure(log, f"cannot record the contact-me to {task.mac}", exc)
 
     async def _check_unknown_write(self, task: ContactTask, expected_sha256: str) -> None:
         """An earlier WriteItems' answer never came: if the phone's WBM already serves the certificate, record the
@@ -132,4 +133,4 @@ class Dispatcher:
             try:
                 await run_db(confirm_written, self.runtime, task.deployment_id, self.runtime.clock.now())
             except CertmgrError as exc:
-                log.error("cannot record the write of %s: %s", task.mac, exc.message)
+                log_failure(log, f"cannot record the write of {task.mac}", exc)

@@ -32,11 +32,12 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from certmgr.db.engine import session_scope
+from certmgr.db.health import log_failure
 from certmgr.db.txretry import run_db
 from certmgr.deploy.admission import Admitted, admit
 from certmgr.deploy.effects import apply_effects
 from certmgr.deploy.verification import finish_verification, probe_target
-from certmgr.errors import CertmgrError, ProtocolError
+from certmgr.errors import CertmgrError, DatabaseError, ProtocolError
 from certmgr.inventory.enrollment import AddressClaim, resolve_claim
 from certmgr.phones.probe import probe_once, probe_until
 from certmgr.wpi import interaction as wi
@@ -229,6 +230,8 @@ class DeploymentHub:
                     now=now,
                     busy_until=self._busy_until.get(mac),
                 )
+            except DatabaseError:
+                raise  # the phone gets 503 + Retry-After (listener); the outage is logged once
             except CertmgrError as exc:
                 log.error("cannot prepare the job for %s: %s", mac, exc.message)
                 admitted = Admitted(NoJob(), False)
@@ -326,16 +329,20 @@ class DeploymentHub:
             effects = tuple(e for e in effects if not isinstance(e, wi.SecurityRefused))
             await self._audit_refusal(live.peer, live.mac, refused[0].reason, now)
         transcript = [_entry(now, "in", msg), _entry(now, "out", output.reply)]
-        applied = await run_db(
-            apply_effects,
-            self.runtime,
-            effects=effects,
-            deployment_id=live.deployment_id,
-            authorised=live.authorised,
-            peer=live.peer,
-            now=now,
-            transcript=transcript if live.deployment_id is not None else [],
-        )
+        try:
+            applied = await run_db(
+                apply_effects,
+                self.runtime,
+                effects=effects,
+                deployment_id=live.deployment_id,
+                authorised=live.authorised,
+                peer=live.peer,
+                now=now,
+                transcript=transcript if live.deployment_id is not None else [],
+            )
+        except DatabaseError:
+            self._drop(live)  # nothing was recorded and the reply is not sent: the phone starts over later
+            raise
         if applied.busy_mac is not None:
             self._busy_until[applied.busy_mac] = now + timedelta(seconds=self.runtime.settings.busy_callback_seconds)
         if applied.probe_deployment_id is not None:
@@ -383,7 +390,7 @@ class DeploymentHub:
             )
             log.debug("deployment %s: %s", deployment_id, verdict.value if verdict else "no longer verifying")
         except CertmgrError as exc:
-            log.error("verification of deployment %s failed: %s", deployment_id, exc.message)
+            log_failure(log, f"verification of deployment {deployment_id} failed", exc)
 
     # -- proving an address claim --
     def start_proof(self, claim: AddressClaim) -> None:
@@ -413,7 +420,7 @@ class DeploymentHub:
         try:
             outcome = await run_db(prove_address, self.runtime, claim, seen, error, self._now())
         except CertmgrError as exc:
-            log.error("cannot decide the address claim of %s: %s", claim.mac, exc.message)
+            log_failure(log, f"cannot decide the address claim of {claim.mac}", exc)
             return
         if outcome == "moved":
             for callback in self.on_device_seen:

@@ -15,7 +15,7 @@ from fastapi.responses import PlainTextResponse, Response
 
 from certmgr.db.txretry import run_db
 from certmgr.deploy.queue import poll
-from certmgr.errors import CertmgrError, InputError
+from certmgr.errors import CertmgrError, DatabaseError, InputError
 from certmgr.identity import normalize_mac
 from certmgr.phones.hub import COOKIE_NAME, DeploymentHub
 
@@ -23,6 +23,18 @@ if TYPE_CHECKING:
     from certmgr.runtime import Runtime
 
 log = logging.getLogger("certmgr.wpi")
+
+
+#: Seconds a phone is asked to wait while the database is unavailable.
+RETRY_AFTER_S = 30
+
+
+def _unavailable() -> Response:
+    """The answer while the database is unavailable (locked, restarting): 503 with Retry-After, never a traceback;
+    nothing was recorded, so the phone simply asks again later."""
+    return PlainTextResponse(
+        "service temporarily unavailable\n", status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)}
+    )
 
 
 def _peer(request: Request) -> str | None:
@@ -46,7 +58,10 @@ def create_wpi_app(hub: DeploymentHub, *, max_body: int) -> FastAPI:
             if len(body) > max_body:
                 return PlainTextResponse("request body too large\n", status_code=413)
         peer = _peer(request)
-        answer = await hub.handle(bytes(body), peer=peer, cookie=request.cookies.get(COOKIE_NAME), path="/" + path)
+        try:
+            answer = await hub.handle(bytes(body), peer=peer, cookie=request.cookies.get(COOKIE_NAME), path="/" + path)
+        except DatabaseError:
+            return _unavailable()
         response = Response(answer.body, status_code=answer.status, media_type=answer.content_type)
         if answer.retry_after is not None:
             response.headers["retry-after"] = str(answer.retry_after)
@@ -71,6 +86,8 @@ def create_poll_app(runtime: Runtime) -> FastAPI:
             return PlainTextResponse("invalid device-id\n", status_code=400)
         try:
             pending = await run_db(poll, runtime, mac, runtime.clock.now(), peer=_peer(request))
+        except DatabaseError:
+            return _unavailable()
         except CertmgrError as exc:
             log.error("poll for %s failed: %s", mac, exc.message)
             pending = False

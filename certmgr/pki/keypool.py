@@ -4,13 +4,16 @@ RSA key generation dominates issuance (tens of milliseconds per key, see ``docs/
 Python process uses one core. :class:`KeyPool` generates keys in worker processes and hands them back to the
 caller as PKCS#8 DER over the pool's pipe — process memory only, never a file, a log or argv — where they are
 loaded again. Workers are started with the ``spawn`` method, so they never inherit the service's threads,
-event loop, database connections or CA key.
+event loop, database connections or CA key. A worker watches its parent and exits as soon as the parent is
+gone (even after ``kill -9``): no orphaned worker ever outlives the service.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 
@@ -19,6 +22,21 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from certmgr.pki.keys import PrivateKey, generate_private_key
 from certmgr.pki.types import KeyType
+
+#: How often a worker checks that its parent is alive (seconds).
+PARENT_CHECK_S = 0.5
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Worker initializer: a daemon thread that ends the worker once ``parent_pid`` is no longer its parent (the
+    parent died and the worker was re-parented)."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _generate_der(key_type: str) -> bytes:
@@ -46,7 +64,12 @@ class KeyPool:
 
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:
-            self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            self._executor = ProcessPoolExecutor(
+                self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_watch_parent,
+                initargs=(os.getpid(),),
+            )
         return self._executor
 
     def generate(self, key_types: Sequence[KeyType]) -> list[PrivateKey]:

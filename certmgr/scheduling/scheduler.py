@@ -57,6 +57,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from certmgr.clock import Clock, SystemClock
+from certmgr.db.health import log_failure
 from certmgr.db.locks import leadership
 from certmgr.errors import CANotInitialisedError, CertmgrError
 
@@ -323,7 +324,7 @@ def run_job(runtime: Runtime, spec: JobSpec, monitor: SchedulerMonitor | None = 
         detail = describe(result)
         return result
     except CertmgrError as exc:
-        log.error("job %s failed: %s", spec.id, exc.message)
+        log_failure(log, f"job {spec.id} failed", exc)
         detail = exc.message
     except Exception as exc:  # a bug must not stop the scheduler; logged with its traceback
         log.exception("job %s failed", spec.id)
