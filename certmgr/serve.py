@@ -42,6 +42,7 @@ class Listener:
     name: str
     server: uvicorn.Server
     url: str
+    app: object = None
 
 
 class DeadlineH11Protocol(H11Protocol):
@@ -96,7 +97,7 @@ def make_listener(
     )
     scheme = "https" if config.get("ssl_certfile") else "http"
     shown = f"[{host}]" if ":" in host else host
-    return Listener(name, _Server(cfg), f"{scheme}://{shown}:{port}")
+    return Listener(name, _Server(cfg), f"{scheme}://{shown}:{port}", app)
 
 
 BackgroundTask = Callable[[asyncio.Event], Coroutine[Any, Any, None]]

@@ -12,7 +12,9 @@ phone when its TCP peer is the phone's known address or a trusted NAT/proxy
 * a **known** phone's record (E.164, model, firmware, ``contact-me-uri``) is updated only from its known address;
 * a message for a known phone from **another** address changes nothing. If it is self-consistent (its
   ``contact-me-uri`` names the sender) it is an **address claim** (:class:`AddressClaim`): the adapter TLS-probes the
-  claimed address and :func:`resolve_claim` moves the phone only on proof of possession — the new address serves
+  claimed address and :func:`resolve_claim` moves the phone only on proof of possession (only a message the phone
+  sends of its own accord — start-up, local-changes, inventory-changes — claims; a refused ``solicited`` claims
+  nothing) — the new address serves
   the certificate certmgr last deployed to the phone (the handshake proves it holds the key). Without proof the
   move is **held** for an operator (``pending_ip``), except for a phone that never received a certificate from
   certmgr, which follows its policy's enrollment mode. A later message from the known address withdraws the claim.
@@ -43,6 +45,9 @@ from certmgr.wpi.contactme import parse_contact_me_uri
 from certmgr.wpi.messages import ITEM_CONTACT_ME_URI, ITEM_DEVICE_TYPE, ITEM_E164, ITEM_SOFTWARE_VERSION
 
 ACTOR = "wpi"
+#: The reasons for contact a phone reports its own details with (D9): only these can claim a new address. A
+#: ``solicited`` or ``status`` call answers certmgr; from another address it is refused and claims nothing.
+CLAIMING_REASONS = frozenset({"start-up", "local-changes", "inventory-changes"})
 
 
 @dataclass(frozen=True)
@@ -97,20 +102,18 @@ def _reported_address(
     items: Mapping[str, str | None], peer: str | None, trusted: Sequence[str]
 ) -> tuple[str | None, str | None, str | None]:
     """``(address, contact-me-uri, problem)`` of a report: the address the message speaks for (the URI's IP when the
-    peer agrees or is a trusted proxy, else the peer), the URI if certmgr may contact-me there, and what was wrong."""
+    peer agrees or is a trusted proxy, else the peer), the URI if certmgr may send contact-me there
+    (:func:`~certmgr.inventory.addresses.contact_me_target`, the one rule), and what was refused."""
     uri = _clip(items.get(ITEM_CONTACT_ME_URI), 255)
     peer_trusted = peer_is_trusted_proxy(peer, trusted)
+    own = None if peer_trusted else peer
     if uri is None:
-        return (None if peer_trusted else peer), None, None
+        return own, None, None
     try:
         uri_ip = parse_contact_me_uri(uri).ip
     except ProtocolError as exc:
-        return (None if peer_trusted else peer), None, exc.message
-    if uri_ip is None:
-        return (None if peer_trusted else peer), None, "contact-me-uri names a DNS name"
-    address = str(uri_ip)
-    if not peer_trusted and not same_ip(peer, address):
-        return peer, None, f"contact-me-uri names {address}, the message came from {peer}"
+        return own, None, exc.message
+    address = str(uri_ip) if uri_ip is not None and (peer_trusted or same_ip(peer, str(uri_ip))) else own
     try:
         contact_me_target(uri, address, trusted)
     except ProtocolError as exc:
@@ -148,7 +151,7 @@ def record_report(
     if not peer_is_phone(peer, device.ip, trusted) and device.ip is not None:
         # Another address speaks for a known phone: nothing changes; a self-consistent message is a claim to prove.
         claim = None
-        if uri is not None and address is not None and not same_ip(address, device.ip):
+        if reason in CLAIMING_REASONS and uri is not None and address is not None and not same_ip(address, device.ip):
             claim = AddressClaim(mac, address, uri)
         events.append(
             NewEvent(ACTOR, "device.address-claim" if claim else "device.address-mismatch", "device", mac,
@@ -170,9 +173,10 @@ def record_report(
     if uri is not None and same_ip(address, device.ip):
         device.contact_me_uri = uri
     elif address is not None and not same_ip(address, device.ip):
-        # The known address speaks (e.g. through a trusted proxy) for another address: a move to prove.
+        # A trusted proxy speaks for another address than the known one: a move to prove.
+        claim = AddressClaim(mac, address, uri) if uri and reason in CLAIMING_REASONS else None
         append_events(session, now, events)
-        return ReportResult(device, False, False, AddressClaim(mac, address, uri) if uri else None)
+        return ReportResult(device, False, False, claim)
     if device.pending_ip is not None:
         events.append(NewEvent(ACTOR, "device.move-withdrawn", "device", mac, {"pending": device.pending_ip}))
         device.pending_ip = device.pending_contact_me_uri = device.pending_since = None

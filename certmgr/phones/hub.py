@@ -213,8 +213,9 @@ class DeploymentHub:
         now = self._now()
         if mac is not None and mac in self._by_mac:
             other = self._live.get(self._by_mac[mac])
-            if other is not None and other.peer == peer and not other.interaction.finished:
-                # Never two interactions with one phone: the running one keeps the job.
+            if other is not None and not other.interaction.finished:
+                # Never two interactions with one phone (only the phone's own address holds a place): the running
+                # one keeps the job.
                 reply = cleanup_message(msg.nonce, reason="interaction in progress")
                 await self._audit_refusal(peer, mac, "second interaction while one is in progress", now)
                 return WpiResponse(200, encode_dls(reply))

@@ -46,6 +46,7 @@ def _peer(request: Request) -> str | None:
 def create_wpi_app(hub: DeploymentHub, *, max_body: int) -> FastAPI:
     """The WPI app: ``POST /DeploymentService/LoginService`` and the same handler on any other path (D1)."""
     app = FastAPI(title="certmgr WPI", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.hub = hub
 
     @app.post("/{path:path}")
     async def wpi(request: Request, path: str) -> Response:

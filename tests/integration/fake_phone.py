@@ -28,7 +28,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from fastapi import FastAPI
 
+from certmgr.phones.hub import DeploymentHub
 from certmgr.pki.pkcs12 import open_pkcs12
 from certmgr.runtime import Runtime
 from certmgr.wpi.certjudge import format_certificate_info
@@ -344,6 +346,9 @@ class Stack:
             asyncio.set_event_loop(self._loop)
             self._loop.run_until_complete(main())
 
+        wpi_app = next(listener.app for listener in listeners if listener.name == "wpi")
+        assert isinstance(wpi_app, FastAPI)
+        self.hub: DeploymentHub = wpi_app.state.hub
         self._thread = threading.Thread(target=runner, daemon=True)
         self._thread.start()
         assert self._ready.wait(10)
