@@ -154,7 +154,9 @@ class ServiceProcess:
         )
         log.close()
         assert self.proc.stdout is not None
-        threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True).start()
+        # The pump writes to *this* start's queue: a killed earlier process's pump may still be draining its pipe
+        # (its key workers hold it open a moment longer) and must not report its end to this start.
+        threading.Thread(target=self._pump, args=(self.proc.stdout, self._lines), daemon=True).start()
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -171,13 +173,13 @@ class ServiceProcess:
             if line.startswith("wpi listening on"):
                 return
 
-    def _pump(self, stream: IO[str]) -> None:
+    def _pump(self, stream: IO[str], lines: queue.Queue[str | None]) -> None:
         with self.log_file.open("a", encoding="utf-8") as log:
             for line in stream:
                 log.write(line)
                 log.flush()
-                self._lines.put(line)
-        self._lines.put(None)
+                lines.put(line)
+        lines.put(None)
 
     @property
     def pid(self) -> int:
@@ -391,7 +393,7 @@ def make_e2e(tmp: Path, count: int, *, profiles: Sequence[str], settings: dict[s
         **FAST_SETTINGS,
         **(settings or {}),
     }
-    lines = [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+    lines = [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]  # None: leave it unset
     lines += ["", "[pkcs12_passwords]", f"{P12_SECRET} = {_toml_value(P12_PASSWORD)}", ""]
     config_file = tmp / "certmgr.toml"
     config_file.write_text("\n".join(lines))
