@@ -198,6 +198,29 @@ class PostgresServer:
                 self._kill_postmaster(data)
         shutil.rmtree(tmp, ignore_errors=True)
 
+    def pause(self) -> None:
+        """Stop the server (fast shutdown: clients are disconnected) but keep its data and port, for :meth:`resume`
+        — a database going away under a running service.
+
+        Raises:
+            RuntimeError: for an external server or one not running. subprocess.CalledProcessError: if pg_ctl fails.
+        """
+        if self._external is not None or self._tmp is None or self.port is None or self._bin is None:
+            raise RuntimeError("only a running throwaway server can be paused")
+        self._run([str(self._bin / "pg_ctl"), "stop", "-D", str(self._tmp / "data"), "-m", "fast", "-w"], timeout=60)
+
+    def resume(self) -> None:
+        """Start a paused server again on the same port.
+
+        Raises:
+            PostgresUnavailableError: if it does not come back.
+        """
+        assert self._tmp is not None
+        assert self.port is not None
+        ok, error = self._pg_ctl_start(self.port)
+        if not ok:
+            raise PostgresUnavailableError(f"PostgreSQL did not come back: {error}")
+
     # --- databases -----------------------------------------------------------------------------------------
     @property
     def admin_url(self) -> URL:

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from sqlalchemy import select
 from sqlmodel import Session, col
 
-from certmgr.audit.log import HEAD_ID, verify_log
+from certmgr.audit.log import HEAD_ID, verify_log, write_pending
 from certmgr.db.models import AuditCheckpoint, AuditEvent, AuditHead
 from certmgr.errors import CACorruptError, ConfigError, StorageError
 from certmgr.fsutil import atomic_write, ensure_private_dir
@@ -176,8 +176,10 @@ def create_checkpoint(session: Session, signer: AuditSigner, now: datetime) -> A
     """Sign the current chain head inside the caller's transaction; idempotent.
 
     Returns the new checkpoint, or None when the log is empty or the head is already checkpointed. Intended
-    to be called periodically (scheduler) and after important events.
+    to be called periodically (scheduler) and after important events. Events appended earlier in the same
+    transaction are chained first, so the checkpoint covers them.
     """
+    write_pending(session)
     head = session.get(AuditHead, HEAD_ID)
     if head is None or head.seq == 0:
         return None

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Executable, insert, select, update
+from sqlalchemy import Executable, event, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col
@@ -60,20 +60,44 @@ def append_event(
     subject_type: str = "",
     subject_id: str = "",
     details: Mapping[str, Any] | None = None,
-) -> str:
-    """Append one event to the chain inside the caller's transaction; returns its hash (flushed, not committed)."""
-    return append_events(session, at, [NewEvent(actor, action, subject_type, subject_id, details or {})])[-1]
+) -> None:
+    """Append one event to the chain in the caller's transaction (see :func:`append_events`)."""
+    append_events(session, at, [NewEvent(actor, action, subject_type, subject_id, details or {})])
 
 
-def append_events(session: Session, at: datetime, events: Sequence[NewEvent]) -> list[str]:
-    """Append ``events`` in order, inside the caller's transaction, with one head update; returns their hashes.
+_PENDING = "certmgr.audit.pending"
 
-    The head row is updated first (``seq = seq + n``), which takes the lock that serialises chain writers.
+
+def append_events(session: Session, at: datetime, events: Sequence[NewEvent]) -> None:
+    """Append ``events`` in order to the chain, in the caller's transaction: they are written when it commits,
+    with the change they record (and not at all if it rolls back).
+
+    They are written at commit — after every other change of the transaction — so that the chain head's row lock,
+    which serialises all chain writers, is always the *last* lock a transaction takes: two transactions can never
+    hold it and a device or deployment row in opposite orders (a deadlock on PostgreSQL).
     """
-    if not events:
-        return []
-    at = ensure_utc(at)
-    n = len(events)
+    if events:
+        session.connection()  # the transaction begins here, so that its rollback (which drops these) is seen
+        session.info.setdefault(_PENDING, []).append((ensure_utc(at), list(events)))
+
+
+@event.listens_for(Session, "before_commit")
+def write_pending(session: Session) -> None:
+    """Chain the events appended in ``session`` so far onto the head now (done at commit by itself)."""
+    batches: list[tuple[datetime, list[NewEvent]]] = session.info.pop(_PENDING, [])
+    if batches:
+        _write(session, batches)
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_pending(session: Session, _previous: Any) -> None:
+    if not session.in_transaction():  # the whole transaction was rolled back (not a savepoint)
+        session.info.pop(_PENDING, None)
+
+
+def _write(session: Session, batches: Sequence[tuple[datetime, Sequence[NewEvent]]]) -> None:
+    """Chain ``batches`` onto the head with one head update (which takes the lock that serialises chain writers)."""
+    n = sum(len(events) for _at, events in batches)
     head = _advance_head(session, n)
     if head is None:
         # First event ever: create the head row. ON CONFLICT DO NOTHING waits for (and then yields to) a
@@ -81,39 +105,38 @@ def append_events(session: Session, at: datetime, events: Sequence[NewEvent]) ->
         session.execute(_insert_head_if_missing(session))
         head = _advance_head(session, n)
         assert head is not None
-    first, prev_hash = head[0] - n + 1, head[1]
+    seq, prev_hash = head[0] - n + 1, head[1]
     rows: list[dict[str, Any]] = []
-    hashes: list[str] = []
-    for offset, new in enumerate(events):
-        chained = ChainedEvent(
-            seq=first + offset,
-            at=at,
-            actor=new.actor,
-            action=new.action,
-            subject_type=new.subject_type,
-            subject_id=new.subject_id,
-            details=_scrub(new.details),
-        )
-        digest = event_hash(prev_hash, chained)
-        rows.append(
-            {
-                "seq": chained.seq,
-                "at": at,
-                "actor": new.actor,
-                "action": new.action,
-                "subject_type": new.subject_type,
-                "subject_id": new.subject_id,
-                "details": dict(chained.details),
-                "prev_hash": prev_hash,
-                "hash": digest,
-            }
-        )
-        hashes.append(digest)
-        prev_hash = digest
+    for at, events in batches:
+        for new in events:
+            chained = ChainedEvent(
+                seq=seq,
+                at=at,
+                actor=new.actor,
+                action=new.action,
+                subject_type=new.subject_type,
+                subject_id=new.subject_id,
+                details=_scrub(new.details),
+            )
+            digest = event_hash(prev_hash, chained)
+            rows.append(
+                {
+                    "seq": chained.seq,
+                    "at": at,
+                    "actor": new.actor,
+                    "action": new.action,
+                    "subject_type": new.subject_type,
+                    "subject_id": new.subject_id,
+                    "details": dict(chained.details),
+                    "prev_hash": prev_hash,
+                    "hash": digest,
+                }
+            )
+            prev_hash = digest
+            seq += 1
     session.execute(insert(AuditEvent), rows)
     session.execute(update(AuditHead).where(col(AuditHead.id) == HEAD_ID).values(hash=prev_hash))
     remember(session, [Told(r["actor"], r["action"], r["subject_id"], r["details"]) for r in rows])
-    return hashes
 
 
 def _advance_head(session: Session, n: int) -> tuple[int, str] | None:
@@ -157,6 +180,7 @@ def verify_log(session: Session, batch: int = 5000, *, upto: tuple[int, str] | N
     (a head recorded elsewhere, e.g. in a report manifest): an event changed, removed or inserted before it
     breaks the verdict.
     """
+    write_pending(session)  # what this transaction appended so far is part of the chain it verifies
     if upto is None:
         head = session.get(AuditHead, HEAD_ID)
         expected = (head.seq, head.hash) if head is not None else (0, GENESIS_HASH)

@@ -127,9 +127,10 @@ def _after_commit(session: Session) -> None:
         tell(told)
 
 
-@event.listens_for(Session, "after_rollback")
-def _after_rollback(session: Session) -> None:
-    session.info.pop(_PENDING, None)
+@event.listens_for(Session, "after_soft_rollback")
+def _after_rollback(session: Session, _previous: Any) -> None:
+    if not session.in_transaction():  # the whole transaction was rolled back (not a savepoint)
+        session.info.pop(_PENDING, None)
 
 
 __all__ = ["STORY", "Line", "Told", "remember", "tell"]

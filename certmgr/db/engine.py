@@ -146,6 +146,15 @@ def check_connection(engine: Engine) -> None:
 #: Errors that mean "the database is not there right now" (locked past the busy timeout, server gone, connection
 #: dropped) rather than "this transaction is wrong".
 UNAVAILABLE = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
+#: PostgreSQL SQLSTATEs of a transaction that lost a race with another (deadlock, serialization failure): the
+#: database is fine; running the transaction again is (:func:`is_conflict`, :func:`certmgr.db.txretry.run_db`).
+CONFLICT_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """True if ``exc`` is a transaction conflict (deadlock, serialization failure), not an outage."""
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "sqlstate", None) in CONFLICT_SQLSTATES
 
 
 @contextmanager
@@ -173,13 +182,57 @@ def session_scope(engine: Engine, *, expire_on_commit: bool = False) -> Iterator
             session.commit()
         except UNAVAILABLE as exc:
             _rollback_quietly(session)
+            if is_conflict(exc):
+                raise  # a lost race, retried by the caller (run_db); the database itself is fine
             health.failed(error_summary(exc))
             shown = redact_url(engine.url)
             raise DatabaseError(f"database {shown} unavailable: {error_summary(exc)}", url=shown) from exc
         except BaseException:
             _rollback_quietly(session)
             raise
-    health.succeeded()
+        wrote = bool(session.info.pop(_WROTE, False))
+    health.succeeded(wrote)
+
+
+_WROTE = "certmgr.wrote"
+
+
+@event.listens_for(Session, "after_flush")
+def _after_flush(session: Session, _context: Any) -> None:
+    session.info[_WROTE] = True
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _on_execute(state: Any) -> None:
+    if state.is_insert or state.is_update or state.is_delete:
+        state.session.info[_WROTE] = True
+
+
+def check_writable(engine: Engine) -> None:
+    """Prove the database takes writes right now (SQLite: take and release the write lock; PostgreSQL: a round
+    trip), and record it in the database's health.
+
+    Raises:
+        DatabaseError: if it does not.
+    """
+    health = health_of(engine)
+    try:
+        with engine.connect() as conn:
+            if engine.dialect.name == "sqlite":
+                # A probe answers at once: wait 0.2 s for another writer's lock, not the full busy timeout.
+                previous = conn.exec_driver_sql("PRAGMA busy_timeout").scalar()
+                conn.exec_driver_sql("PRAGMA busy_timeout = 200")
+                try:
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+                    conn.exec_driver_sql("ROLLBACK")
+                finally:
+                    conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(previous or SQLITE_BUSY_TIMEOUT_MS)}")
+            else:
+                conn.execute(text("SELECT 1"))
+    except UNAVAILABLE as exc:
+        health.failed(error_summary(exc))
+        raise connection_error(exc, engine.url) from exc
+    health.succeeded(wrote=True)
 
 
 def _rollback_quietly(session: Session) -> None:
@@ -189,10 +242,13 @@ def _rollback_quietly(session: Session) -> None:
 
 
 __all__ = [
+    "CONFLICT_SQLSTATES",
     "check_connection",
+    "check_writable",
     "connection_error",
     "create_db_engine",
     "error_summary",
+    "is_conflict",
     "normalise_url",
     "redact_url",
     "session_scope",

@@ -3,7 +3,8 @@
 :func:`certmgr.db.engine.session_scope` reports every transaction's outcome here: a connection that cannot be
 opened, or a transaction that fails because the database is locked past its busy timeout or the server went away
 (``OperationalError`` / ``InterfaceError`` / an invalidated connection), marks the database *unavailable*; the next
-transaction that commits marks it *available* again. Each change is logged once (WARNING, then INFO with how long it
+transaction that commits marks it *available* again — one that wrote, after a lock (reads keep working under
+another writer's lock, so a read proves nothing then). Each change is logged once (WARNING, then INFO with how long it
 lasted), so an outage is two lines in the log however many requests and ticks hit it. Callers ask
 :meth:`DatabaseHealth.available` to answer phones with 503 + Retry-After and ``/readyz`` with 503 meanwhile.
 """
@@ -30,6 +31,7 @@ class DatabaseHealth:
         self._lock = threading.Lock()
         self._down_since: float | None = None
         self._reason: str | None = None
+        self._locked = False
 
     @property
     def available(self) -> bool:
@@ -42,19 +44,20 @@ class DatabaseHealth:
         return self._reason
 
     def failed(self, summary: str) -> None:
-        """A transaction could not reach the database; logged once per outage."""
+        """A transaction could not reach the database (or its lock); logged once per outage."""
         with self._lock:
             if self._down_since is not None:
                 return
             self._down_since, self._reason = time.monotonic(), summary
+            self._locked = "locked" in summary.lower()
         log.warning("database %s unavailable: %s", self._url, summary)
 
-    def succeeded(self) -> None:
-        """A transaction committed; logged once after an outage."""
+    def succeeded(self, wrote: bool) -> None:
+        """A transaction committed (``wrote``: it changed something); logged once after an outage."""
         if self._down_since is None:
             return
         with self._lock:
-            if self._down_since is None:
+            if self._down_since is None or (self._locked and not wrote):
                 return
             lasted = time.monotonic() - self._down_since
             self._down_since = self._reason = None

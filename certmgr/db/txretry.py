@@ -13,7 +13,10 @@ import asyncio
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm.exc import StaleDataError
+
+from certmgr.db.engine import is_conflict
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -23,17 +26,18 @@ ATTEMPTS = 4
 
 
 async def run_db(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
-    """``await asyncio.to_thread(fn, *args, **kwargs)``, retried on ``StaleDataError`` (bounded).
+    """``await asyncio.to_thread(fn, *args, **kwargs)``, retried when it lost a race (bounded): a
+    ``StaleDataError`` (optimistic lock) or a PostgreSQL deadlock / serialization failure.
 
     Raises:
-        StaleDataError: if every attempt lost the race (not expected: each attempt re-reads the row).
+        StaleDataError / OperationalError: if every attempt lost the race (not expected: each attempt re-reads).
         Whatever ``fn`` raises otherwise.
     """
     for attempt in range(1, ATTEMPTS + 1):
         try:
             return await asyncio.to_thread(fn, *args, **kwargs)
-        except StaleDataError:
-            if attempt == ATTEMPTS:
+        except (StaleDataError, OperationalError) as exc:
+            if attempt == ATTEMPTS or not (isinstance(exc, StaleDataError) or is_conflict(exc)):
                 raise
             await asyncio.sleep(0.005 * attempt)
     raise AssertionError("unreachable")  # pragma: no cover

@@ -31,7 +31,9 @@ def expire_stale(runtime: Runtime, now: datetime, *, active_deployments: frozens
 
     * ``awaiting_callback`` / ``contacting`` whose phone never called back (past the callback timeout);
     * ``written`` left by a vanished interaction (past the callback timeout);
-    * ``verifying`` without progress for ``stuck_timeout_seconds`` (a probe that died with its process).
+    * ``verifying`` whose lease ran out — the interaction's lease covers the whole probe budget, so its probe is
+      over (it died with its process, or its result could not be recorded while the database was away) — or,
+      without a lease, after ``stuck_timeout_seconds``.
 
     Deployments with a live interaction here (``active_deployments``) or a lease held elsewhere (another
     process's interaction or probe) are left alone. A retried ``written`` / ``verifying`` deployment stays a
@@ -53,7 +55,10 @@ def expire_stale(runtime: Runtime, now: datetime, *, active_deployments: frozens
                     col(Deployment.state).in_([S.AWAITING_CALLBACK.value, S.WRITTEN.value, S.CONTACTING.value])
                     & (col(Deployment.updated_at) < cutoff)
                 )
-                | ((col(Deployment.state) == S.VERIFYING.value) & (col(Deployment.updated_at) < stuck_cutoff)),
+                | (
+                    (col(Deployment.state) == S.VERIFYING.value)
+                    & ((col(Deployment.lease_until).is_not(None)) | (col(Deployment.updated_at) < stuck_cutoff))
+                ),
                 (col(Deployment.lease_until).is_(None)) | (col(Deployment.lease_until) <= now),
             )
             .order_by(col(Deployment.id))

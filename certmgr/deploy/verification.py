@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, select
 
 from certmgr.audit.log import NewEvent, append_events
@@ -152,17 +154,17 @@ def finish_verification(
 
 
 def remember_profile(session: Session, device_type: str, version: str, profile: Pkcs12Profile, now: datetime) -> None:
-    """Remember that ``profile`` worked for ``device_type`` / ``version`` (D7)."""
-    row = session.exec(
-        select(ProfileMemory).where(
-            col(ProfileMemory.device_type) == device_type, col(ProfileMemory.software_version) == version
+    """Remember that ``profile`` worked for ``device_type`` / ``version`` (D7). One statement (insert, or update on
+    conflict): phones of one model verified at the same moment on several connections must not collide."""
+    dialect_insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    values = {"device_type": device_type, "software_version": version, "profile": profile, "updated_at": now}
+    statement = dialect_insert(ProfileMemory).values(**values)
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["device_type", "software_version"],
+            set_={"profile": statement.excluded.profile, "updated_at": statement.excluded.updated_at},
         )
-    ).first()
-    if row is None:
-        row = ProfileMemory(device_type=device_type, software_version=version, profile=profile, updated_at=now)
-    else:
-        row.profile, row.updated_at = profile, now
-    session.add(row)
+    )
 
 
 __all__ = ["ProbeTarget", "finish_verification", "probe_target", "remember_profile"]

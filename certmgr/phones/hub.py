@@ -36,6 +36,7 @@ from certmgr.db.health import log_failure
 from certmgr.db.txretry import run_db
 from certmgr.deploy.admission import Admitted, admit
 from certmgr.deploy.effects import apply_effects
+from certmgr.deploy.verdict import Verdict
 from certmgr.deploy.verification import finish_verification, probe_target
 from certmgr.errors import CertmgrError, DatabaseError, ProtocolError
 from certmgr.inventory.enrollment import AddressClaim, resolve_claim
@@ -57,6 +58,8 @@ MAX_INTERACTIONS = 10_000
 _AUDIT_EVERY = timedelta(seconds=10)
 #: Address proofs (TLS probes of a claimed new address) running at once.
 MAX_PROOFS = 16
+#: Attempts to record a probe's result while the database is away (a few seconds apart).
+RECORD_ATTEMPTS = 6
 
 
 @dataclass
@@ -381,17 +384,31 @@ class DeploymentHub:
                 interval=settings.probe_interval_seconds,
                 timeout=settings.probe_timeout_seconds,
             )
-            verdict = await run_db(
-                finish_verification,
-                self.runtime,
-                deployment_id,
-                seen_sha256=seen,
-                probe_error=error,
-                now=self._now(),
-            )
+            verdict = await self._record_probe(deployment_id, seen, error)
             log.debug("deployment %s: %s", deployment_id, verdict.value if verdict else "no longer verifying")
         except CertmgrError as exc:
             log_failure(log, f"verification of deployment {deployment_id} failed", exc)
+        except Exception:  # a bug must not vanish with the background task; it is logged with its traceback
+            log.exception("verification of deployment %s failed", deployment_id)
+
+    async def _record_probe(self, deployment_id: int, seen: str | None, error: str | None) -> Verdict | None:
+        """Record a probe's result; while the database is away, try again (bounded: a few times, seconds apart) so
+        that the result is not lost — past that, the lease runs out and the deployment is verified again."""
+        for attempt in range(RECORD_ATTEMPTS):
+            try:
+                return await run_db(
+                    finish_verification,
+                    self.runtime,
+                    deployment_id,
+                    seen_sha256=seen,
+                    probe_error=error,
+                    now=self._now(),
+                )
+            except DatabaseError:
+                if attempt == RECORD_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(min(2.0 * (attempt + 1), 10.0))
+        return None  # pragma: no cover - the loop returns or raises
 
     # -- proving an address claim --
     def start_proof(self, claim: AddressClaim) -> None:
@@ -422,6 +439,9 @@ class DeploymentHub:
             outcome = await run_db(prove_address, self.runtime, claim, seen, error, self._now())
         except CertmgrError as exc:
             log_failure(log, f"cannot decide the address claim of {claim.mac}", exc)
+            return
+        except Exception:  # a bug must not vanish with the background task; it is logged with its traceback
+            log.exception("cannot decide the address claim of %s", claim.mac)
             return
         if outcome == "moved":
             for callback in self.on_device_seen:

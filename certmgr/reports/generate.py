@@ -84,14 +84,14 @@ def export_record(doc: dict[str, Any], file: str, via: str, **extra: Any) -> Exp
     )
 
 
-def record_exports(runtime: Runtime, at: datetime, actor: str, records: Sequence[ExportRecord]) -> list[str]:
-    """Append one ``report.exported`` event per record (one transaction); returns their hashes.
+def record_exports(runtime: Runtime, at: datetime, actor: str, records: Sequence[ExportRecord]) -> None:
+    """Append one ``report.exported`` event per record (one transaction).
 
     Raises:
         DatabaseError: if the database cannot be reached.
     """
     with session_scope(runtime.engine) as session:
-        return append_events(
+        append_events(
             session,
             at,
             [NewEvent(actor, EXPORT_ACTION, "report", r.kind, r.details()) for r in records],

@@ -246,6 +246,7 @@ class E2E:
     service: ServiceProcess
     phones: list[SimPhone] = field(default_factory=list)
     loop: PhoneLoop = field(default_factory=PhoneLoop)
+    database_url: str | None = None  # None: the SQLite file in the data dir
     _engine: Engine | None = None
 
     @property
@@ -259,7 +260,8 @@ class E2E:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = create_db_engine(f"sqlite:///{(self.data_dir / 'certmgr.db').resolve()}")
+            url = self.database_url or f"sqlite:///{(self.data_dir / 'certmgr.db').resolve()}"
+            self._engine = create_db_engine(url)
         return self._engine
 
     def add_phones(self, specs: Sequence[str], **config: Any) -> list[SimPhone]:
@@ -398,7 +400,10 @@ def make_e2e(tmp: Path, count: int, *, profiles: Sequence[str], settings: dict[s
     config_file = tmp / "certmgr.toml"
     config_file.write_text("\n".join(lines))
     service = ServiceProcess(config_file, tmp / "service.log")
-    return E2E(tmp, second, third, hosts, wbm_port, contact_port, wpi_port, api_port, config_file, service)
+    database_url = values.get("database_url")
+    world = E2E(tmp, second, third, hosts, wbm_port, contact_port, wpi_port, api_port, config_file, service)
+    world.database_url = str(database_url) if database_url else None
+    return world
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from sqlalchemy import Engine, delete, func, select, update
 from sqlmodel import Session, col
 
 from certmgr.audit.chain import GENESIS_HASH, ChainedEvent, event_hash
-from certmgr.audit.log import append_event, verify_log
+from certmgr.audit.log import append_event, verify_log, write_pending
 from certmgr.db.engine import session_scope
 from certmgr.db.models import AuditEvent, AuditHead
 
@@ -211,11 +211,13 @@ def test_first_two_appends_racing_on_postgresql_do_not_collide(engine: Engine) -
     a = Session(engine, expire_on_commit=False)
     try:
         append_event(a, at=T0, actor="a", action="first")
+        write_pending(a)  # A is in its commit: head created and row written, not yet committed
 
         def writer_b() -> None:
             try:
                 with session_scope(engine) as s:
-                    outcome.append(append_event(s, at=T0, actor="b", action="second"))
+                    append_event(s, at=T0, actor="b", action="second")
+                outcome.append("committed")
             except BaseException as exc:  # surfaced below
                 outcome.append(exc)
 
@@ -245,6 +247,60 @@ def test_first_two_appends_racing_on_postgresql_do_not_collide(engine: Engine) -
     assert not b.is_alive()
     assert blocked, "writer B never waited for writer A"
     rows = _rows(engine)
-    assert outcome == [rows[1].hash]
+    assert outcome == ["committed"]
     assert [(r.seq, r.actor) for r in rows] == [(1, "a"), (2, "b")]
+    assert _verify(engine)[0]
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_the_chain_head_is_locked_last_so_no_deadlock(engine: Engine) -> None:
+    """A holds a device row and appends; B appends and then waits for that row. When appending took the chain
+    head's lock at once, B held the head while waiting for A's row and A waited for the head: a deadlock (seen
+    under load after a PostgreSQL restart). The head is now locked at commit, after every other lock."""
+    from sqlalchemy import text
+
+    from certmgr.db.locks import claim_device
+    from certmgr.db.models import Device
+
+    with session_scope(engine) as s:
+        device = Device(mac="00:1A:E8:00:00:77", created_at=T0, updated_at=T0)
+        s.add(device)
+        s.flush()
+        device_id = device.id
+        assert device_id is not None
+    a = Session(engine, expire_on_commit=False)
+    outcome: list[BaseException | str] = []
+
+    def writer_b() -> None:
+        try:
+            with session_scope(engine) as s:
+                append_event(s, at=T0, actor="b", action="b.first")
+                s.execute(text("UPDATE device SET updated_at = updated_at WHERE id = :id"), {"id": device_id})
+            outcome.append("committed")
+        except BaseException as exc:  # surfaced below
+            outcome.append(exc)
+
+    try:
+        assert claim_device(a, device_id)  # A holds the device row
+        b = threading.Thread(target=writer_b)
+        b.start()
+        with engine.connect() as probe:  # bounded wait until B waits for A's row lock
+            for _ in range(200):
+                waiting = probe.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                    )
+                ).scalar_one()
+                probe.rollback()
+                if waiting or not b.is_alive():
+                    break
+                threading.Event().wait(0.05)
+        append_event(a, at=T0, actor="a", action="a.first")
+        a.commit()  # a deadlock would abort one of the two here
+    finally:
+        a.close()
+    b.join(timeout=60)
+    assert outcome == ["committed"]
+    assert sorted(r.actor for r in _rows(engine)) == ["a", "b"]
     assert _verify(engine)[0]
