@@ -346,6 +346,64 @@ BAD_INPUTS: dict[str, tuple[bytes, str]] = {
 }
 
 
+_SOLICITED = (
+    '<WorkpointMessage xmlns="http://www.siemens.com/DLS"><Message nonce="n">'
+    "<ReasonForContact>solicited</ReasonForContact></Message></WorkpointMessage>"
+)
+
+
+@pytest.mark.parametrize(
+    "encoding",
+    ["x-no-such-codec", "rot13", "base64", "zip", "zlib", "hex", "bz2", "uu", "quopri", "mbcs", "a" * 300],
+)
+def test_unknown_or_non_text_encoding_is_a_protocol_error(encoding: str) -> None:
+    """Pins the ``except LookupError`` of ``codec._parse_root``: expat asks Python's codec registry for the
+    declared encoding, which raises LookupError for unknown names and bytes-to-bytes codecs. Without that
+    clause this is an uncaught LookupError — an HTTP 500 and a traceback on the phone port (issue 9, item 8)."""
+    for body in (
+        f'<?xml version="1.0" encoding="{encoding}"?>{_SOLICITED}',
+        f"<?xml version='1.0' encoding='{encoding}'?>",
+    ):
+        with pytest.raises(ProtocolError, match="encoding") as info:
+            parse_workpoint(body.encode())
+        assert encoding[:20] not in str(info.value)  # the reason never echoes the input
+        with pytest.raises(ProtocolError):
+            parse_dls(body.encode())
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # declared UTF-16, bytes are UTF-8 (and the reverse); UTF-32 declared on UTF-8; UTF-8 declared on Latin-1
+        f'<?xml version="1.0" encoding="utf-16"?>{_SOLICITED}'.encode(),
+        f'<?xml version="1.0" encoding="UTF-16LE"?>{_SOLICITED}'.encode(),
+        f'<?xml version="1.0" encoding="utf-8"?>{_SOLICITED}'.encode("utf-16"),
+        f'<?xml version="1.0" encoding="utf-32"?>{_SOLICITED}'.encode(),
+        f'<?xml version="1.0" encoding="utf-8"?>{_SOLICITED.replace("solicited", "sölicited")}'.encode("latin-1"),
+        b'<?xml version="1.0" encoding="utf-8"?>' + _SOLICITED.encode().replace(b"solicited", b"\xed\xa0\x80"),
+    ],
+)
+def test_encoding_mismatch_is_a_protocol_error(body: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        parse_workpoint(body)
+
+
+def test_every_registered_codec_name_parses_or_is_a_protocol_error() -> None:
+    """Every encoding name Python knows (text codecs, bytes codecs, aliases): a message or a ProtocolError."""
+    import encodings.aliases
+
+    names = set(encodings.aliases.aliases) | set(encodings.aliases.aliases.values())
+    outcomes = {"parsed": 0, "refused": 0}
+    for name in sorted(names):
+        try:
+            parse_workpoint(f'<?xml version="1.0" encoding="{name}"?>{_SOLICITED}'.encode())
+            outcomes["parsed"] += 1
+        except ProtocolError:
+            outcomes["refused"] += 1
+    assert outcomes["parsed"] > 0  # ASCII-compatible encodings still work
+    assert outcomes["refused"] > 0
+
+
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_workpoint_input_raises_protocol_error(case: str) -> None:
     body, fragment = BAD_INPUTS[case]
