@@ -224,14 +224,17 @@ def parse_workpoint(body: bytes, *, max_body: int = MAX_BODY) -> WorkpointMessag
         except ValueError as exc:
             raise ProtocolError("invalid status attribute on ReasonForContact") from exc
 
+    item_list = _one(found, "ItemList", "Message", required=False)
+    items = _parse_items(item_list)
     return WorkpointMessage(
         nonce=nonce,
         reason=reason,
-        items=_parse_items(_one(found, "ItemList", "Message", required=False)),
+        items=items,
         max_items=max_items,
         fragment=fragment,
         reply_action=reply_action,
         reply_status=reply_status,
+        empty_item_list=item_list is not None and not items,
     )
 
 
@@ -336,7 +339,7 @@ def encode_workpoint(msg: WorkpointMessage) -> bytes:
     """Serialise a ``WorkpointMessage`` (the phone simulator's direction) in the Guide's layout.
 
     ``maxItems`` and ``fragment`` go on ``Message``, ``status`` and ``action`` on ``ReasonForContact``, as in
-    every Guide example ([G p.60], [G p.76]).
+    every Guide example ([G p.60], [G p.76]); ``empty_item_list`` writes ``<ItemList/>`` ([G p.60] step 5).
 
     Raises:
         ProtocolError: if the nonce is empty or a string contains a character XML 1.0 cannot carry.
@@ -356,7 +359,7 @@ def encode_workpoint(msg: WorkpointMessage) -> bytes:
         _root_open("WorkpointMessage"),
         f"  <Message {message_attrs}>",
         f"    <ReasonForContact{rfc_attrs}>{_text(msg.reason.value, 'reason')}</ReasonForContact>",
-        *_item_lines(msg.items, "    "),
+        *(["    <ItemList/>"] if msg.empty_item_list else _item_lines(msg.items, "    ")),
         "  </Message>",
         "</WorkpointMessage>",
         "",
