@@ -88,14 +88,16 @@ def test_forwarding_headers_are_ignored_on_the_wpi_listener(
     Two phones wait for certmgr's call-back. A foreign peer — 127.0.0.1, which uvicorn would trust as a proxy
     by default — sends ``solicited`` for each: for phone A claiming A's address in ``X-Forwarded-For``,
     ``Forwarded`` and ``X-Real-IP``, for phone B without headers. Both must be treated alike, as the foreign
-    peer: CleanUp, no key, a refusal naming 127.0.0.1. With ``proxy_headers=True`` the listener believes the
-    header, A's solicited passes D10 and the PKCS#12 goes to the foreign peer."""
+    peer: CleanUp, no key, a refusal naming 127.0.0.1, no change (address, deployment), and the real phone's
+    call-back is served afterwards. With ``proxy_headers=True`` the listener believes the header, A's solicited
+    passes D10 and the PKCS#12 goes to the foreign peer."""
     runtime, stack = waiting
     a = _phone(stack, runtime, tmp_path, block, 1, callback=False)
     b = _phone(stack, runtime, tmp_path, block, 2, callback=False)
     try:
         _awaiting_callback(runtime, a)
         _awaiting_callback(runtime, b)
+        before = {p.mac: _deployment(runtime, p.mac) for p in (a, b)}
         claim = {"X-Forwarded-For": a.ip, "Forwarded": f"for={a.ip};proto=https", "X-Real-IP": a.ip}
         answers = {"a": _solicited_from(a, FOREIGN, claim), "b": _solicited_from(b, FOREIGN, {})}
         for name, answer in answers.items():
@@ -105,13 +107,15 @@ def test_forwarding_headers_are_ignored_on_the_wpi_listener(
         for phone in (a, b):
             assert refusals[phone.mac]["peer"] == FOREIGN
             assert "peer address" in refusals[phone.mac]["reason"]
-            dep = _deployment(runtime, phone.mac)
+            dep, was = _deployment(runtime, phone.mac), before[phone.mac]
             assert dep is not None
-            assert dep.written_at is None
+            assert was is not None
+            assert (dep.id, dep.state, dep.written_at) == (was.id, DeploymentState.AWAITING_CALLBACK, None)
+            assert _device_ip(runtime, phone.mac) == phone.ip  # no change
             assert phone.installed is None
-        # Whatever the refused call did to the inventory (issue 9 item 1 is the lead's), the header made no
-        # difference: A ended where B did.
-        assert (_device_ip(runtime, a.mac) == a.ip) == (_device_ip(runtime, b.mac) == b.ip)
+        # ... and the real phone, calling back from its own address, still gets its certificate.
+        assert [m.action for m in a.solicited_flow()] == [Action.WRITE_ITEMS, Action.READ_ITEMS, Action.CLEAN_UP]
+        assert a.installed is not None
     finally:
         a.close()
         b.close()
