@@ -8,6 +8,7 @@ from fastapi import Depends, FastAPI, Request
 
 from certmgr import __version__
 from certmgr.api.errors import install_error_handlers
+from certmgr.api.inputs import install_input_guards
 from certmgr.db.engine import check_writable
 from certmgr.runtime import Runtime
 
@@ -34,6 +35,7 @@ def create_app(runtime: Runtime, scheduler: SchedulerMonitor | None = None) -> F
     app.state.runtime = runtime
     app.state.scheduler = scheduler
     install_error_handlers(app)
+    install_input_guards(app)
     # Imported here: the route modules depend on get_runtime above (no import cycle, no import-time app).
     from certmgr.api import (
         routes_actions,

@@ -15,6 +15,8 @@ Parsing (:func:`parse_workpoint`, :func:`parse_dls`):
 * ``nonce`` is mandatory and must not be blank (§4.4). ``maxItems`` and ``fragment`` are read from ``Message``
   and from ``ReasonForContact`` (§4.2 note); conflicting values in the two places are an error.
 * Every failure raises :class:`~certmgr.errors.ProtocolError` with a short reason; the body is never echoed.
+  That includes every decoding problem: an XML declaration naming an unknown encoding or a non-text codec
+  (``encoding="rot13"``), bytes that do not decode, a declared encoding the bytes do not match.
 
 Encoding (:func:`encode_dls`, :func:`encode_workpoint`) writes the Guide's layout byte-for-byte
 deterministically: an UTF-8 XML declaration, the Siemens namespace plus ``xmlns:xsi`` and
@@ -77,6 +79,10 @@ def _parse_root(body: bytes, max_body: int, root_name: str) -> Element:
     except ParseError as exc:
         # The position helps debugging and reveals nothing of the content.
         raise ProtocolError(f"malformed XML at line {exc.position[0]}, column {exc.position[1]}") from exc
+    except LookupError as exc:
+        # An XML declaration naming an encoding Python has no text codec for ("x-no-such-codec") or a
+        # bytes-to-bytes codec ("rot13", "base64", "zip"): expat asks the codec registry, which raises this.
+        raise ProtocolError("unknown or unsupported XML encoding") from exc
     except (ValueError, UnicodeError) as exc:
         raise ProtocolError("undecodable XML") from exc
     _check_tag(root, root_name)
@@ -182,8 +188,9 @@ def parse_workpoint(body: bytes, *, max_body: int = MAX_BODY) -> WorkpointMessag
     """Parse a phone's ``WorkpointMessage`` (§4.2).
 
     Raises:
-        ProtocolError: if the body is too large, not well-formed, uses a DTD or entities, is not in the DLS
-            namespace, lacks a non-empty nonce or a ``ReasonForContact``, or has invalid attribute values.
+        ProtocolError: if the body is too large, not well-formed, not decodable in the encoding it declares
+            (or declares an unknown or non-text encoding), uses a DTD or entities, is not in the DLS namespace,
+            lacks a non-empty nonce or a ``ReasonForContact``, or has invalid attribute values.
     """
     root = _parse_root(body, max_body, "WorkpointMessage")
     message = _one(_children(root, "WorkpointMessage", {"Message"}), "Message", "WorkpointMessage", required=True)
@@ -217,14 +224,17 @@ def parse_workpoint(body: bytes, *, max_body: int = MAX_BODY) -> WorkpointMessag
         except ValueError as exc:
             raise ProtocolError("invalid status attribute on ReasonForContact") from exc
 
+    item_list = _one(found, "ItemList", "Message", required=False)
+    items = _parse_items(item_list)
     return WorkpointMessage(
         nonce=nonce,
         reason=reason,
-        items=_parse_items(_one(found, "ItemList", "Message", required=False)),
+        items=items,
         max_items=max_items,
         fragment=fragment,
         reply_action=reply_action,
         reply_status=reply_status,
+        empty_item_list=item_list is not None and not items,
     )
 
 
@@ -232,8 +242,9 @@ def parse_dls(body: bytes, *, max_body: int = MAX_BODY) -> DLSMessage:
     """Parse a service's ``DLSMessage`` (§4.3) — the phone simulator's direction.
 
     Raises:
-        ProtocolError: if the body is too large, not well-formed, uses a DTD or entities, is not in the DLS
-            namespace, lacks a non-empty nonce or exactly one non-empty ``Action``.
+        ProtocolError: if the body is too large, not well-formed, not decodable in the encoding it declares
+            (or declares an unknown or non-text encoding), uses a DTD or entities, is not in the DLS namespace,
+            lacks a non-empty nonce or exactly one non-empty ``Action``.
     """
     root = _parse_root(body, max_body, "DLSMessage")
     message = _one(_children(root, "DLSMessage", {"Message"}), "Message", "DLSMessage", required=True)
@@ -328,7 +339,7 @@ def encode_workpoint(msg: WorkpointMessage) -> bytes:
     """Serialise a ``WorkpointMessage`` (the phone simulator's direction) in the Guide's layout.
 
     ``maxItems`` and ``fragment`` go on ``Message``, ``status`` and ``action`` on ``ReasonForContact``, as in
-    every Guide example ([G p.60], [G p.76]).
+    every Guide example ([G p.60], [G p.76]); ``empty_item_list`` writes ``<ItemList/>`` ([G p.60] step 5).
 
     Raises:
         ProtocolError: if the nonce is empty or a string contains a character XML 1.0 cannot carry.
@@ -348,7 +359,7 @@ def encode_workpoint(msg: WorkpointMessage) -> bytes:
         _root_open("WorkpointMessage"),
         f"  <Message {message_attrs}>",
         f"    <ReasonForContact{rfc_attrs}>{_text(msg.reason.value, 'reason')}</ReasonForContact>",
-        *_item_lines(msg.items, "    "),
+        *(["    <ItemList/>"] if msg.empty_item_list else _item_lines(msg.items, "    ")),
         "  </Message>",
         "</WorkpointMessage>",
         "",

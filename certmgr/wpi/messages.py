@@ -226,10 +226,13 @@ class WorkpointMessage:
     ``max_items`` is the raw ``maxItems`` attribute (``-1`` = no limit, ``None`` = absent); use
     :attr:`item_limit` for the effective limit. ``fragment``, ``reply_action`` and ``reply_status`` are
     ``None`` when absent. The codec accepts ``maxItems`` and ``fragment`` on ``Message`` and on
-    ``ReasonForContact`` (§4.2 note) and stores them here once.
+    ``ReasonForContact`` (§4.2 note) and stores them here once. ``empty_item_list`` records an ``<ItemList/>``
+    without items, as phones send it in an accepted ``WriteItems`` reply ([G p.47], [G p.60]); it means nothing
+    to certmgr, but lets the codec reproduce the Guide's messages exactly.
 
     Raises:
-        ProtocolError: (on construction) for an empty nonce or a ``max_items`` other than -1 or >= 1.
+        ProtocolError: (on construction) for an empty nonce, a ``max_items`` other than -1 or >= 1, or
+            ``empty_item_list`` together with items.
     """
 
     nonce: str
@@ -239,12 +242,15 @@ class WorkpointMessage:
     fragment: Fragment | None = None
     reply_action: AnyAction | None = None
     reply_status: ReplyStatus | None = None
+    empty_item_list: bool = False
 
     def __post_init__(self) -> None:
         if not self.nonce.strip():
             raise ProtocolError("nonce must not be empty")
         if self.max_items is not None and self.max_items != -1 and self.max_items < 1:
             raise ProtocolError("maxItems must be -1 or a positive number")
+        if self.empty_item_list and self.items:
+            raise ProtocolError("an empty ItemList cannot hold items")
 
     def item(self, name: str) -> Item | None:
         """The first item called ``name``, or ``None``."""

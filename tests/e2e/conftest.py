@@ -8,12 +8,10 @@ Everything is bounded: every wait has a deadline, every process is killed at tea
 from __future__ import annotations
 
 import asyncio
-import base64
 import itertools
 import json
 import os
 import queue
-import re
 import signal
 import subprocess
 import sys
@@ -41,6 +39,7 @@ from certmgr.simulator.phone import PhoneConfig, SimPhone, alternate_ip, new_non
 from certmgr.wpi.codec import encode_workpoint
 from certmgr.wpi.messages import Item, Reason, WorkpointMessage
 from tests.conftest import REPO
+from tests.leaks import leaked_secrets as find_leaks
 
 T = TypeVar("T")
 
@@ -452,38 +451,10 @@ def served_sha256(ip: str, port: int) -> str | None:
         return None
 
 
-_BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{64,}={0,2}")
-_PEM_BLOCK = re.compile(r"-----BEGIN [A-Z0-9 ]+-----")
-_ESCAPED_DER = re.compile(r"(?:\\x30\\x8[123]|b['\"]0\\x8[123])")
-
-
-def _is_der(run: str) -> bool:
-    """True if ``run`` is base64 of ASN.1 DER (a SEQUENCE with a long-form length: keys, PKCS#12, certificates)."""
-    try:
-        raw = base64.b64decode(run + "=" * (-len(run) % 4), validate=True)
-    except ValueError:
-        return False
-    return len(raw) > 40 and raw[0] == 0x30 and raw[1] in (0x81, 0x82, 0x83)
-
-
 def leaked_secrets(text: str, password: str = P12_PASSWORD) -> list[str]:
-    """What in ``text`` looks like a secret: the PKCS#12 password, any PEM block (private key or not: a log holds
-    none), base64 of DER (a PKCS#12, a key or a certificate), escaped DER bytes, or any base64 run of 160+
-    characters. Returns short descriptions (never the secret)."""
-    found: list[str] = []
-    if password in text:
-        found.append("the PKCS#12 password")
-    for match in _PEM_BLOCK.finditer(text):
-        found.append(f"a PEM block ({match.group()}) at offset {match.start()}")
-    for match in _ESCAPED_DER.finditer(text):
-        found.append(f"escaped DER bytes at offset {match.start()}")
-    for match in _BASE64_RUN.finditer(text):
-        run = match.group()
-        if _is_der(run):
-            found.append(f"base64 DER of {len(run)} characters at offset {match.start()}")
-        elif len(run) >= 160:
-            found.append(f"a base64 run of {len(run)} characters at offset {match.start()}")
-    return found
+    """What in ``text`` (a log, transcripts, events) looks like a secret — the e2e PKCS#12 password, any PEM
+    block, key material as base64/hex/escaped DER, long base64 runs: :func:`tests.leaks.leaked_secrets`."""
+    return find_leaks(text, password)
 
 
 def transcripts_and_events_text(world: E2E) -> str:

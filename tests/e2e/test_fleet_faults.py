@@ -66,6 +66,15 @@ def _latest(world: E2E, phone: SimPhone) -> Deployment | None:
     return deps[-1] if deps else None
 
 
+def _snapshot(world: E2E, phones: list[SimPhone]) -> dict[str, list[tuple[object, ...]]]:
+    """Every deployment of ``phones`` as (id, certificate, state, attempts, finished_at), per MAC."""
+    deployments = world.deployments()
+    return {
+        p.config.mac: [(d.id, d.certificate_id, d.state, d.attempts, d.finished_at) for d in deployments[p.config.mac]]
+        for p in phones
+    }
+
+
 def _converged(world: E2E) -> bool:
     """Every phone has a deployment, none is unfinished, phones that move or reset have done so and are idle."""
     deployments = world.deployments()
@@ -85,7 +94,8 @@ def _converged(world: E2E) -> bool:
 
 def test_fifty_phones_every_fault(e2e_factory: Callable[..., E2E]) -> None:
     # At DEBUG: the log (every library included) must hold no key, password or PKCS#12 at any level.
-    world = e2e_factory(50, profiles=["legacy", "plain"], settings={"log_level": "DEBUG"})
+    # 51 addresses: the 50 phones, and a sentinel that joins once they have converged.
+    world = e2e_factory(51, profiles=["legacy", "plain"], settings={"log_level": "DEBUG"})
     world.service.start()
     specs = [spec for spec, n in FLEET for _ in range(n)]
     assert len(specs) == 50
@@ -93,10 +103,20 @@ def test_fifty_phones_every_fault(e2e_factory: Callable[..., E2E]) -> None:
     started = time.monotonic()
     world.start_phones(phones)
     wait_until(lambda: _converged(world), CONVERGE_TIMEOUT_S, 0.5, "every deployment final")
-    # Stable: a second look a few ticks later finds nothing new (no reconcile loop re-issuing forever).
-    time.sleep(1.5)
-    assert _converged(world)
     elapsed = time.monotonic() - started
+    # Stable: nothing new happens to the 50 (no reconcile loop re-issuing or retrying forever) while a sentinel
+    # phone joins and is served — which takes the dispatcher many rounds of reconcile, claims and checks.
+    before = _snapshot(world, phones)
+    (sentinel,) = world.add_phones([""])
+    world.start_phones([sentinel])
+    wait_until(
+        lambda: (dep := _latest(world, sentinel)) is not None and dep.state is DeploymentState.VERIFIED,
+        60.0,
+        0.25,
+        "the sentinel phone verified",
+    )
+    assert _snapshot(world, phones) == before
+    assert _converged(world)
 
     deployments = world.deployments()
     devices = world.devices()

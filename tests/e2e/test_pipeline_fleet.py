@@ -39,8 +39,7 @@ def test_five_simulated_phones_all_verified(settings: Settings, tmp_path: Path) 
     def run_fleet() -> None:
         async def main() -> None:
             await fleet.start(send_startup=True)
-            while not stop.is_set():
-                await asyncio.sleep(0.1)
+            await asyncio.to_thread(stop.wait, 300)  # until the test is done (bounded)
             await fleet.stop()
 
         loop.run_until_complete(main())

@@ -42,6 +42,7 @@ from tests.integration.test_api_support import (  # noqa: F401 - fixtures
     rt,
     tokens,
 )
+from tests.leaks import leaked_secrets
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -459,5 +460,5 @@ def test_no_key_material_in_action_responses(rt: Runtime, client: TestClient, to
         headers=auth(tokens["admin"]),
     )
     for r in (r1, r2):
-        assert "PRIVATE KEY" not in r.text
+        assert leaked_secrets(r.content, public_pki=True) == []
         assert "key_blob" not in r.text

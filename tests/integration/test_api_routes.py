@@ -18,6 +18,7 @@ from tests.integration.test_api_support import (  # noqa: F401 - fixtures
     rt,
     tokens,
 )
+from tests.leaks import leaked_secrets
 
 
 def _get(client: TestClient, token: str, url: str, **params: object) -> dict[str, Any]:
@@ -122,7 +123,7 @@ def test_certificates(client: TestClient, tokens: dict[str, str], fleet: Fleet) 
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("application/x-pem-file")
     assert r.text.startswith("-----BEGIN CERTIFICATE-----")
-    assert "PRIVATE KEY" not in r.text
+    assert leaked_secrets(r.content, public_pki=True) == []
     assert "sealed-key" not in r.text
 
 

@@ -47,11 +47,13 @@ def _run_scheduler_once(rt: Runtime, monitor: sched.SchedulerMonitor, timeout: f
     specs = [dataclasses.replace(spec, start_delay=0.0) for spec in sched.job_specs(rt)]
     ids = {spec.id for spec in specs}
     stop_holder: list[asyncio.Event] = []
+    created = threading.Event()
     loop = asyncio.new_event_loop()
 
     async def main() -> None:
         stop = asyncio.Event()
         stop_holder.append(stop)
+        created.set()
         await sched.run_scheduler(rt, stop, specs, monitor)
 
     thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
@@ -65,8 +67,7 @@ def _run_scheduler_once(rt: Runtime, monitor: sched.SchedulerMonitor, timeout: f
             time.sleep(0.1)
         pytest.fail(f"jobs without a finished run after {timeout:g}s: {sorted(ids - done)}")
     finally:
-        while not stop_holder:
-            time.sleep(0.01)
+        assert created.wait(30), "the scheduler loop did not start"
         loop.call_soon_threadsafe(stop_holder[0].set)
         thread.join(30)
 

@@ -1,6 +1,11 @@
 """Two ``certmgr serve --role scheduler`` processes against one throwaway PostgreSQL: with many phones due,
 every renewal is issued once and every deployment is claimed once per attempt (advisory-lock leadership,
-``FOR UPDATE SKIP LOCKED`` claims, device row locks). Both processes also dispatch (``dispatch_role``)."""
+``FOR UPDATE SKIP LOCKED`` claims, device row locks). Both processes also dispatch (``dispatch_role``).
+
+Once the renewals are out, the processes keep running while two *sentinel* phones report one after the other;
+each must be enrolled and its deployment claimed (once) before the next: proof that further dispatcher rounds
+(reconcile, claims) ran after the renewals — and still nothing was issued or claimed twice. This replaces a
+three-second sleep "to let both nodes run a few more ticks", which proved nothing about what ran."""
 
 from __future__ import annotations
 
@@ -8,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
@@ -19,17 +23,18 @@ from sqlmodel import col, select
 from certmgr.audit.log import verify_log
 from certmgr.clock import ManualClock, SystemClock
 from certmgr.db.engine import session_scope
-from certmgr.db.models import AuditEvent, Certificate, Deployment, IssueReason
-from certmgr.runtime import open_runtime
+from certmgr.db.models import AuditEvent, Certificate, Deployment, Device, IssueReason
+from certmgr.runtime import Runtime, open_runtime
 from certmgr.settings import Settings
 from tests.integration.fake_phone import address_block, wait_for
-from tests.integration.renewal_support import enroll_verified, write_policy
+from tests.integration.renewal_support import enroll_verified, mac_of, report, write_policy
 from tests.pg import PostgresServer
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(240)]
 
 N_EXPIRED = 20
 N_DUE = 20
+SENTINELS = 2
 
 
 def test_two_scheduler_processes_issue_and_claim_once(
@@ -96,7 +101,9 @@ def test_two_scheduler_processes_issue_and_claim_once(
                 return len(deps) >= N_EXPIRED + N_DUE and all(d.attempts >= 1 for d in deps)
 
         wait_for(done, 150, 0.5)
-        time.sleep(3)  # let both nodes run a few more ticks: nothing more may happen
+        for n in range(N_EXPIRED + N_DUE, N_EXPIRED + N_DUE + SENTINELS):
+            report(rt, n, ip(n))  # a new phone reports: the nodes must enroll it and claim its deployment
+            wait_for(lambda n=n: _enrolled_and_claimed(rt, mac_of(n)), 60, 0.2)  # type: ignore[misc]
     finally:
         for p in procs:
             if p.poll() is None:
@@ -109,7 +116,11 @@ def test_two_scheduler_processes_issue_and_claim_once(
                 p.wait(10)
     try:
         with session_scope(rt.engine) as s:
-            renewed = s.exec(select(Certificate).where(col(Certificate.created_at) > seeded)).all()
+            sentinels = {d.id for d in s.exec(select(Device).where(col(Device.mac).in_(SENTINEL_MACS))).all()}
+            assert len(sentinels) == SENTINELS
+            issued_after = s.exec(select(Certificate).where(col(Certificate.created_at) > seeded)).all()
+            assert Counter(c.device_id for c in issued_after if c.device_id in sentinels) == dict.fromkeys(sentinels, 1)
+            renewed = [c for c in issued_after if c.device_id not in sentinels]
             per_device = Counter(c.device_id for c in renewed)
             assert len(per_device) == N_EXPIRED + N_DUE
             assert set(per_device.values()) == {1}, per_device
@@ -120,7 +131,7 @@ def test_two_scheduler_processes_issue_and_claim_once(
             # Issued by the renewal reconcile (certificate.reissue) or, for expired ones, possibly by the
             # dispatcher's enrollment reconcile: either way once per phone.
             issued = Counter(e.details["mac"] for e in events if e.action == "certificate.issued")
-            assert len(issued) == N_EXPIRED + N_DUE
+            assert len(issued) == N_EXPIRED + N_DUE + SENTINELS
             assert set(issued.values()) == {1}
             reissues = Counter(e.subject_id for e in events if e.action == "certificate.reissue")
             assert set(reissues.values()) == {1}
@@ -133,3 +144,16 @@ def test_two_scheduler_processes_issue_and_claim_once(
             assert verify_log(s).ok
     finally:
         rt.close()
+
+
+SENTINEL_MACS = [mac_of(n) for n in range(N_EXPIRED + N_DUE, N_EXPIRED + N_DUE + SENTINELS)]
+
+
+def _enrolled_and_claimed(rt: Runtime, mac: str) -> bool:
+    """The sentinel got its certificate and its deployment was claimed (a contact-me attempt was made)."""
+    with session_scope(rt.engine) as s:
+        device = s.exec(select(Device).where(col(Device.mac) == mac)).first()
+        if device is None:
+            return False
+        deps = s.exec(select(Deployment).where(col(Deployment.device_id) == device.id)).all()
+        return len(deps) == 1 and deps[0].attempts >= 1

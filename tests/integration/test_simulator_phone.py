@@ -17,6 +17,7 @@ from certmgr.simulator.faults import parse_fault_spec
 from certmgr.simulator.phone import PhoneConfig, SimPhone, alternate_ip
 from certmgr.wpi.certinfo import ExpectedCert, InfoVerdict, parse_certificate_info
 from certmgr.wpi.certjudge import judge_certificate_info
+from certmgr.wpi.contactme import CONTACT_ME_PATH, build_contact_me
 from certmgr.wpi.messages import Action, DLSMessage, Fragment, Item, Reason, ReplyStatus, WorkpointMessage
 from tests.integration.test_simulator_fakedls import (
     PASSWORD,
@@ -67,6 +68,24 @@ async def _setup(faults: str = "", **kw: Any) -> AsyncIterator[tuple[FakeDLS, Si
         finally:
             await phone.stop()
             assert phone.idle
+
+
+async def _contact_me_until_closed(phone: SimPhone, dls: FakeDLS) -> int:
+    """POST a contact-me to ``phone`` over a raw connection and read until the phone closes it; the status."""
+    host, port = phone.contact_me_uri.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    body = build_contact_me(dls.host, dls.port)
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 5)
+    try:
+        head = (
+            f"POST {CONTACT_ME_PATH} HTTP/1.1\r\nHost: {host}\r\n"
+            f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        writer.write(head.encode() + body)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)  # until EOF: the phone has finished the request
+    finally:
+        writer.close()
+    return int(answer.split(b" ", 2)[1])
 
 
 def _events(dls: FakeDLS, mac: str) -> list[str]:
@@ -180,8 +199,10 @@ def test_contact_gap_ignores_second_contact_me() -> None:
             assert await dls.wait_for(lambda: len(dls.seen) == 1)
             assert (await dls.contact_me(phone.contact_me_uri)).status_code == 204
             assert await dls.wait_for(lambda: len(dls.seen) == 2)
-            assert (await dls.contact_me(phone.contact_me_uri)).status_code == 204
-            await asyncio.sleep(0.3)
+            # Inside the gap: answered 204 and ignored. The phone closes the connection only after it has
+            # scheduled any call-back, so once the connection is closed and the phone is idle, no call is coming.
+            assert await _contact_me_until_closed(phone, dls) == 204
+            assert await phone.wait_idle(5)
             assert len(dls.seen) == 2
             assert phone.stats.contact_me_received == 2
             assert phone.stats.contact_me_ignored_gap == 1
@@ -374,7 +395,7 @@ def test_factory_reset_after_first_certificate(material: Material) -> None:
 def test_offline_phone_listens_nowhere() -> None:
     async def body() -> None:
         async with _setup("offline") as (dls, phone):
-            await asyncio.sleep(0.2)
+            assert phone.idle  # nothing running or scheduled: no start-up is on its way
             assert dls.seen == []
             with pytest.raises(httpx.ConnectError):
                 await dls.contact_me(phone.contact_me_uri)
@@ -472,7 +493,9 @@ def test_stop_closes_every_listener() -> None:
             again = SimPhone(_config(net, dls))
             await again.start(send_startup=False)
             await again.stop()
-        await asyncio.sleep(0.05)  # let the fake DLS's connection handlers finish
+        finishing = asyncio.all_tasks() - before
+        if finishing:  # the fake DLS's connection handlers end on their own; a leaked task would not
+            await asyncio.wait(finishing, timeout=5)
         assert asyncio.all_tasks() - before == set()
 
     run(body())

@@ -1,10 +1,11 @@
-"""Codec tests: the Guide's XML examples as golden files, byte-exact goldens of our encoder, round-trip
-properties and hostile input."""
+"""Codec tests: the Guide's XML examples (``tests/fixtures/wpi/guide-*.xml``, copied from the protocol document)
+parse to the messages they show and the encoder reproduces them; the Guide's byte layout; round-trip properties;
+hostile input."""
 
 from __future__ import annotations
 
 import contextlib
-import os
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,6 @@ from certmgr.wpi.messages import (
 )
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "wpi"
-UPDATE = os.environ.get("WPI_UPDATE_GOLDENS") == "1"
 
 HEAD = (
     b'<WorkpointMessage xmlns="http://www.siemens.com/DLS" '
@@ -65,6 +65,7 @@ GUIDE_WORKPOINT: dict[str, WorkpointMessage] = {
         fragment=Fragment.FINAL,
         reply_action=Action.WRITE_ITEMS,
         reply_status=ReplyStatus.ACCEPTED,
+        empty_item_list=True,
     ),
     "guide-p061-step7-info-reply-shape": WorkpointMessage(
         nonce="5E1F0A7C3B2D4E6F8091A2B3C4D5E6F7",
@@ -103,11 +104,10 @@ GUIDE_DLS: dict[str, DLSMessage] = {
 }
 
 
-def _golden(name: str, data: bytes) -> None:
-    path = FIXTURES / f"{name}.xml"
-    if UPDATE:
-        path.write_bytes(data)
-    assert path.read_bytes() == data, f"{path.name} differs; rerun with WPI_UPDATE_GOLDENS=1 after review"
+def _canonical(xml: bytes) -> str:
+    """Canonical XML (C14N 2.0: attributes sorted, empty elements expanded, comments and the XML declaration
+    dropped, whitespace-only text between elements removed) — what a namespace-aware reader sees."""
+    return ET.canonicalize(xml.decode("utf-8"), strip_text=True)
 
 
 @pytest.mark.parametrize("name", sorted(GUIDE_WORKPOINT))
@@ -121,19 +121,39 @@ def test_guide_dls_examples_parse(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(GUIDE_DLS))
-def test_encode_dls_matches_golden_and_reparses(name: str) -> None:
-    msg = GUIDE_DLS[name]
-    data = encode_dls(msg)
-    _golden(name.replace("guide-", "encoded-"), data)
-    assert parse_dls(data) == msg
+def test_encode_dls_reproduces_the_guide_example(name: str) -> None:
+    """The message the Guide shows, encoded by certmgr, is the Guide's XML (compared canonicalised) — the
+    reference is the protocol document's example, never certmgr's own earlier output."""
+    guide = (FIXTURES / f"{name}.xml").read_bytes()
+    data = encode_dls(GUIDE_DLS[name])
+    assert _canonical(data) == _canonical(guide)
+    assert parse_dls(data) == GUIDE_DLS[name]
 
 
 @pytest.mark.parametrize("name", sorted(GUIDE_WORKPOINT))
-def test_encode_workpoint_matches_golden_and_reparses(name: str) -> None:
-    msg = GUIDE_WORKPOINT[name]
-    data = encode_workpoint(msg)
-    _golden(name.replace("guide-", "encoded-"), data)
-    assert parse_workpoint(data) == msg
+def test_encode_workpoint_reproduces_the_guide_example(name: str) -> None:
+    """As above for the phone's direction (the simulator's encoder)."""
+    guide = (FIXTURES / f"{name}.xml").read_bytes()
+    data = encode_workpoint(GUIDE_WORKPOINT[name])
+    assert _canonical(data) == _canonical(guide)
+    assert parse_workpoint(data) == GUIDE_WORKPOINT[name]
+
+
+def test_canonical_comparison_sees_what_matters() -> None:
+    """The comparison is not blind: a missing namespace declaration, an attribute on the wrong element, a
+    changed value or a missing ``<ItemList/>`` each make the XML differ."""
+    guide = _canonical((FIXTURES / "guide-p060-step5-reply-accepted.xml").read_bytes())
+    msg = GUIDE_WORKPOINT["guide-p060-step5-reply-accepted"]
+    good = encode_workpoint(msg)
+    assert _canonical(good) == guide
+    for broken in (
+        good.replace(b' xsi:schemaLocation="http://www.siemens.com/DLS"', b""),
+        good.replace(b' maxItems="-1"', b"").replace(b"<ReasonForContact ", b'<ReasonForContact maxItems="-1" '),
+        good.replace(b'status="accepted"', b'status="busy"'),
+        good.replace(b"    <ItemList/>\n", b""),
+    ):
+        assert broken != good
+        assert _canonical(broken) != guide
 
 
 def test_encoded_layout_follows_the_guide() -> None:
@@ -346,6 +366,64 @@ BAD_INPUTS: dict[str, tuple[bytes, str]] = {
 }
 
 
+_SOLICITED = (
+    '<WorkpointMessage xmlns="http://www.siemens.com/DLS"><Message nonce="n">'
+    "<ReasonForContact>solicited</ReasonForContact></Message></WorkpointMessage>"
+)
+
+
+@pytest.mark.parametrize(
+    "encoding",
+    ["x-no-such-codec", "rot13", "base64", "zip", "zlib", "hex", "bz2", "uu", "quopri", "mbcs", "a" * 300],
+)
+def test_unknown_or_non_text_encoding_is_a_protocol_error(encoding: str) -> None:
+    """Pins the ``except LookupError`` of ``codec._parse_root``: expat asks Python's codec registry for the
+    declared encoding, which raises LookupError for unknown names and bytes-to-bytes codecs. Without that
+    clause this is an uncaught LookupError — an HTTP 500 and a traceback on the phone port (issue 9, item 8)."""
+    for body in (
+        f'<?xml version="1.0" encoding="{encoding}"?>{_SOLICITED}',
+        f"<?xml version='1.0' encoding='{encoding}'?>",
+    ):
+        with pytest.raises(ProtocolError, match="encoding") as info:
+            parse_workpoint(body.encode())
+        assert encoding[:20] not in str(info.value)  # the reason never echoes the input
+        with pytest.raises(ProtocolError):
+            parse_dls(body.encode())
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # declared UTF-16, bytes are UTF-8 (and the reverse); UTF-32 declared on UTF-8; UTF-8 declared on Latin-1
+        f'<?xml version="1.0" encoding="utf-16"?>{_SOLICITED}'.encode(),
+        f'<?xml version="1.0" encoding="UTF-16LE"?>{_SOLICITED}'.encode(),
+        f'<?xml version="1.0" encoding="utf-8"?>{_SOLICITED}'.encode("utf-16"),
+        f'<?xml version="1.0" encoding="utf-32"?>{_SOLICITED}'.encode(),
+        f'<?xml version="1.0" encoding="utf-8"?>{_SOLICITED.replace("solicited", "sölicited")}'.encode("latin-1"),
+        b'<?xml version="1.0" encoding="utf-8"?>' + _SOLICITED.encode().replace(b"solicited", b"\xed\xa0\x80"),
+    ],
+)
+def test_encoding_mismatch_is_a_protocol_error(body: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        parse_workpoint(body)
+
+
+def test_every_registered_codec_name_parses_or_is_a_protocol_error() -> None:
+    """Every encoding name Python knows (text codecs, bytes codecs, aliases): a message or a ProtocolError."""
+    import encodings.aliases
+
+    names = set(encodings.aliases.aliases) | set(encodings.aliases.aliases.values())
+    outcomes = {"parsed": 0, "refused": 0}
+    for name in sorted(names):
+        try:
+            parse_workpoint(f'<?xml version="1.0" encoding="{name}"?>{_SOLICITED}'.encode())
+            outcomes["parsed"] += 1
+        except ProtocolError:
+            outcomes["refused"] += 1
+    assert outcomes["parsed"] > 0  # ASCII-compatible encodings still work
+    assert outcomes["refused"] > 0
+
+
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_workpoint_input_raises_protocol_error(case: str) -> None:
     body, fragment = BAD_INPUTS[case]
@@ -434,6 +512,7 @@ def test_dls_round_trip(nonce: str, action: Action | UnknownAction, items: tuple
     fragment=st.one_of(st.none(), st.sampled_from(list(Fragment))),
     reply_action=st.one_of(st.none(), _action),
     reply_status=st.one_of(st.none(), st.sampled_from(list(ReplyStatus))),
+    empty_item_list=st.booleans(),
 )
 def test_workpoint_round_trip(
     nonce: str,
@@ -443,8 +522,11 @@ def test_workpoint_round_trip(
     fragment: Fragment | None,
     reply_action: Action | UnknownAction | None,
     reply_status: ReplyStatus | None,
+    empty_item_list: bool,
 ) -> None:
-    msg = WorkpointMessage(nonce, reason, items, max_items, fragment, reply_action, reply_status)
+    msg = WorkpointMessage(
+        nonce, reason, items, max_items, fragment, reply_action, reply_status, empty_item_list and not items
+    )
     assert parse_workpoint(encode_workpoint(msg)) == msg
 
 
