@@ -24,6 +24,17 @@ def _unmapped(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddre
     return address
 
 
+def canonical_ip(address: str | None) -> str | None:
+    """``address`` as certmgr stores a phone's address: an IPv4-mapped IPv6 peer (``::ffff:a.b.c.d``, how a
+    dual-stack listener sees an IPv4 phone) as its IPv4 address; anything that is not an address unchanged."""
+    if address is None:
+        return None
+    try:
+        return str(_unmapped(ipaddress.ip_address(address)))
+    except ValueError:
+        return address
+
+
 def same_ip(a: str | None, b: str | None) -> bool:
     """True if ``a`` and ``b`` are the same IP address (IPv4-mapped IPv6 unwrapped)."""
     if a is None or b is None:
@@ -83,4 +94,4 @@ def contact_me_target(uri: str, phone_address: str | None, trusted: Iterable[str
     return target
 
 
-__all__ = ["contact_me_target", "peer_is_phone", "peer_is_trusted_proxy", "same_ip"]
+__all__ = ["canonical_ip", "contact_me_target", "peer_is_phone", "peer_is_trusted_proxy", "same_ip"]

@@ -38,7 +38,13 @@ from certmgr.db.deployments import UNFINISHED_STATES, move
 from certmgr.db.models import Certificate, Deployment, DeploymentState, Device, DeviceStatus, Enrollment
 from certmgr.errors import ConflictError, InputError, NotFoundError, PolicyError, ProtocolError
 from certmgr.identity import DeviceIdentity, normalize_mac
-from certmgr.inventory.addresses import contact_me_target, peer_is_phone, peer_is_trusted_proxy, same_ip
+from certmgr.inventory.addresses import (
+    canonical_ip,
+    contact_me_target,
+    peer_is_phone,
+    peer_is_trusted_proxy,
+    same_ip,
+)
 from certmgr.inventory.phones import identity_of, policy_for
 from certmgr.policy import PolicySet
 from certmgr.wpi.contactme import parse_contact_me_uri
@@ -106,7 +112,7 @@ def _reported_address(
     (:func:`~certmgr.inventory.addresses.contact_me_target`, the one rule), and what was refused."""
     uri = _clip(items.get(ITEM_CONTACT_ME_URI), 255)
     peer_trusted = peer_is_trusted_proxy(peer, trusted)
-    own = None if peer_trusted else peer
+    own = None if peer_trusted else canonical_ip(peer)
     if uri is None:
         return own, None, None
     try:

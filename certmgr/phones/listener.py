@@ -51,7 +51,9 @@ def create_wpi_app(hub: DeploymentHub, *, max_body: int) -> FastAPI:
     @app.post("/{path:path}")
     async def wpi(request: Request, path: str) -> Response:
         declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > max_body):
+        if declared is not None and not declared.isdigit():
+            return PlainTextResponse("invalid Content-Length\n", status_code=400)
+        if declared is not None and int(declared) > max_body:
             return PlainTextResponse("request body too large\n", status_code=413)
         body = bytearray()
         async for chunk in request.stream():

@@ -246,3 +246,15 @@ def test_restart_recovery_never_writes_again(runtime: Runtime, clock: ManualCloc
     assert isinstance(adm, Serve)
     assert adm.job.mode is JobMode.VERIFY
     assert not adm.job.write_items
+
+
+def test_an_ipv4_mapped_peer_is_stored_as_its_ipv4_address(runtime: Runtime) -> None:
+    """A dual-stack listener sees an IPv4 phone as ``::ffff:a.b.c.d``; the phone's address (its SAN, its contact-me
+    target) is the IPv4 address."""
+    with session_scope(runtime.engine) as s:
+        record_report(
+            s, mac=MAC, items={"device-type": "OpenStage 60"}, reason="start-up", peer="::ffff:10.1.2.3",
+            now=runtime.clock.now(), policies=runtime.policies,
+        )  # fmt: skip
+    with session_scope(runtime.engine) as s:
+        assert s.exec(select(Device).where(col(Device.mac) == MAC)).one().ip == "10.1.2.3"
