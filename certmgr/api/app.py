@@ -1,27 +1,24 @@
-"""The security-team API (FastAPI). Served only on the API listener, never on the phone-facing ports."""
+"""The security-team API (FastAPI). Served only on the API listener, never on the
+phone-facing ports.
+
+Layout: :mod:`certmgr.api.deps` (every dependency: runtime, session, token and role), :mod:`certmgr.api.schemas`
+(request and response bodies), :mod:`certmgr.api.common` (parameter types, pagination), one module per resource
+under :mod:`certmgr.api.routes`, :mod:`certmgr.api.errors` (the one mapping of certmgr errors to HTTP).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING
 
-from fastapi import Depends, FastAPI, Request
-from sqlalchemy import text
+from fastapi import FastAPI
 
 from certmgr import __version__
 from certmgr.api.errors import install_error_handlers
-from certmgr.errors import DatabaseError
+from certmgr.api.routes import ROUTERS
 from certmgr.runtime import Runtime
 
 if TYPE_CHECKING:
     from certmgr.scheduling.scheduler import SchedulerMonitor
-
-
-def get_runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
-
-
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
 def create_app(runtime: Runtime, scheduler: SchedulerMonitor | None = None) -> FastAPI:
@@ -35,42 +32,6 @@ def create_app(runtime: Runtime, scheduler: SchedulerMonitor | None = None) -> F
     app.state.runtime = runtime
     app.state.scheduler = scheduler
     install_error_handlers(app)
-    # Imported here: the route modules depend on get_runtime above (no import cycle, no import-time app).
-    from certmgr.api import (
-        routes_actions,
-        routes_audit,
-        routes_inventory,
-        routes_reports,
-        routes_scheduler,
-        routes_system,
-        routes_tokens,
-    )
-
-    for module in (
-        routes_inventory,
-        routes_actions,
-        routes_system,
-        routes_audit,
-        routes_tokens,
-        routes_reports,
-        routes_scheduler,
-    ):
-        app.include_router(module.router)
-
-    @app.get("/healthz", tags=["health"])
-    def healthz() -> dict[str, str]:
-        """Liveness: the process answers."""
-        return {"status": "ok"}
-
-    @app.get("/readyz", tags=["health"])
-    def readyz(rt: RuntimeDep) -> dict[str, Any]:
-        """Readiness: the database answers and the CA is present."""
-        try:
-            with rt.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-        except Exception as exc:
-            raise DatabaseError("database unreachable") from exc
-        info = rt.ca_info()
-        return {"status": "ready", "ca": info.issuing_subject, "ca_not_after": info.not_after.isoformat()}
-
+    for router in ROUTERS:
+        app.include_router(router)
     return app

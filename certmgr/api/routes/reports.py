@@ -24,9 +24,8 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from certmgr.api.app import RuntimeDep
-from certmgr.api.auth import Viewer
-from certmgr.api.routes_common import Text, aware
+from certmgr.api.common import Text, aware
+from certmgr.api.deps import RuntimeDep, Viewer
 from certmgr.audit.log import append_event
 from certmgr.db.engine import session_scope
 from certmgr.errors import StorageError
