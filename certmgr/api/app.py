@@ -3,7 +3,8 @@ phone-facing ports.
 
 Layout: :mod:`certmgr.api.deps` (every dependency: runtime, session, token and role), :mod:`certmgr.api.schemas`
 (request and response bodies), :mod:`certmgr.api.common` (parameter types, pagination), one module per resource
-under :mod:`certmgr.api.routes`, :mod:`certmgr.api.errors` (the one mapping of certmgr errors to HTTP).
+under :mod:`certmgr.api.routes`, :mod:`certmgr.api.errors` (the one mapping of certmgr errors to HTTP). The web
+console (:mod:`certmgr.console`) is mounted on the same application, at ``/ui/``.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ if TYPE_CHECKING:
     from certmgr.scheduling.scheduler import SchedulerMonitor
 
 
-def create_app(runtime: Runtime, scheduler: SchedulerMonitor | None = None) -> FastAPI:
+def create_app(runtime: Runtime, scheduler: SchedulerMonitor | None = None, *, console: bool | None = None) -> FastAPI:
     """Build the API application around an opened :class:`Runtime`; ``scheduler`` is the status of the scheduler
-    running in this process (``None``: this process runs none, ``GET /api/v1/scheduler`` says so)."""
+    running in this process (``None``: this process runs none, ``GET /api/v1/scheduler`` says so). The web console
+    is served at ``/ui/`` unless ``console`` (default: the ``console_enabled`` setting) is false."""
     app = FastAPI(
         title="certmgr",
         version=__version__,
@@ -34,4 +36,8 @@ def create_app(runtime: Runtime, scheduler: SchedulerMonitor | None = None) -> F
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    if runtime.settings.console_enabled if console is None else console:
+        from certmgr.console.app import mount_console
+
+        mount_console(app, runtime)
     return app

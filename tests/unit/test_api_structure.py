@@ -88,8 +88,6 @@ def test_cli_calls_the_operations(command: str) -> None:
     source = (REPO / "certmgr/cli/main.py").read_text()
     tree = ast.parse(source)
     func = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == command)
-    imported = {
-        node.module for node in ast.walk(func) if isinstance(node, ast.ImportFrom) and node.module is not None
-    }
+    imported = {node.module for node in ast.walk(func) if isinstance(node, ast.ImportFrom) and node.module is not None}
     assert "certmgr.operations" in imported
     assert "certmgr.inventory.enrollment" not in imported
