@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import signal
+import sys
 from collections.abc import Callable, Coroutine, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -39,11 +41,12 @@ class _Server(uvicorn.Server):
 
 @dataclass
 class Listener:
-    """One uvicorn server and a human description of where it listens."""
+    """One uvicorn server, a human description of where it listens, and lines to announce with it."""
 
     name: str
     server: uvicorn.Server
     url: str
+    notes: list[str] = field(default_factory=list)
 
 
 def make_listener(name: str, app: object, host: str, port: int, **config: object) -> Listener:
@@ -87,6 +90,8 @@ async def run_forever(
         raise SystemExit(f"a listener failed to start: {', '.join(t.get_name() for t in failed)}")
     for listener in listeners:
         announce(f"{listener.name} listening on {listener.url}")
+        for note in listener.notes:
+            announce(note)
     bg = [asyncio.create_task(job(stop), name=getattr(job, "__name__", "background")) for job in background]
     waiter = asyncio.create_task(stop.wait())
     await asyncio.wait([waiter, *tasks, *bg], return_when=asyncio.FIRST_COMPLETED)
@@ -160,6 +165,23 @@ def api_tls_files(runtime: Runtime) -> tuple[Path, Path] | None:
     )
 
 
+def cli_program() -> str:
+    """How this process's CLI was started, to print commands that work as they are (``.venv/bin/certmgr``)."""
+    program = sys.argv[0] if sys.argv else ""
+    if os.path.basename(program) == "certmgr":
+        return program
+    return f"{sys.executable} -m certmgr"
+
+
+def console_notes(api_url: str) -> list[str]:
+    """What ``certmgr serve`` prints about the web console: its address and how to get a token to log in."""
+    return [
+        f"console at {api_url}/ui/",
+        f"log in with an API token; create one (printed once) with: {cli_program()} token create --role admin "
+        "--name admin",
+    ]
+
+
 def build_listeners(runtime: Runtime, role: Role) -> tuple[list[Listener], list[BackgroundTask]]:
     """The listeners and background tasks of ``role``:
 
@@ -188,7 +210,10 @@ def build_listeners(runtime: Runtime, role: Role) -> tuple[list[Listener], list[
         tls = api_tls_files(runtime)
         app = create_app(runtime, scheduler=monitor)
         ssl: dict[str, object] = {"ssl_certfile": str(tls[0]), "ssl_keyfile": str(tls[1])} if tls else {}
-        listeners.append(make_listener("api", app, settings.api_host, settings.api_port, **ssl))
+        api = make_listener("api", app, settings.api_host, settings.api_port, **ssl)
+        if settings.console_enabled:
+            api.notes += console_notes(api.url)
+        listeners.append(api)
     if role in (Role.ALL, Role.WPI):
         from certmgr.phones.hub import DeploymentHub
         from certmgr.phones.listener import create_poll_app, create_wpi_app

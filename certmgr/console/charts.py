@@ -25,14 +25,23 @@ class Bar:
     tone: str = "ok"
 
 
+TICKS = 4
+
+
 def _nice_max(value: int) -> int:
-    if value <= 5:
-        return 5
-    step = int(10 ** (len(str(value)) - 1))
-    return ((value + step - 1) // step) * step
+    """The top of the axis: :data:`TICKS` whole steps of 1, 2 or 5 times a power of ten covering ``value``."""
+    needed = max(1, -(-value // TICKS))
+    scale = 1
+    while True:
+        for step in (1, 2, 5):
+            if step * scale >= needed:
+                return step * scale * TICKS
+        scale *= 10
 
 
-def bar_chart(chart_id: str, title: str, desc: str, bars: Sequence[Bar], *, label_every: int = 1) -> Markup:
+def bar_chart(
+    chart_id: str, title: str, desc: str, bars: Sequence[Bar], *, label_every: int = 1, empty: str = "nothing to show"
+) -> Markup:
     """An SVG bar chart of ``bars`` (``role="img"``, labelled by its title and description)."""
     top = _nice_max(max((b.value for b in bars), default=0))
     plot_w = WIDTH - PAD_LEFT - 8
@@ -45,9 +54,9 @@ def bar_chart(chart_id: str, title: str, desc: str, bars: Sequence[Bar], *, labe
         f'<title id="{escape(chart_id)}-title">{escape(title)}</title>',
         f'<desc id="{escape(chart_id)}-desc">{escape(desc)}</desc>',
     ]
-    for i in range(5):
-        value = top * i // 4
-        y = PAD_TOP + plot_h - plot_h * i / 4
+    for i in range(TICKS + 1):
+        value = top * i // TICKS
+        y = PAD_TOP + plot_h - plot_h * i / TICKS
         parts.append(f'<line class="grid" x1="{PAD_LEFT}" x2="{WIDTH - 8}" y1="{y:.1f}" y2="{y:.1f}"/>')
         parts.append(f'<text class="axis" x="{PAD_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{value}</text>')
     for i, bar in enumerate(bars):
@@ -63,6 +72,11 @@ def bar_chart(chart_id: str, title: str, desc: str, bars: Sequence[Bar], *, labe
                 f'<text class="axis" x="{x + width / 2:.1f}" y="{HEIGHT - PAD_BOTTOM + 16}" '
                 f'text-anchor="middle">{escape(bar.label)}</text>'
             )
+    if not any(bar.value for bar in bars):
+        parts.append(
+            f'<text class="empty" x="{PAD_LEFT + plot_w / 2:.1f}" y="{PAD_TOP + plot_h / 2:.1f}" '
+            f'text-anchor="middle">{escape(empty)}</text>'
+        )
     parts.append(
         f'<line class="baseline" x1="{PAD_LEFT}" x2="{WIDTH - 8}" y1="{PAD_TOP + plot_h}" y2="{PAD_TOP + plot_h}"/>'
     )

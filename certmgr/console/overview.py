@@ -102,7 +102,9 @@ def _reason(status: DeviceStatus, drift: bool, has_cert: bool) -> str:
     if drift:
         return "drift: the phone serves another certificate"
     if not has_cert:
-        return "no certificate yet"
+        if status is DeviceStatus.FAILED:
+            return "no certmgr certificate serves yet: the deployment failed"
+        return "no certmgr certificate deployed yet"
     if status is DeviceStatus.VERIFIED:
         return "verified without a TLS probe seeing the certificate"
     return f"status {status.value}"

@@ -62,6 +62,47 @@ def redact(value: Any) -> Any:
 
 
 @dataclass(frozen=True)
+class TranscriptLine:
+    """One transcript entry as people read it: when (full and short), direction, and what."""
+
+    at: str
+    short: str
+    direction: str
+    text: str
+
+
+def _item(item: Any) -> str:
+    if not isinstance(item, dict):
+        return str(item)
+    status = item.get("status")
+    return f"{item.get('name', '?')}" + (f" ({status})" if status else "")
+
+
+def transcript_lines(entries: Any) -> list[TranscriptLine]:
+    """A deployment's transcript (redacted by :func:`redact` first), oldest first, one line per entry: message
+    kind, reason/action/status, item names, probe verdicts; ``None`` values left out."""
+    lines: list[TranscriptLine] = []
+    for entry in redact(entries if isinstance(entries, list) else []):
+        if not isinstance(entry, dict):
+            lines.append(TranscriptLine("", "", "", str(entry)))
+            continue
+        at = str(entry.get("at", ""))
+        parts: list[str] = []
+        for key, value in entry.items():
+            if key in ("at", "dir") or value is None or value == "":
+                continue
+            if key == "items" and isinstance(value, list):
+                parts.append("items: " + (", ".join(_item(i) for i in value) or "none"))
+            elif key == "nonce":
+                parts.append(f"nonce {str(value)[:8]}…")
+            else:
+                parts.append(f"{key}: {value}")
+        short = at[11:23] if len(at) >= 19 and at[10] == "T" else at
+        lines.append(TranscriptLine(at, short, str(entry.get("dir", "")), "; ".join(parts)))
+    return sorted(lines, key=lambda line: line.at)
+
+
+@dataclass(frozen=True)
 class Served:
     """What the phone's WBM was last seen serving: when, the SHA-256, and how it was seen."""
 
@@ -98,7 +139,7 @@ class PhoneDetail:
     certificates: list[Certificate] = field(default_factory=list)
     replaced_by: dict[int, int] = field(default_factory=dict)
     deployments: list[Deployment] = field(default_factory=list)
-    transcripts: dict[int, list[Any]] = field(default_factory=dict)
+    transcripts: dict[int, list[TranscriptLine]] = field(default_factory=dict)
     timeline: list[AuditEvent] = field(default_factory=list)
 
     @property
@@ -237,9 +278,19 @@ def phone_detail(session: Session, policies: PolicySet, device: Device) -> Phone
         certificates=certs,
         replaced_by={k: v for k, v in replaced_by.items() if k is not None},
         deployments=deployments,
-        transcripts={d.id: redact(d.transcript) for d in deployments if d.id is not None},
+        transcripts={d.id: transcript_lines(d.transcript) for d in deployments if d.id is not None},
         timeline=timeline,
     )
 
 
-__all__ = ["REDACTED", "PhoneDetail", "Proof", "Served", "find_device", "phone_detail", "redact"]
+__all__ = [
+    "REDACTED",
+    "PhoneDetail",
+    "Proof",
+    "Served",
+    "TranscriptLine",
+    "find_device",
+    "phone_detail",
+    "redact",
+    "transcript_lines",
+]

@@ -17,6 +17,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 
 from certmgr import __version__
 from certmgr.audit.tokens import Role
+from certmgr.policy import format_duration
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 STATIC = Path(__file__).resolve().parent / "static"
@@ -52,6 +53,11 @@ def ts(value: datetime | None) -> str:
     if value is None:
         return "—"
     return value.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def ts_seconds(value: datetime | None) -> str:
+    """A time to the second, without the zone (a column headed UTC): ``2026-11-26 09:00:05``."""
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "—"
 
 
 def ts_iso(value: datetime | None) -> str:
@@ -96,7 +102,7 @@ def environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(ts=ts, ts_iso=ts_iso, fingerprint=fingerprint)
+    env.filters.update(ts=ts, ts_seconds=ts_seconds, ts_iso=ts_iso, fingerprint=fingerprint, duration=format_duration)
     env.globals.update(
         days_left=days_left,
         expiry_word=expiry_word,

@@ -14,7 +14,7 @@ from certmgr.api.deps import RuntimeDep
 from certmgr.audit.tokens import Role
 from certmgr.console.auth import Form, User, field, require, safe_next
 from certmgr.console.pages.common import ROUTE, int_id, params, see_other
-from certmgr.console.phone import redact
+from certmgr.console.phone import transcript_lines
 from certmgr.console.render import render_page
 from certmgr.db.deployments import IN_FLIGHT_STATES
 from certmgr.db.engine import session_scope
@@ -99,7 +99,7 @@ def deployment_page(request: Request, rt: RuntimeDep, _user: User, deployment_id
     return render_page(
         request,
         "deployment.html",
-        {"dep": dep, "mac": device.mac if device else "", "transcript": redact(dep.transcript)},
+        {"dep": dep, "mac": device.mac if device else "", "transcript": transcript_lines(dep.transcript)},
     )
 
 

@@ -65,6 +65,7 @@ def overview_page(request: Request, rt: RuntimeDep, _user: User) -> Response:
         f"{sum(b.count for b in figures.weeks)}. The table below lists the same numbers.",
         bars,
         label_every=2,
+        empty="No current certificate expires in the next 26 weeks",
     )
     statuses = [(s.value, figures.by_status.get(s.value, 0)) for s in DeviceStatus]
     return render_page(
