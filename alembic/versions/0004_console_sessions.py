@@ -11,8 +11,9 @@ Create Date: 2026-11-29
   their progress and the first errors.
 * Indexes for the console's phone list at 100,000 phones (``bench/console.py``): prefix search on MAC, number,
   IP and host name (``text_pattern_ops`` on PostgreSQL so ``LIKE 'prefix%'`` uses them under any collation),
-  sort by expiry (the join from a certificate to the phone whose current certificate it is) and by last seen;
-  the latest audit event of one action (overview: last chain verification).
+  sort by expiry and the expiry forecast (the join from a certificate to the phone whose current certificate it
+  is, with its enrollment) and by last seen; proof of serving (the deployment that verified a phone's current
+  certificate and how, from the index alone); the latest audit event of one action (last chain verification).
 """
 
 from collections.abc import Sequence
@@ -71,7 +72,12 @@ def upgrade() -> None:
     op.create_index("ix_device_mac_prefix", "device", ["mac"], postgresql_ops={"mac": _PATTERN})
     for column in ("e164", "ip", "hostname"):
         op.create_index(op.f(f"ix_device_{column}"), "device", [column], postgresql_ops={column: _PATTERN})
-    op.create_index(op.f("ix_device_current_certificate_id"), "device", ["current_certificate_id"])
+    op.create_index(
+        op.f("ix_device_current_certificate_id_enrollment"), "device", ["current_certificate_id", "enrollment"]
+    )
+    op.create_index(
+        "ix_deployment_proof", "deployment", ["device_id", "certificate_id", "state", "check_probe", "verified_at"]
+    )
     op.create_index(op.f("ix_device_last_seen_at"), "device", ["last_seen_at"])
     op.create_index(op.f("ix_audit_event_action_seq"), "audit_event", ["action", "seq"])
 
@@ -79,7 +85,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index(op.f("ix_audit_event_action_seq"), table_name="audit_event")
     op.drop_index(op.f("ix_device_last_seen_at"), table_name="device")
-    op.drop_index(op.f("ix_device_current_certificate_id"), table_name="device")
+    op.drop_index("ix_deployment_proof", table_name="deployment")
+    op.drop_index(op.f("ix_device_current_certificate_id_enrollment"), table_name="device")
     for column in ("hostname", "ip", "e164"):
         op.drop_index(op.f(f"ix_device_{column}"), table_name="device")
     op.drop_index("ix_device_mac_prefix", table_name="device")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, exists, func, not_, or_, select
+from sqlalchemy import ColumnElement, Integer, and_, cast, exists, func, literal, not_, or_, select
 from sqlmodel import Session, col
 
 from certmgr.db.models import (
@@ -26,8 +26,10 @@ from certmgr.db.models import (
     DeviceStatus,
     Enrollment,
 )
+from certmgr.db.types import UTCDateTime
 
 FORECAST_WEEKS = 26
+WEEK_SECONDS = 7 * 24 * 3600
 LIST_LIMIT = 20
 FAILURES_LIMIT = 10
 AUDIT_VERIFIED = "audit.verified"
@@ -110,39 +112,63 @@ def _reason(status: DeviceStatus, drift: bool, has_cert: bool) -> str:
     return f"status {status.value}"
 
 
+def _weeks_from(now: datetime, dialect: str) -> Any:
+    """SQL: whole weeks from ``now`` to ``certificate.not_after`` (for ``not_after >= now``), per dialect, in
+    exact arithmetic — one expression per row instead of one comparison per week."""
+    if dialect == "postgresql":
+        seconds = func.extract("epoch", col(Certificate.not_after) - literal(now, UTCDateTime()))
+        return cast(func.floor(seconds / WEEK_SECONDS), Integer)
+    # SQLite stores the UTC wall time as text: whole seconds since the epoch, then integer division (the floor:
+    # the difference is not negative).
+    since = cast(func.strftime("%s", col(Certificate.not_after)), Integer) - int(now.timestamp())
+    return since // WEEK_SECONDS
+
+
 def expiry_forecast(session: Session, now: datetime, weeks: int = FORECAST_WEEKS) -> tuple[int, list[WeekBucket]]:
     """Current certificates of phones in service that have expired, and those expiring in each of the next
-    ``weeks`` weeks (one aggregate query)."""
+    ``weeks`` weeks (two aggregate queries)."""
     not_after = col(Certificate.not_after)
-    bounds = [now + timedelta(weeks=i) for i in range(weeks + 1)]
-    sums = [func.coalesce(func.sum(case((not_after < b, 1), else_=0)), 0) for b in bounds]
-    row = session.execute(
-        select(*sums)
+    in_service = (
+        select(func.count())
         .select_from(Device)
         .join(Certificate, col(Certificate.id) == col(Device.current_certificate_id))
-        .where(col(Device.enrollment) != Enrollment.DECOMMISSIONED.value, not_after < bounds[-1])
-    ).one()
-    cumulative = [int(v) for v in row]
-    buckets = [WeekBucket(i, bounds[i], cumulative[i + 1] - cumulative[i]) for i in range(weeks)]
-    return cumulative[0], buckets
+        .where(col(Device.enrollment) != Enrollment.DECOMMISSIONED.value)
+    )
+    expired = int(session.execute(in_service.where(not_after < now)).scalar_one())
+    week = _weeks_from(now, session.get_bind().dialect.name).label("week")
+    counts = dict(
+        session.execute(
+            select(week, func.count())
+            .select_from(Device)
+            .join(Certificate, col(Certificate.id) == col(Device.current_certificate_id))
+            .where(
+                col(Device.enrollment) != Enrollment.DECOMMISSIONED.value,
+                not_after >= now,
+                not_after < now + timedelta(weeks=weeks),
+            )
+            .group_by(week)
+        ).all()
+    )
+    buckets = [WeekBucket(i, now + timedelta(weeks=i), int(counts.get(i, 0))) for i in range(weeks)]
+    return expired, buckets
 
 
 def overview(session: Session, now: datetime) -> Overview:
     """The overview's figures (a handful of aggregate queries)."""
     out = Overview()
-    for value, count in session.execute(select(col(Device.status), func.count()).group_by(col(Device.status))):
-        out.by_status[str(getattr(value, "value", value))] = int(count)
-    out.total = sum(out.by_status.values())
-    out.pending = int(
-        session.execute(
-            select(func.count()).select_from(Device).where(col(Device.enrollment) == Enrollment.PENDING.value)
-        ).scalar_one()
-    )
-    out.drift = int(
-        session.execute(select(func.count()).select_from(Device).where(col(Device.drift).is_(True))).scalar_one()
-    )
     approved = col(Device.enrollment) == Enrollment.APPROVED.value
-    out.enrolled = int(session.execute(select(func.count()).select_from(Device).where(approved)).scalar_one())
+    for status, enrollment, drift, count in session.execute(  # one scan for every count of the device table
+        select(col(Device.status), col(Device.enrollment), col(Device.drift), func.count()).group_by(
+            col(Device.status), col(Device.enrollment), col(Device.drift)
+        )
+    ):
+        name = str(getattr(status, "value", status))
+        out.by_status[name] = out.by_status.get(name, 0) + int(count)
+        kind = str(getattr(enrollment, "value", enrollment))
+        out.pending += int(count) if kind == Enrollment.PENDING.value else 0
+        out.enrolled += int(count) if kind == Enrollment.APPROVED.value else 0
+        out.drift += int(count) if drift else 0
+    out.total = sum(out.by_status.values())
     out.proven = int(
         session.execute(select(func.count()).select_from(Device).where(approved, proven_condition())).scalar_one()
     )

@@ -195,7 +195,7 @@ class Device(SQLModel, table=True):
         Index(None, "e164", postgresql_ops={"e164": "text_pattern_ops"}),
         Index(None, "ip", postgresql_ops={"ip": "text_pattern_ops"}),
         Index(None, "hostname", postgresql_ops={"hostname": "text_pattern_ops"}),
-        Index(None, "current_certificate_id"),
+        Index(None, "current_certificate_id", "enrollment"),
         Index(None, "last_seen_at"),
     )
 
@@ -265,7 +265,12 @@ class Deployment(SQLModel, table=True):
     """One attempt-series to put a certificate onto a device and verify it."""
 
     __tablename__ = "deployment"
-    __table_args__ = (Index(None, "state", "next_attempt_at"),)
+    __table_args__ = (
+        Index(None, "state", "next_attempt_at"),
+        # The console's proof of serving: "did the deployment that verified the current certificate see it?"
+        # answered from the index alone (migration 0004).
+        Index("ix_deployment_proof", "device_id", "certificate_id", "state", "check_probe", "verified_at"),
+    )
     __mapper_args__: ClassVar[dict[str, Any]] = {"version_id_col": _deployment_version}
 
     id: int | None = Field(default=None, primary_key=True)

@@ -153,6 +153,22 @@ def test_overview(ui: TestClient, rt: Runtime, tokens: dict[str, str], fleet: Fl
     assert "root" in html
 
 
+def test_expiry_forecast_buckets_match_the_dates(rt: Runtime) -> None:
+    """The per-week SQL bucketing (one expression per dialect) agrees with Python on exact week boundaries."""
+    from certmgr.console.overview import expiry_forecast
+
+    _seed(rt, 200)  # certificates expiring exactly 1, 2, … 200 days after T0
+    with session_scope(rt.engine) as s:
+        s.execute(
+            update(Certificate).where(col(Certificate.serial) == "c100").values(not_after=T0 - timedelta(hours=1))
+        )
+        expired, weeks = expiry_forecast(s, T0)
+    days = [d for d in range(1, 201) if d != 1]  # c100 is the first phone's: expired now
+    assert expired == 1
+    assert [w.count for w in weeks] == [sum(1 for d in days if d // 7 == i) for i in range(26)]
+    assert weeks[1].start == T0 + timedelta(weeks=1)
+
+
 # --- phones ---------------------------------------------------------------------------------------------------
 def test_search_filters_sort_and_keyset_pages(ui: TestClient, rt: Runtime, tokens: dict[str, str]) -> None:
     macs = _seed(rt, 120)
