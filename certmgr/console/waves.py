@@ -8,8 +8,9 @@ whether the phones/hour certmgr actually achieved recently lets them fit.
   capped by ``renewal_max_per_hour``. Without recent deliveries it is unknown and nothing is flagged.
 * A window **will not fit** when its due renewals exceed capacity times its length in hours.
 
-The computation reads the fleet (a few hundred ms at 100,000 phones), so :class:`WaveCache` keeps its result for
-:data:`WAVES_TTL` and recomputes in the background when it is stale; the page says when it was computed.
+The computation reads the fleet (about a second at 100,000 phones), so :class:`WaveCache` keeps its result for
+:data:`WAVES_TTL` and, for a large fleet, recomputes it in the background when it is stale; the page says when it
+was computed.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
+from time import monotonic
 
 from sqlmodel import Session, col, select
 
@@ -34,6 +36,7 @@ log = logging.getLogger("certmgr.console")
 HORIZON = timedelta(days=7)
 CAPACITY_LOOKBACK = timedelta(days=7)
 WAVES_TTL = timedelta(minutes=5)
+INLINE_UNDER = timedelta(milliseconds=200)
 MAX_ROWS = 30
 _HOUR = timedelta(hours=1)
 
@@ -194,42 +197,49 @@ def compute_waves(runtime: Runtime, now: datetime) -> WaveReport:
 
 
 class WaveCache:
-    """The last :class:`WaveReport`, recomputed in a background thread once older than :data:`WAVES_TTL` (the
-    first one is computed in the request that needs it)."""
+    """The last :class:`WaveReport`, recomputed once older than :data:`WAVES_TTL`: in the request that needs it
+    when the last computation took under :data:`INLINE_UNDER` (a small fleet: always fresh), else in a background
+    thread while the page shows the previous result (a large fleet: the page stays fast). The first one is always
+    computed in the request."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self._report: WaveReport | None = None
+        self._took = timedelta(0)
         self._lock = threading.Lock()
         self._refreshing = False
 
+    def _compute(self) -> WaveReport:
+        started = monotonic()
+        report = compute_waves(self.runtime, self.runtime.clock.now())
+        with self._lock:
+            self._report = report
+            self._took = timedelta(seconds=monotonic() - started)
+        return report
+
     def get(self) -> WaveReport:
-        """The current report (possibly up to one TTL old).
+        """The current report (for a large fleet possibly up to one TTL old).
 
         Raises:
-            DatabaseError: if the first computation cannot reach the database.
+            DatabaseError: if a computation in the request cannot reach the database.
         """
         now = self.runtime.clock.now()
         with self._lock:
-            report = self._report
-            stale = report is not None and now - report.computed_at >= WAVES_TTL
-            start = stale and not self._refreshing
+            report, took = self._report, self._took
+            stale = report is None or now - report.computed_at >= WAVES_TTL
+            background = stale and report is not None and took >= INLINE_UNDER
+            start = background and not self._refreshing
             if start:
                 self._refreshing = True
-        if report is None:
-            report = compute_waves(self.runtime, now)
-            with self._lock:
-                self._report = report
-            return report
+        if report is None or (stale and not background):
+            return self._compute()
         if start:
             threading.Thread(target=self._refresh, name="console-waves", daemon=True).start()
         return report
 
     def _refresh(self) -> None:
         try:
-            report = compute_waves(self.runtime, self.runtime.clock.now())
-            with self._lock:
-                self._report = report
+            self._compute()
         except CertmgrError as exc:
             log.warning("renewal waves not recomputed: %s", exc.message)
         finally:

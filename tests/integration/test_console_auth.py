@@ -54,6 +54,12 @@ def test_root_redirects_and_login_remembers_the_page(ui: TestClient, tokens: dic
     assert ui.get("/ui/phones?q=00:1A&sort=mac").status_code == 200
 
 
+def test_htmx_requests_of_an_ended_session_are_sent_to_the_login(ui: TestClient, tokens: dict[str, str]) -> None:
+    answer = ui.get("/ui/phones/00:1A:E8:00:00:01/progress", headers={"HX-Request": "true"})
+    assert answer.status_code == 204
+    assert answer.headers["hx-redirect"].startswith("/ui/login?next=")
+
+
 @pytest.mark.parametrize("target", ["https://evil.example/", "//evil.example/x", "/api/v1/tokens", "/ui\\..", "ui/"])
 def test_login_never_redirects_off_the_console(ui: TestClient, tokens: dict[str, str], target: str) -> None:
     assert login(ui, tokens["viewer"], target) == "/ui/"
