@@ -55,7 +55,8 @@ def cookie_name(request: Request, *, login: bool = False) -> str:
 
 
 def client_address(request: Request) -> str:
-    """The TCP peer's address (the API listener trusts no forwarding header for this)."""
+    """The client's address as uvicorn reports it: the TCP peer, or the ``X-Forwarded-For`` of a proxy on an
+    address uvicorn trusts (``forwarded_allow_ips``, loopback by default) — what the login throttle counts by."""
     return request.client.host if request.client is not None else ""
 
 

@@ -13,7 +13,6 @@ import zipfile
 from datetime import timedelta
 from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 from sqlmodel import col, select
@@ -437,11 +436,12 @@ def test_tokens_create_shown_once_and_revoke(ui: TestClient, rt: Runtime, tokens
     assert dup.status_code == 409
 
 
-@pytest.mark.parametrize("role", ["viewer", "operator", "admin"])
-def test_every_page_renders_for_every_role(ui: TestClient, tokens: dict[str, str], fleet: Fleet, role: str) -> None:
-    login(ui, tokens[role])
-    for url in ("/ui/", "/ui/phones", "/ui/phones/00:1A:E8:00:00:03", "/ui/deployments", "/ui/jobs", "/ui/audit",
-                "/ui/reports", "/ui/ca"):  # fmt: skip
-        assert ui.get(url).status_code == 200, url
-    assert ui.get("/ui/tokens").status_code == (200 if role == "admin" else 403)
-    assert ("Tokens</a>" in ui.get("/ui/").text) is (role == "admin")
+def test_every_page_renders_for_every_role(rt: Runtime, tokens: dict[str, str], fleet: Fleet) -> None:
+    for role in ("viewer", "operator", "admin"):
+        ui = new_client(rt)
+        login(ui, tokens[role])
+        for url in ("/ui/", "/ui/phones", "/ui/phones/00:1A:E8:00:00:03", "/ui/deployments", "/ui/jobs", "/ui/audit",
+                    "/ui/reports", "/ui/ca"):  # fmt: skip
+            assert ui.get(url).status_code == 200, (role, url)
+        assert ui.get("/ui/tokens").status_code == (200 if role == "admin" else 403)
+        assert ("Tokens</a>" in ui.get("/ui/").text) is (role == "admin")
