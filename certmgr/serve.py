@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import os
 import signal
+import sys
 from collections.abc import Callable, Coroutine, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from certmgr.errors import ConfigError
 from certmgr.runtime import Runtime
 
 log = logging.getLogger("certmgr.serve")
@@ -37,12 +42,13 @@ class _Server(uvicorn.Server):
 
 @dataclass
 class Listener:
-    """One uvicorn server and a human description of where it listens."""
+    """One uvicorn server, a human description of where it listens, and lines to announce with it."""
 
     name: str
     server: uvicorn.Server
     url: str
     app: object = None
+    notes: list[str] = field(default_factory=list)
 
 
 class DeadlineH11Protocol(H11Protocol):
@@ -133,6 +139,8 @@ async def run_forever(
         raise SystemExit(f"a listener failed to start: {', '.join(t.get_name() for t in failed)}")
     for listener in listeners:
         announce(f"{listener.name} listening on {listener.url}")
+        for note in listener.notes:
+            announce(note)
     bg = [asyncio.create_task(job(stop), name=getattr(job, "__name__", "background")) for job in background]
     waiter = asyncio.create_task(stop.wait())
     await asyncio.wait([waiter, *tasks, *bg], return_when=asyncio.FIRST_COMPLETED)
@@ -146,10 +154,87 @@ async def run_forever(
             log.error("task ended with an error: %s", result)
 
 
+API_TLS_DIR = "api"
+API_CERT_FILE = "api-server.pem"
+API_KEY_FILE = "api-server.key"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a bind address) is a loopback address: ``localhost``, 127.0.0.0/8 or ``::1``."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def api_tls_files(runtime: Runtime) -> tuple[Path, Path] | None:
+    """The API listener's certificate and key (``None``: plain HTTP) as ``api_tls`` says: ``off`` — plain HTTP,
+    allowed only on a loopback ``api_host``; ``auto`` — a certificate issued from certmgr's CA into
+    ``<data_dir>/api/`` (the WPI listener's code path); ``files`` — ``api_tls_cert`` and ``api_tls_key``.
+
+    Raises:
+        ConfigError: plain HTTP on a non-loopback address; files missing or given without ``api_tls = files``.
+        CAError: if the CA cannot issue. StorageError: if the files cannot be written.
+    """
+    from certmgr.issuance.listener_tls import ListenerTLS, ensure_listener_tls
+
+    s = runtime.settings
+    if s.api_tls == "off":
+        if s.api_tls_cert or s.api_tls_key:
+            raise ConfigError("api_tls_cert / api_tls_key are set but api_tls is off: set CERTMGR_API_TLS=files")
+        if not is_loopback(s.api_host):
+            raise ConfigError(
+                f"the API listener would serve plain HTTP on {s.api_host}, which is not a loopback address: set "
+                "CERTMGR_API_TLS=auto (a certificate from certmgr's CA) or CERTMGR_API_TLS=files with "
+                "CERTMGR_API_TLS_CERT and CERTMGR_API_TLS_KEY, or bind CERTMGR_API_HOST=127.0.0.1"
+            )
+        return None
+    if s.api_tls == "files" and not (s.api_tls_cert and s.api_tls_key):
+        raise ConfigError("api_tls = files needs both api_tls_cert and api_tls_key")
+    if s.api_tls == "auto" and (s.api_tls_cert or s.api_tls_key):
+        raise ConfigError("api_tls = auto issues the certificate itself: unset api_tls_cert / api_tls_key")
+    names = ("certmgr-api", *((s.api_public_name,) if s.api_public_name else ()))
+    return ensure_listener_tls(
+        runtime,
+        ListenerTLS(
+            what="API",
+            cert_setting="api_tls_cert",
+            key_setting="api_tls_key",
+            cert_file=s.api_tls_cert,
+            key_file=s.api_tls_key,
+            folder=s.data_dir / API_TLS_DIR,
+            cert_name=API_CERT_FILE,
+            key_name=API_KEY_FILE,
+            common_name="certmgr API",
+            dns_names=names,
+            addresses=(s.api_host,),
+        ),
+    )
+
+
+def cli_program() -> str:
+    """How this process's CLI was started, to print commands that work as they are (``.venv/bin/certmgr``)."""
+    program = sys.argv[0] if sys.argv else ""
+    if os.path.basename(program) == "certmgr":
+        return program
+    return f"{sys.executable} -m certmgr"
+
+
+def console_notes(api_url: str) -> list[str]:
+    """What ``certmgr serve`` prints about the web console: its address and how to get a token to log in."""
+    return [
+        f"console at {api_url}/ui/",
+        f"log in with an API token; create one (printed once) with: {cli_program()} token create --role admin "
+        "--name admin",
+    ]
+
+
 def build_listeners(runtime: Runtime, role: Role) -> tuple[list[Listener], list[BackgroundTask]]:
     """The listeners and background tasks of ``role``:
 
-    * ``api`` — the REST API;
+    * ``api`` — the REST API and the web console (HTTPS as ``api_tls`` says, see :func:`api_tls_files`);
     * ``wpi`` — the phone-facing listeners (TLS WPI + poll) and the interaction hub (callbacks, probes);
     * ``scheduler`` — the periodic jobs of :mod:`certmgr.scheduling` (renewal reconcile, probe sweep, expiry and
       CA notifications, audit checkpoints, rollback);
@@ -172,11 +257,21 @@ def build_listeners(runtime: Runtime, role: Role) -> tuple[list[Listener], list[
         monitor = SchedulerMonitor()  # what GET /api/v1/scheduler shows when the API runs in this process
     if role in (Role.ALL, Role.API):
         app = create_app(runtime, scheduler=monitor)
-        listeners.append(
-            make_listener(
-                "api", app, settings.api_host, settings.api_port, request_timeout=settings.request_timeout_seconds
-            )
+        tls = api_tls_files(runtime)
+        ssl: dict[str, object] = {"ssl_certfile": str(tls[0]), "ssl_keyfile": str(tls[1])} if tls else {}
+        # proxy_headers off: the client address (login throttling, audit) is the TCP peer, never a header.
+        api = make_listener(
+            "api",
+            app,
+            settings.api_host,
+            settings.api_port,
+            request_timeout=settings.request_timeout_seconds,
+            proxy_headers=False,
+            **ssl,
         )
+        if settings.console_enabled:
+            api.notes += console_notes(api.url)
+        listeners.append(api)
     if role in (Role.ALL, Role.WPI):
         from certmgr.phones.hub import DeploymentHub
         from certmgr.phones.listener import create_poll_app, create_wpi_app

@@ -231,6 +231,31 @@ class Settings(BaseSettings):
         default=3600.0, gt=0, description="How often the crl-refresh job re-signs the CRL if it is near nextUpdate."
     )
 
+    # --- API listener TLS and the web console (certmgr.console) ------------------------------------------------
+    api_tls: Literal["off", "auto", "files"] = Field(
+        default="off",
+        description="HTTPS on the API listener: off (plain HTTP, only on a loopback api_host), auto (a certificate "
+        "issued from certmgr's CA into <data_dir>/api/), files (api_tls_cert + api_tls_key).",
+    )
+    api_tls_cert: Path | None = Field(default=None, description="PEM certificate (+chain) of the API listener.")
+    api_tls_key: Path | None = Field(default=None, description="PEM private key of the API listener.")
+    api_public_name: str | None = Field(
+        default=None, description="DNS name the API listener's auto certificate is issued for (besides its address)."
+    )
+    console_enabled: bool = Field(default=True, description="Serve the web console at /ui/ on the API listener.")
+    console_idle_minutes: int = Field(
+        default=30, ge=1, le=24 * 60, description="A console session unused this long ends (log in again)."
+    )
+    console_session_hours: int = Field(
+        default=12, ge=1, le=7 * 24, description="A console session ends this long after its login, used or not."
+    )
+    console_login_attempts: int = Field(
+        default=10, ge=1, le=10_000, description="Failed console logins per source address within the window."
+    )
+    console_login_window_seconds: int = Field(
+        default=300, ge=1, le=86_400, description="Window of console_login_attempts; further attempts get 429."
+    )
+
     # --- report presentation (certmgr.reports) ------------------------------------------------------------
     report_timezone: str = Field(
         default="UTC",

@@ -1,32 +1,32 @@
-"""The security-team API (FastAPI). Served only on the API listener, never on the phone-facing ports."""
+"""The security-team API (FastAPI). Served only on the API listener, never on the
+phone-facing ports.
+
+Layout: :mod:`certmgr.api.deps` (every dependency: runtime, session, token and role), :mod:`certmgr.api.schemas`
+(request and response bodies), :mod:`certmgr.api.common` (parameter types, pagination), one module per resource
+under :mod:`certmgr.api.routes`, :mod:`certmgr.api.errors` (the one mapping of certmgr errors to HTTP). The web
+console (:mod:`certmgr.console`) is mounted on the same application, at ``/ui/``.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI
 
 from certmgr import __version__
 from certmgr.api.errors import install_error_handlers
 from certmgr.api.inputs import install_input_guards
-from certmgr.db.engine import check_writable
+from certmgr.api.routes import ROUTERS
 from certmgr.runtime import Runtime
 
 if TYPE_CHECKING:
     from certmgr.scheduling.scheduler import SchedulerMonitor
 
 
-def get_runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
-
-
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
-
-
-def create_app(runtime: Runtime, scheduler: SchedulerMonitor | None = None) -> FastAPI:
+def create_app(runtime: Runtime, scheduler: SchedulerMonitor | None = None, *, console: bool | None = None) -> FastAPI:
     """Build the API application around an opened :class:`Runtime`; ``scheduler`` is the status of the scheduler
-    running in this process (``None``: this process runs none, ``GET /api/v1/scheduler`` says so)."""
+    running in this process (``None``: this process runs none, ``GET /api/v1/scheduler`` says so). The web console
+    is served at ``/ui/`` unless ``console`` (default: the ``console_enabled`` setting) is false."""
     app = FastAPI(
         title="certmgr",
         version=__version__,
@@ -36,39 +36,10 @@ def create_app(runtime: Runtime, scheduler: SchedulerMonitor | None = None) -> F
     app.state.scheduler = scheduler
     install_error_handlers(app)
     install_input_guards(app)
-    # Imported here: the route modules depend on get_runtime above (no import cycle, no import-time app).
-    from certmgr.api import (
-        routes_actions,
-        routes_audit,
-        routes_inventory,
-        routes_reports,
-        routes_scheduler,
-        routes_system,
-        routes_tokens,
-    )
+    for router in ROUTERS:
+        app.include_router(router)
+    if runtime.settings.console_enabled if console is None else console:
+        from certmgr.console.app import mount_console
 
-    for module in (
-        routes_inventory,
-        routes_actions,
-        routes_system,
-        routes_audit,
-        routes_tokens,
-        routes_reports,
-        routes_scheduler,
-    ):
-        app.include_router(module.router)
-
-    @app.get("/healthz", tags=["health"])
-    def healthz() -> dict[str, str]:
-        """Liveness: the process answers."""
-        return {"status": "ok"}
-
-    @app.get("/readyz", tags=["health"])
-    def readyz(rt: RuntimeDep) -> dict[str, Any]:
-        """Readiness: the database takes writes (SQLite: its write lock can be taken — not held past the busy timeout
-        by another writer) and the CA is present. 503 otherwise."""
-        check_writable(rt.engine)
-        info = rt.ca_info()
-        return {"status": "ready", "ca": info.issuing_subject, "ca_not_after": info.not_after.isoformat()}
-
+        mount_console(app, runtime)
     return app

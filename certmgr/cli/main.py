@@ -262,14 +262,12 @@ def device_list(
 @device_app.command("approve")
 def device_approve(mac: Annotated[str, typer.Argument(help="The phone's MAC address.")]) -> None:
     """Approve a pending phone (policy enrollment = approve) so that certmgr deploys to it."""
-    from certmgr.db.engine import session_scope
-    from certmgr.inventory.enrollment import approve_device
+    from certmgr.operations import approve_mac
     from certmgr.runtime import open_runtime
 
     runtime = open_runtime(_settings())
     try:
-        with session_scope(runtime.engine) as session:
-            device = approve_device(session, mac, runtime.clock.now(), actor="cli")
+        device = approve_mac(runtime, mac, actor="cli")
     finally:
         runtime.close()
     out.print(f"approved {device.mac} (policy {device.policy_name or '-'})")

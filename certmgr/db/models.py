@@ -188,6 +188,16 @@ class Device(SQLModel, table=True):
     """A phone. ``mac`` is the identity (normalised ``00:1A:E8:12:34:56``)."""
 
     __tablename__ = "device"
+    # Prefix search of the console: plain B-trees serve range scans on SQLite; text_pattern_ops lets PostgreSQL
+    # use them for ``LIKE 'prefix%'`` whatever the database's collation (migration 0004).
+    __table_args__ = (
+        Index("ix_device_mac_prefix", "mac", postgresql_ops={"mac": "text_pattern_ops"}),
+        Index(None, "e164", postgresql_ops={"e164": "text_pattern_ops"}),
+        Index(None, "ip", postgresql_ops={"ip": "text_pattern_ops"}),
+        Index(None, "hostname", postgresql_ops={"hostname": "text_pattern_ops"}),
+        Index(None, "current_certificate_id", "enrollment"),
+        Index(None, "last_seen_at"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     mac: str = Field(sa_type=String(17), unique=True, nullable=False)
@@ -260,7 +270,12 @@ class Deployment(SQLModel, table=True):
     """One attempt-series to put a certificate onto a device and verify it."""
 
     __tablename__ = "deployment"
-    __table_args__ = (Index(None, "state", "next_attempt_at"),)
+    __table_args__ = (
+        Index(None, "state", "next_attempt_at"),
+        # The console's proof of serving: "did the deployment that verified the current certificate see it?"
+        # answered from the index alone (migration 0004).
+        Index("ix_deployment_proof", "device_id", "certificate_id", "state", "check_probe", "verified_at"),
+    )
     __mapper_args__: ClassVar[dict[str, Any]] = {"version_id_col": _deployment_version}
 
     id: int | None = Field(default=None, primary_key=True)
@@ -311,7 +326,7 @@ class AuditEvent(SQLModel, table=True):
     """
 
     __tablename__ = "audit_event"
-    __table_args__ = (Index(None, "subject_type", "subject_id"),)
+    __table_args__ = (Index(None, "subject_type", "subject_id"), Index(None, "action", "seq"))
 
     id: int | None = Field(default=None, primary_key=True, sa_type=BIG_ID)
     seq: int = Field(sa_type=BIG_ID, unique=True, nullable=False)
@@ -379,6 +394,44 @@ class AuditCheckpoint(SQLModel, table=True):
     at: datetime = _ts()
 
 
+class ConsoleSession(SQLModel, table=True):
+    """A web-console login: tied to the API token (and its role) that logged in. Only the SHA-256 of the random
+    session id is stored; the id itself lives in the browser's cookie. Revoking the token ends the session."""
+
+    __tablename__ = "console_session"
+
+    id: int | None = Field(default=None, primary_key=True)
+    id_hash: str = Field(sa_type=String(HEX_SHA256), unique=True, nullable=False, repr=False)
+    token_id: int = Field(foreign_key="api_token.id", nullable=False, index=True)
+    role: str = Field(sa_type=String(32), nullable=False)
+    client: str = Field(default="", sa_type=String(64), nullable=False)
+    created_at: datetime = _ts()
+    last_seen_at: datetime = _ts()
+    expires_at: datetime = _ts(index=True)
+
+
+class ConsoleJob(SQLModel, table=True):
+    """A bulk action of the console (renew / retry / approve every phone a filter matches), run server-side."""
+
+    __tablename__ = "console_job"
+
+    id: int | None = Field(default=None, primary_key=True)
+    action: str = Field(sa_type=String(16), nullable=False)
+    actor: str = Field(sa_type=String(NAME_LEN), nullable=False)
+    filters: dict[str, Any] = Field(default_factory=dict, sa_type=JSON, nullable=False)
+    state: str = Field(sa_type=String(16), nullable=False)
+    expected: int = Field(default=0, nullable=False)
+    total: int = Field(default=0, nullable=False)
+    succeeded: int = Field(default=0, nullable=False)
+    skipped: int = Field(default=0, nullable=False)
+    failed: int = Field(default=0, nullable=False)
+    errors: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON, nullable=False)
+    node: str = Field(default="", sa_type=String(NAME_LEN), nullable=False)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+    finished_at: datetime | None = _ts(nullable=True)
+
+
 __all__ = [
     "NAMING_CONVENTION",
     "ApiToken",
@@ -392,6 +445,8 @@ __all__ = [
     "CheckInfo",
     "CheckProbe",
     "CheckReply",
+    "ConsoleJob",
+    "ConsoleSession",
     "Deployment",
     "DeploymentState",
     "Device",

@@ -4,7 +4,7 @@ rule that lives here."""
 
 from certmgr.operations.certificates import RenewResult, RevokeResult, renew_certificate, revoke_certificate
 from certmgr.operations.deployments import RetryResult, cancel_deployment, retry_deployment
-from certmgr.operations.devices import DecommissionResult, approve, decommission_device, register_device
+from certmgr.operations.devices import DecommissionResult, approve, approve_mac, decommission_device, register_device
 
 __all__ = [
     "DecommissionResult",
@@ -12,6 +12,7 @@ __all__ = [
     "RetryResult",
     "RevokeResult",
     "approve",
+    "approve_mac",
     "cancel_deployment",
     "decommission_device",
     "register_device",

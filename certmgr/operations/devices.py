@@ -110,6 +110,16 @@ def approve(runtime: Runtime, device_id: int, actor: str) -> Device:
         return approve_device(session, device.mac, runtime.clock.now(), actor)
 
 
+def approve_mac(runtime: Runtime, mac: str, actor: str) -> Device:
+    """:func:`approve` for the phone with MAC ``mac`` (the CLI names phones by MAC).
+
+    Raises:
+        InputError: invalid MAC. NotFoundError: unknown phone. ConflictError: the phone is decommissioned.
+    """
+    with transaction(runtime) as session:
+        return approve_device(session, mac, runtime.clock.now(), actor)
+
+
 @dataclass(frozen=True)
 class DecommissionResult:
     """The decommissioned phone, what was cancelled and revoked, and the CRL number that lists it."""
@@ -176,4 +186,4 @@ def decommission_device(runtime: Runtime, device_id: int, actor: str) -> Decommi
     return DecommissionResult(device, tuple(cancelled), tuple(revoked), crl_number)
 
 
-__all__ = ["DecommissionResult", "approve", "decommission_device", "register_device"]
+__all__ = ["DecommissionResult", "approve", "approve_mac", "decommission_device", "register_device"]

@@ -37,6 +37,8 @@ TABLES = {
     "audit_head",
     "ca",
     "certificate",
+    "console_job",
+    "console_session",
     "deployment",
     "device",
     "pkcs12_profile_memory",

@@ -17,34 +17,24 @@ from __future__ import annotations
 
 import os
 import secrets
-import tempfile
-import zipfile
-from collections.abc import Iterator
 from datetime import datetime
 from typing import IO, Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
-from sqlmodel import Session
 
-from certmgr.api.app import RuntimeDep
-from certmgr.api.auth import Viewer
-from certmgr.api.routes_common import Text, aware
-from certmgr.errors import StorageError
+from certmgr.api.common import Text, aware
+from certmgr.api.deps import RuntimeDep, Viewer
 from certmgr.fsutil import ensure_private_dir
 from certmgr.reports.bundle import DEFAULT_FORMATS, pack_params, write_evidence_pack
-from certmgr.reports.generate import export_record, record_exports, report_context
-from certmgr.reports.manifest import MANIFEST_SUFFIX, manifest_bytes, render_signed
-from certmgr.reports.queries import MAX_MONTHS, MAX_WEEKS, ReportKind, ReportParams, build_report
+from certmgr.reports.delivery import SPOOL_DIR_NAME, render_to_spool, stream_spool, zip_stream
+from certmgr.reports.queries import MAX_MONTHS, MAX_WEEKS, ReportKind, ReportParams
 from certmgr.reports.render import ReportFormat
 from certmgr.runtime import Runtime
 
 router = APIRouter(prefix="/api/v1/reports", tags=["reports"])
 
 BUNDLE_MEDIA_TYPE = "application/zip"
-SPOOL_DIR_NAME = "tmp"  # under the data dir: the same (private) file system as the exports
-_READ_CHUNK = 256 * 1024
-_ZIP64_FROM = 1 << 31
 
 
 class _Params:
@@ -75,46 +65,8 @@ class _Params:
         )
 
 
-def _spool(rt: Runtime) -> IO[bytes]:
-    folder = rt.settings.data_dir / SPOOL_DIR_NAME
-    try:
-        ensure_private_dir(folder)
-        return tempfile.TemporaryFile(dir=folder)
-    except OSError as exc:
-        raise StorageError(f"cannot create a temporary file in {folder}: {exc.strerror or exc}") from exc
-
-
 def _render(rt: Runtime, who: str, kind: ReportKind, q: _Params, name: str, *, bundle: bool) -> tuple[IO[bytes], Any]:
-    """Render the report into a spool file, sign its manifest and audit it; (spool, manifest)."""
-    from certmgr.audit.checkpoint import runtime_signer
-
-    signer = runtime_signer(rt)
-    now = rt.clock.now()
-    spool = _spool(rt)
-    try:
-        with Session(rt.engine) as session:
-            ctx = report_context(rt, session, signer, now=now, actor=who, via="api")
-            spec = build_report(kind, q.params, now, ctx.tz)
-            doc = render_signed(spec, spec.open(session), q.format, spool, name, signer, ctx)
-        spool.flush()
-    except OSError as exc:
-        spool.close()
-        raise StorageError(f"cannot spool the {kind.value} report: {exc.strerror or exc}") from exc
-    except BaseException:
-        spool.close()
-        raise
-    params = {k: v for k, v in spec.params.as_dict(spec.kind).items() if v}
-    record_exports(rt, now, who, [export_record(doc, name, "api", bundle=bundle, **params)])
-    return spool, doc
-
-
-def _from_spool(spool: IO[bytes]) -> Iterator[bytes]:
-    try:
-        spool.seek(0)
-        while data := spool.read(_READ_CHUNK):
-            yield data
-    finally:
-        spool.close()
+    return render_to_spool(rt, actor=who, via="api", kind=kind, fmt=q.format, params=q.params, name=name, bundle=bundle)
 
 
 def _attachment(name: str) -> dict[str, str]:
@@ -161,7 +113,7 @@ def evidence_pack(
         out.unlink(missing_ok=True)  # the open handle keeps the data until the response ends
     stamp = now.strftime("%Y%m%dT%H%M%SZ")
     return StreamingResponse(
-        _from_spool(spool),
+        stream_spool(spool),
         media_type=BUNDLE_MEDIA_TYPE,
         headers={**_attachment(f"evidence-{stamp}.zip"), "Content-Length": str(result.size)},
     )
@@ -184,53 +136,10 @@ def report(kind: ReportKind, who: Viewer, rt: RuntimeDep, q: Annotated[_Params, 
     name = f"{kind.value}-{now.strftime('%Y%m%dT%H%M%SZ')}.{q.format.value}"
     spool, doc = _render(rt, who.actor, kind, q, name, bundle=False)
     return StreamingResponse(
-        _from_spool(spool),
+        stream_spool(spool),
         media_type=q.format.media_type,
         headers={**_attachment(name), "Content-Length": str(doc["size"])},
     )
-
-
-class _Sink:
-    """The unseekable output of a streamed zip: collects what zipfile writes until it is taken."""
-
-    def __init__(self) -> None:
-        self._parts: list[bytes] = []
-
-    def write(self, data: bytes) -> int:
-        self._parts.append(bytes(data))
-        return len(data)
-
-    def flush(self) -> None:
-        """Nothing to do: the parts are taken by the response."""
-
-    def take(self) -> bytes:
-        data = b"".join(self._parts)
-        self._parts = []
-        return data
-
-
-def _zip_entry(name: str, when: datetime) -> zipfile.ZipInfo:
-    info = zipfile.ZipInfo(name, date_time=when.timetuple()[:6])
-    info.compress_type = zipfile.ZIP_DEFLATED
-    info.external_attr = 0o100600 << 16  # a regular file, readable by its owner only once unzipped
-    return info
-
-
-def _zip_stream(spool: IO[bytes], size: int, name: str, manifest: bytes, when: datetime) -> Iterator[bytes]:
-    """A zip of the spooled report (as ``name``) and its manifest, produced while the client reads."""
-    sink = _Sink()
-    try:
-        spool.seek(0)
-        with zipfile.ZipFile(sink, "w") as bundle:  # type: ignore[call-overload] # any object with write()
-            with bundle.open(_zip_entry(name, when), "w", force_zip64=size >= _ZIP64_FROM) as entry:
-                while data := spool.read(_READ_CHUNK):
-                    entry.write(data)
-                    if chunk := sink.take():
-                        yield chunk
-            bundle.writestr(_zip_entry(name + MANIFEST_SUFFIX, when), manifest)
-        yield sink.take()
-    finally:
-        spool.close()
 
 
 @router.get(
@@ -253,10 +162,9 @@ def report_bundle(kind: ReportKind, who: Viewer, rt: RuntimeDep, q: Annotated[_P
     """
     name = f"{kind.value}.{q.format.value}"
     spool, doc = _render(rt, who.actor, kind, q, name, bundle=True)
-    now = datetime.fromisoformat(str(doc["generated_at"]))
-    stamp = now.strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.fromisoformat(str(doc["generated_at"])).strftime("%Y%m%dT%H%M%SZ")
     return StreamingResponse(
-        _zip_stream(spool, int(doc["size"]), name, manifest_bytes(doc), now),
+        zip_stream(spool, doc, name),
         media_type=BUNDLE_MEDIA_TYPE,
         headers=_attachment(f"{kind.value}-{stamp}.{q.format.value}.zip"),
     )

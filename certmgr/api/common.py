@@ -1,4 +1,4 @@
-"""Shared pieces of the API routes: the session dependency, validated parameter types, keyset pagination.
+"""Shared pieces of the API routes: validated parameter types, keyset pagination, row getters.
 
 Every list answers ``{"items": [...], "next_cursor": "..." | null}``. A cursor is the opaque string a previous
 page returned; pass it back as ``cursor`` to get the next page. Lists are ordered by id (audit events by seq),
@@ -7,19 +7,17 @@ so pages stay stable while rows are added.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, Path, Query
+from fastapi import Path, Query
 from pydantic import BaseModel
 from sqlalchemy import Select
 from sqlalchemy.orm import Mapped
 from sqlmodel import Session, SQLModel
 
-from certmgr.api.app import RuntimeDep
+from certmgr.api.schemas import NO_NUL, Page
 from certmgr.clock import ensure_utc
-from certmgr.db.engine import session_scope
 from certmgr.errors import InputError, NotFoundError
 
 T = TypeVar("T")
@@ -30,16 +28,7 @@ MAX_INT32 = 2_147_483_647
 MAX_INT64 = 9_223_372_036_854_775_807
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 500
-NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL: refuse it as bad input instead of failing later
 
-
-def get_session(rt: RuntimeDep) -> Iterator[Session]:
-    """A session in one transaction per request (committed when the route returns)."""
-    with session_scope(rt.engine) as session:
-        yield session
-
-
-SessionDep = Annotated[Session, Depends(get_session)]
 
 IdPath = Annotated[int, Path(ge=1, le=MAX_INT32, description="Integer id.")]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"Page size (at most {MAX_LIMIT}).")]
@@ -47,13 +36,15 @@ Cursor = Annotated[
     str | None, Query(max_length=20, pattern=r"^[0-9]{1,19}$", description="next_cursor of the previous page.")
 ]
 Text = Annotated[str | None, Query(max_length=128, pattern=NO_NUL)]
+ExpiringWithin = Annotated[
+    int | None, Query(ge=0, le=36500, description="Only those whose (current) certificate expires within N days.")
+]
 
-
-class Page(BaseModel, Generic[T]):
-    """One page of a list."""
-
-    items: list[T]
-    next_cursor: str | None
+ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "Unknown id."},
+    409: {"description": "The object's state does not allow this action."},
+}
+"""The documented error answers of an action route."""
 
 
 def after(cursor: str | None) -> int:
@@ -121,16 +112,19 @@ def like_pattern(text: str) -> str:
 
 
 __all__ = [
+    "ERRORS",
     "MAX_LIMIT",
+    "NO_NUL",
     "Cursor",
+    "ExpiringWithin",
     "IdPath",
     "Limit",
     "Page",
-    "SessionDep",
     "Text",
     "after",
     "aware",
-    "get_session",
+    "fetch_page",
+    "get_or_404",
     "like_pattern",
     "page",
 ]

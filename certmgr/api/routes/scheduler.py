@@ -8,51 +8,13 @@ scheduler (``certmgr serve --role api``) answers ``{"running": false, "jobs": []
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Literal
-
 from fastapi import APIRouter, Request
-from pydantic import BaseModel
 
-from certmgr.api.auth import Viewer
-from certmgr.scheduling.scheduler import JobStatus, SchedulerMonitor
+from certmgr.api.deps import Viewer
+from certmgr.api.schemas import JobOut, SchedulerOut
+from certmgr.scheduling.scheduler import SchedulerMonitor
 
 router = APIRouter(tags=["scheduler"])
-
-
-class JobOut(BaseModel):
-    """One periodic job as this process knows it."""
-
-    id: str
-    interval_seconds: float
-    singleton: bool
-    next_run_at: datetime | None
-    last_started_at: datetime | None
-    last_finished_at: datetime | None
-    last_outcome: Literal["running", "ok", "failed", "skipped"] | None
-    last_detail: str | None
-    runs: int
-
-    @classmethod
-    def of(cls, job: JobStatus) -> JobOut:
-        return cls(
-            id=job.id,
-            interval_seconds=job.interval_seconds,
-            singleton=job.singleton,
-            next_run_at=job.next_run_at,
-            last_started_at=job.last_started_at,
-            last_finished_at=job.last_finished_at,
-            last_outcome=job.last_outcome,
-            last_detail=job.last_detail,
-            runs=job.runs,
-        )
-
-
-class SchedulerOut(BaseModel):
-    """Whether this process runs the scheduler, and its jobs (in start order)."""
-
-    running: bool
-    jobs: list[JobOut]
 
 
 @router.get("/api/v1/scheduler", response_model=SchedulerOut)

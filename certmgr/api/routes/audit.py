@@ -3,55 +3,22 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import PlainTextResponse
-from pydantic import BaseModel
 from sqlalchemy import select
 from sqlmodel import col
 
-from certmgr.api.app import RuntimeDep
-from certmgr.api.auth import Admin, Viewer
-from certmgr.api.routes_common import Cursor, Limit, Page, SessionDep, Text, after, aware, fetch_page
+from certmgr.api.common import Cursor, Limit, Text, after, aware, fetch_page
+from certmgr.api.deps import Admin, RuntimeDep, SessionDep, Viewer
+from certmgr.api.schemas import AuditEventPublic, AuditVerifyResult, CheckpointResult, Page
 from certmgr.audit.checkpoint import create_checkpoint, load_verifier, runtime_signer, verify_audit
 from certmgr.audit.log import append_event
 from certmgr.db.models import AuditEvent
 from certmgr.errors import NotFoundError
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
-
-
-class AuditVerifyResult(BaseModel):
-    """Outcome of verifying the chain and every signed checkpoint."""
-
-    ok: bool
-    checked: int
-    checkpoints: int
-    first_bad_seq: int | None
-    reason: str | None
-
-
-class AuditEventPublic(BaseModel):
-    """One audit event as stored, with its chain hashes."""
-
-    seq: int
-    at: datetime
-    actor: str
-    action: str
-    subject_type: str | None
-    subject_id: str | None
-    details: dict[str, Any]
-    prev_hash: str
-    hash: str
-
-
-class CheckpointResult(BaseModel):
-    """A checkpoint just made (or null fields when the head was already checkpointed)."""
-
-    created: bool
-    seq: int | None
-    hash: str | None
 
 
 @router.get("/verify", response_model=AuditVerifyResult)
