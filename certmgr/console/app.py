@@ -95,9 +95,13 @@ def _install_handlers(app: FastAPI) -> None:
     async def validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         if not is_console_path(request.url.path):
-            from fastapi.exception_handlers import request_validation_exception_handler
+            handler = previous.get(RequestValidationError)
+            if handler is None:
+                from fastapi.exception_handlers import request_validation_exception_handler
 
-            return await request_validation_exception_handler(request, exc)
+                return await request_validation_exception_handler(request, exc)
+            response: Response = await handler(request, exc)  # the API's own (always encodable) 422
+            return response
         return error_page(request, 400, "The request could not be understood.")
 
     app.add_exception_handler(CertmgrError, certmgr_error)

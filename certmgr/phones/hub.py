@@ -14,8 +14,8 @@ events), starts the TLS probe after the certificate info came back, and proves a
   ``wpi_max_buffered`` bytes of unfinished fragmented messages, and they expire after
   ``wpi_untrusted_timeout_seconds``. Every interaction stops (CleanUp, protocol violation) past
   ``wpi_max_interaction_bytes``. A phone with a pending deployment is served whatever the pool holds.
-* Refusals from foreign peers are audited at most once per address every ``_AUDIT_EVERY`` (with the count of
-  those not written), so a flood cannot grow the audit log without bound.
+* Refusals from foreign peers are audited at most once per (address, phone) every ``_AUDIT_EVERY`` (with the
+  count of those not written), so a flood cannot grow the audit log faster than the fleet's size per period.
 
 Every database call runs in a worker thread (``asyncio.to_thread``; the ones that change a deployment through
 :func:`~certmgr.db.txretry.run_db`, which retries a lost optimistic-lock race); the table itself is only touched
@@ -302,8 +302,9 @@ class DeploymentHub:
         return await self._finish_step(live, msg, output, cookie)
 
     async def _audit_refusal(self, peer: str | None, mac: str | None, reason: str, now: datetime) -> None:
-        """Audit a refusal, at most once per address every :data:`_AUDIT_EVERY` (the count of the others with it)."""
-        key = peer or ""
+        """Audit a refusal, at most once per address and phone every :data:`_AUDIT_EVERY` (the count of the others
+        with it): a flood from one address grows the audit log by at most one record per phone it names."""
+        key = f"{peer}|{mac}"
         last = self._audited.get(key)
         if last is not None and last[0] + _AUDIT_EVERY > now:
             self._audited[key] = (last[0], last[1] + 1)
