@@ -25,6 +25,7 @@ on the event loop, and a per-(address, phone) :class:`asyncio.Lock` serialises t
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import secrets
 from dataclasses import dataclass, field
@@ -58,6 +59,8 @@ MAX_INTERACTIONS = 10_000
 _AUDIT_EVERY = timedelta(seconds=10)
 #: Address proofs (TLS probes of a claimed new address) running at once.
 MAX_PROOFS = 16
+#: Expired interactions holding at least this many bytes give freed memory back to the system (a flood's debris).
+RELEASE_TO_OS_BYTES = 1024 * 1024
 #: Attempts to record a probe's result while the database is away (a few seconds apart).
 RECORD_ATTEMPTS = 6
 
@@ -170,11 +173,15 @@ class DeploymentHub:
         settings = self.runtime.settings
         idle = timedelta(seconds=settings.interaction_timeout_seconds)
         idle_untrusted = timedelta(seconds=settings.wpi_untrusted_timeout_seconds)
+        released = 0
         for live in list(self._live.values()):
             if live.last_at + (idle if live.trusted else idle_untrusted) < now:
                 if live.trusted:
                     log.info("interaction with %s timed out", live.mac)
+                released += live.taken
                 self._drop(live)
+        if released >= RELEASE_TO_OS_BYTES:
+            release_memory()  # what a flood left behind goes back to the system, not only to Python's allocator
         for mac in [m for m, until in self._busy_until.items() if until < now]:
             del self._busy_until[mac]
         for peer in [p for p, (at, _n) in self._audited.items() if at + _AUDIT_EVERY < now]:
@@ -455,6 +462,15 @@ class DeploymentHub:
             _done, pending = await asyncio.wait(tasks, timeout=30)
             for task in pending:
                 task.cancel()
+
+
+def release_memory() -> None:
+    """Return the C heap's free memory to the system (glibc ``malloc_trim``); nothing elsewhere."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        return
 
 
 def prove_address(

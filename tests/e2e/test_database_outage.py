@@ -6,6 +6,7 @@ itself, each written exactly once.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -69,6 +70,7 @@ def test_postgres_stopped_and_restarted_mid_delivery(e2e_factory: Callable[..., 
         assert (answer.status_code, answer.headers.get("retry-after")) == (503, "30")
     finally:
         own_pg.resume()
+        resumed = time.monotonic()
     wait_until(lambda: _ready(world) == 200, 60, 0.5, "/readyz 200 once the database is back")
 
     def all_verified() -> bool:
@@ -81,6 +83,7 @@ def test_postgres_stopped_and_restarted_mid_delivery(e2e_factory: Callable[..., 
         states = {m: [(d.state.value, d.attempts, d.last_error) for d in ds] for m, ds in world.deployments().items()}
         print(states, world.service.log()[-6000:])
         raise
+    print(f"\nall {PHONES} phones verified {time.monotonic() - resumed:.1f} s after PostgreSQL came back")
     assert all(p.stats.writes_accepted == 1 for p in phones), [p.stats.writes_accepted for p in phones]
     log = world.service.log()
     assert "Traceback" not in log
