@@ -38,9 +38,9 @@ sys.path.insert(0, str(REPO))
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from certmgr.api.app import create_app  # noqa: E402
 from certmgr.audit.tokens import Role, create_token  # noqa: E402
 from certmgr.clock import ManualClock, SystemClock  # noqa: E402
+from certmgr.console.app import create_web_app  # noqa: E402
 from certmgr.console.waves import compute_waves  # noqa: E402
 from certmgr.db.engine import session_scope  # noqa: E402
 from certmgr.db.models import (  # noqa: E402
@@ -245,7 +245,7 @@ def run_backend(name: str, url: str | None, args: argparse.Namespace) -> None:
             )
             with session_scope(rt.engine) as s:
                 _, token = create_token(s, name="bench", role=Role.ADMIN, actor="bench", now=rt.clock.now())
-            client = TestClient(create_app(rt), base_url=BASE, follow_redirects=False)
+            client = TestClient(create_web_app(rt), base_url=BASE, follow_redirects=False)
             page = client.get("/ui/login")
             nonce = re.search(r'name="login_nonce" value="([^"]+)"', page.text)
             assert nonce is not None

@@ -244,7 +244,7 @@ def build_listeners(runtime: Runtime, role: Role) -> tuple[list[Listener], list[
     ``dispatch_role`` setting (``wpi`` by default, next to the hub; ``scheduler`` for a split in which the
     scheduler process reaches the phones). Processes of different roles share only the database.
     """
-    from certmgr.api.app import create_app
+    from certmgr.console.app import create_web_app
 
     settings = runtime.settings
     listeners: list[Listener] = []
@@ -256,7 +256,7 @@ def build_listeners(runtime: Runtime, role: Role) -> tuple[list[Listener], list[
 
         monitor = SchedulerMonitor()  # what GET /api/v1/scheduler shows when the API runs in this process
     if role in (Role.ALL, Role.API):
-        app = create_app(runtime, scheduler=monitor)
+        app = create_web_app(runtime, scheduler=monitor)
         tls = api_tls_files(runtime)
         ssl: dict[str, object] = {"ssl_certfile": str(tls[0]), "ssl_keyfile": str(tls[1])} if tls else {}
         # proxy_headers off: the client address (login throttling, audit) is the TCP peer, never a header.

@@ -4,7 +4,8 @@ phone-facing ports.
 Layout: :mod:`certmgr.api.deps` (every dependency: runtime, session, token and role), :mod:`certmgr.api.schemas`
 (request and response bodies), :mod:`certmgr.api.common` (parameter types, pagination), one module per resource
 under :mod:`certmgr.api.routes`, :mod:`certmgr.api.errors` (the one mapping of certmgr errors to HTTP). The web
-console (:mod:`certmgr.console`) is mounted on the same application, at ``/ui/``.
+console (:mod:`certmgr.console`) is mounted on the same application, at ``/ui/``, by
+:func:`certmgr.console.app.create_web_app`.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ if TYPE_CHECKING:
     from certmgr.scheduling.scheduler import SchedulerMonitor
 
 
-def create_app(runtime: Runtime, scheduler: SchedulerMonitor | None = None, *, console: bool | None = None) -> FastAPI:
+def create_app(runtime: Runtime, scheduler: SchedulerMonitor | None = None) -> FastAPI:
     """Build the API application around an opened :class:`Runtime`; ``scheduler`` is the status of the scheduler
     running in this process (``None``: this process runs none, ``GET /api/v1/scheduler`` says so). The web console
-    is served at ``/ui/`` unless ``console`` (default: the ``console_enabled`` setting) is false."""
+    is mounted on it by :func:`certmgr.console.app.create_web_app` (the API knows nothing of the console)."""
     app = FastAPI(
         title="certmgr",
         version=__version__,
@@ -38,8 +39,4 @@ def create_app(runtime: Runtime, scheduler: SchedulerMonitor | None = None, *, c
     install_input_guards(app)
     for router in ROUTERS:
         app.include_router(router)
-    if runtime.settings.console_enabled if console is None else console:
-        from certmgr.console.app import mount_console
-
-        mount_console(app, runtime)
     return app

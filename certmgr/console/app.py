@@ -16,6 +16,7 @@ from fastapi.responses import RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 
+from certmgr.api.app import create_app
 from certmgr.api.errors import status_for
 from certmgr.console.auth import LoginRequired
 from certmgr.console.bulk import JobRunner, mark_interrupted
@@ -27,6 +28,7 @@ from certmgr.errors import CertmgrError
 
 if TYPE_CHECKING:
     from certmgr.runtime import Runtime
+    from certmgr.scheduling.scheduler import SchedulerMonitor
 
 _TITLES = {
     400: "Bad request",
@@ -133,4 +135,15 @@ def mount_console(app: FastAPI, runtime: Runtime) -> None:
     app.add_middleware(ConsoleSecurity)
 
 
-__all__ = ["error_page", "mount_console"]
+def create_web_app(
+    runtime: Runtime, scheduler: SchedulerMonitor | None = None, *, console: bool | None = None
+) -> FastAPI:
+    """The API listener's application: the API (:func:`certmgr.api.app.create_app`) and, unless ``console`` (default:
+    the ``console_enabled`` setting) is false, the web console at ``/ui/``."""
+    app = create_app(runtime, scheduler)
+    if runtime.settings.console_enabled if console is None else console:
+        mount_console(app, runtime)
+    return app
+
+
+__all__ = ["create_web_app", "error_page", "mount_console"]

@@ -2,7 +2,9 @@
 
 :class:`DeploymentHub` owns the in-memory interaction table, runs one phone message through
 :mod:`certmgr.wpi.interaction`, applies the effects in the database (worker thread, one transaction with the audit
-events), starts the TLS probe after the certificate info came back, and proves address claims.
+events), and hands the two long-running checks to their own homes: the TLS probe of the WBM port after the
+certificate info came back (:class:`~certmgr.phones.verifier.WbmProbes`) and the proof of an address claim
+(:class:`~certmgr.phones.proofs.AddressProofs`).
 
 **Who may hold what** (everything reaching this port may come from an attacker on the phone network):
 
@@ -32,16 +34,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from certmgr.db.engine import session_scope
-from certmgr.db.health import log_failure
 from certmgr.db.txretry import run_db
 from certmgr.deploy.admission import Admitted, admit
 from certmgr.deploy.effects import apply_effects
-from certmgr.deploy.verdict import Verdict
-from certmgr.deploy.verification import finish_verification, probe_target
 from certmgr.errors import CertmgrError, DatabaseError, ProtocolError
-from certmgr.inventory.enrollment import AddressClaim, resolve_claim
-from certmgr.phones.probe import probe_once, probe_until
+from certmgr.phones.proofs import AddressProofs
+from certmgr.phones.verifier import WbmProbes
 from certmgr.wpi import interaction as wi
 from certmgr.wpi.codec import encode_dls, parse_workpoint
 from certmgr.wpi.jobs import NoJob, Serve, deployment_of
@@ -57,12 +55,8 @@ COOKIE_PATH = "/DeploymentService"
 MAX_INTERACTIONS = 10_000
 #: Refusals from one foreign address are audited at most this often.
 _AUDIT_EVERY = timedelta(seconds=10)
-#: Address proofs (TLS probes of a claimed new address) running at once.
-MAX_PROOFS = 16
 #: Expired interactions holding at least this many bytes give freed memory back to the system (a flood's debris).
 RELEASE_TO_OS_BYTES = 1024 * 1024
-#: Attempts to record a probe's result while the database is away (a few seconds apart).
-RECORD_ATTEMPTS = 6
 
 
 @dataclass
@@ -104,17 +98,24 @@ class DeploymentHub:
     _buffered_per_peer: dict[str, int] = field(default_factory=dict)
     _busy_until: dict[str, datetime] = field(default_factory=dict)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
-    _probes: dict[int, asyncio.Task[None]] = field(default_factory=dict)
-    _proofs: dict[str, asyncio.Task[None]] = field(default_factory=dict)
-    _last_proof: dict[str, datetime] = field(default_factory=dict)
     _audited: dict[str, tuple[datetime, int]] = field(default_factory=dict)
     on_device_seen: list[Any] = field(default_factory=list)
+    probes: WbmProbes = field(init=False)
+    proofs: AddressProofs = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.probes = WbmProbes(self.runtime)
+        self.proofs = AddressProofs(self.runtime, self._seen)
+
+    def _seen(self, mac: str) -> None:
+        for callback in self.on_device_seen:
+            callback(mac)
 
     # -- views used by the dispatcher and the tests --
     def active_deployments(self) -> frozenset[int]:
         """Deployments with a live interaction or a running probe."""
         ids = {live.deployment_id for live in self._live.values() if live.deployment_id is not None}
-        return frozenset(ids | set(self._probes))
+        return frozenset(ids | self.probes.running())
 
     def active_macs(self) -> frozenset[str]:
         """Phones in a live (trusted) interaction."""
@@ -358,133 +359,19 @@ class DeploymentHub:
         if applied.busy_mac is not None:
             self._busy_until[applied.busy_mac] = now + timedelta(seconds=self.runtime.settings.busy_callback_seconds)
         if applied.probe_deployment_id is not None:
-            self.start_probe(applied.probe_deployment_id)
+            self.probes.start(applied.probe_deployment_id)
         for claim in applied.claims:
-            self.start_proof(claim)
+            self.proofs.start(claim)
         if live.trusted:
             for effect in effects:
                 if isinstance(effect, wi.PhoneReported) and effect.mac is not None:
-                    for callback in self.on_device_seen:
-                        callback(effect.mac)
+                    self._seen(effect.mac)
         return WpiResponse(200, encode_dls(output.reply), set_cookie=cookie)
-
-    # -- probing --
-    def start_probe(self, deployment_id: int) -> None:
-        """Probe the phone's WBM in the background, then record the verdict."""
-        if deployment_id in self._probes:
-            return
-        task = asyncio.create_task(self._probe(deployment_id), name=f"probe-{deployment_id}")
-        self._probes[deployment_id] = task
-        task.add_done_callback(lambda _t: self._probes.pop(deployment_id, None))
-
-    async def _probe(self, deployment_id: int) -> None:
-        settings = self.runtime.settings
-        try:
-            target = await asyncio.to_thread(probe_target, self.runtime, deployment_id)
-            if target is None:
-                return
-            seen, error = await asyncio.to_thread(
-                probe_until,
-                target.host,
-                settings.wbm_port,
-                target.expected_sha256,
-                tries=settings.probe_tries,
-                interval=settings.probe_interval_seconds,
-                timeout=settings.probe_timeout_seconds,
-            )
-            verdict = await self._record_probe(deployment_id, seen, error)
-            log.debug("deployment %s: %s", deployment_id, verdict.value if verdict else "no longer verifying")
-        except CertmgrError as exc:
-            log_failure(log, f"verification of deployment {deployment_id} failed", exc)
-        except Exception:  # a bug must not vanish with the background task; it is logged with its traceback
-            log.exception("verification of deployment %s failed", deployment_id)
-
-    async def _record_probe(self, deployment_id: int, seen: str | None, error: str | None) -> Verdict | None:
-        """Record a probe's result; while the database is away, try again (bounded: a few times, seconds apart) so
-        that the result is not lost — past that, the lease runs out and the deployment is verified again."""
-        for attempt in range(RECORD_ATTEMPTS):
-            try:
-                return await run_db(
-                    finish_verification,
-                    self.runtime,
-                    deployment_id,
-                    seen_sha256=seen,
-                    probe_error=error,
-                    now=self._now(),
-                )
-            except DatabaseError:
-                if attempt == RECORD_ATTEMPTS - 1:
-                    raise
-                await asyncio.sleep(min(2.0 * (attempt + 1), 10.0))
-        return None  # pragma: no cover - the loop returns or raises
-
-    # -- proving an address claim --
-    def start_proof(self, claim: AddressClaim) -> None:
-        """TLS-probe a claimed new address in the background, then move the phone or hold the move (bounded: one
-        proof per phone at a time, at most :data:`MAX_PROOFS` at once, one per phone per
-        ``address_proof_interval_seconds``)."""
-        now = self._now()
-        last = self._last_proof.get(claim.mac)
-        interval = timedelta(seconds=self.runtime.settings.address_proof_interval_seconds)
-        if claim.mac in self._proofs or len(self._proofs) >= MAX_PROOFS or (last is not None and last + interval > now):
-            return
-        self._last_proof[claim.mac] = now
-        if len(self._last_proof) > MAX_INTERACTIONS:
-            self._last_proof = {m: t for m, t in self._last_proof.items() if t + interval > now}
-        task = asyncio.create_task(self._prove(claim), name=f"proof-{claim.mac}")
-        self._proofs[claim.mac] = task
-        task.add_done_callback(lambda _t: self._proofs.pop(claim.mac, None))
-
-    async def _prove(self, claim: AddressClaim) -> None:
-        settings = self.runtime.settings
-        seen: str | None = None
-        error: str | None = None
-        try:
-            seen = await asyncio.to_thread(probe_once, claim.ip, settings.wbm_port, settings.probe_timeout_seconds)
-        except CertmgrError as exc:
-            error = exc.message
-        try:
-            outcome = await run_db(prove_address, self.runtime, claim, seen, error, self._now())
-        except CertmgrError as exc:
-            log_failure(log, f"cannot decide the address claim of {claim.mac}", exc)
-            return
-        except Exception:  # a bug must not vanish with the background task; it is logged with its traceback
-            log.exception("cannot decide the address claim of %s", claim.mac)
-            return
-        if outcome == "moved":
-            for callback in self.on_device_seen:
-                callback(claim.mac)
 
     async def close(self) -> None:
         """Wait (bounded) for running probes and proofs to finish."""
-        tasks = [*self._probes.values(), *self._proofs.values()]
-        if tasks:
-            _done, pending = await asyncio.wait(tasks, timeout=30)
-            for task in pending:
-                task.cancel()
-
-
-def release_memory() -> None:
-    """Return the C heap's free memory to the system (glibc ``malloc_trim``); nothing elsewhere."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        return
-
-
-def prove_address(
-    runtime: Runtime, claim: AddressClaim, seen_sha256: str | None, error: str | None, now: datetime
-) -> str:
-    """:func:`certmgr.inventory.enrollment.resolve_claim` in its own transaction.
-
-    Raises:
-        DatabaseError: if the database cannot be reached.
-    """
-    with session_scope(runtime.engine) as session:
-        return resolve_claim(
-            session, claim, served_sha256=seen_sha256, probe_error=error, now=now, policies=runtime.policies
-        )
+        await self.probes.close()
+        await self.proofs.close()
 
 
 def _entry(now: datetime, direction: str, msg: WorkpointMessage | DLSMessage) -> dict[str, Any]:
@@ -504,3 +391,12 @@ def _entry(now: datetime, direction: str, msg: WorkpointMessage | DLSMessage) ->
         {"name": it.name[:64], **({"status": it.status[:64]} if it.status else {})} for it in msg.items[:50]
     ]
     return entry
+
+
+def release_memory() -> None:
+    """Return the C heap's free memory to the system (glibc ``malloc_trim``); nothing elsewhere."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        return

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from certmgr.api.app import create_app
+from certmgr.console.app import create_web_app
 from certmgr.runtime import Runtime
 
 BASE = "https://testserver"
@@ -20,7 +20,7 @@ _NONCE = re.compile(r'name="login_nonce" value="([^"]+)"')
 
 def new_client(rt: Runtime) -> TestClient:
     """A client of the whole application (API + console) over https://testserver, following no redirects."""
-    return TestClient(create_app(rt), base_url=BASE, follow_redirects=False, raise_server_exceptions=True)
+    return TestClient(create_web_app(rt), base_url=BASE, follow_redirects=False, raise_server_exceptions=True)
 
 
 @pytest.fixture

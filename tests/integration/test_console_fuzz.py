@@ -53,7 +53,7 @@ _names = itertools.count()
 def _client(rt: Runtime) -> tuple[TestClient, str]:
     """A logged-in admin client per runtime (hypothesis runs every example with the same fixtures); a new token
     and session when a fuzzed logout or token revocation ended the last one."""
-    from certmgr.api.app import create_app
+    from certmgr.console.app import create_web_app
 
     cached = _CLIENTS.get(id(rt))
     if cached is not None and cached[0].get("/ui/jobs").status_code == 200:
@@ -63,7 +63,7 @@ def _client(rt: Runtime) -> tuple[TestClient, str]:
     client = (
         cached[0]
         if cached
-        else TestClient(create_app(rt), base_url=BASE, follow_redirects=False, raise_server_exceptions=False)
+        else TestClient(create_web_app(rt), base_url=BASE, follow_redirects=False, raise_server_exceptions=False)
     )
     with session_scope(rt.engine) as session:
         _, value = create_token(session, name=f"fuzz-{next(_names)}", role=Role.ADMIN, actor="test", now=rt.clock.now())
