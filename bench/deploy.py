@@ -1,35 +1,48 @@
-"""Benchmark: 1,000 simulated phones, full deploy + verify over real TLS on loopback, against a floor.
+"""Benchmark: a fleet of simulated phones, full deploy + verify over real TLS on loopback, against a floor.
 
-    .venv/bin/python bench/deploy.py [--phones 1000] [--concurrency 50]
+    .venv/bin/python bench/deploy.py [--phones 1000] [--db sqlite|postgres] [--concurrency 50]
+                                     [--faults] [--disrupt] [--no-overlapped] [--profile DIR]
 
-Three phases, one run; the phones (:mod:`certmgr.simulator`, 127.200.x.y) live in this process, every server
-under test in its own process (the second core):
+Every party has a process of its own, so that each one's CPU is measured apart: the simulated phones
+(:mod:`bench.simproc`, up to 4,000 phones a process on 127.200.x.y), the server under test, and this bench
+(the floor's client, the clock, the database queries that watch progress). Phases:
 
 1. **floor** — a bare uvicorn TLS handler (the same server stack certmgr uses) answers canned DLS messages:
    ``solicited`` → ``WriteItems`` (one pre-built plain PKCS#12), ``reply-to WriteItems`` → ``ReadItems``,
-   anything else → ``CleanUp``; the bench itself sends each contact-me and TLS-probes each WBM afterwards,
-   ``--concurrency`` phones at a time. That is contact-me + 3 HTTPS round trips + probe, with no database,
-   no issuance, no state machine.
+   anything else → ``CleanUp``; this bench sends each contact-me and, once the handler has sent ``CleanUp``,
+   TLS-probes the WBM until it serves the new certificate (as certmgr does), ``--concurrency`` phones at a time.
+   Contact-me + 3 HTTPS round trips + probe, with no database, no issuance, no state machine.
 2. **issuance** — ``certmgr serve --role wpi`` with a policy whose maintenance window is closed: the phones
-   boot and report, the reconciler issues their certificates (RSA-2048 key generation dominates), nothing is
-   deployed. Measured: all certificates recorded.
-3. **delivery** — the service is restarted with the window open: contact-me → WriteItems → ReadItems → probe →
-   verified for every phone. Measured: restart → all verified, and first contact-me → last verified from the
-   database's own timestamps. Ratio = delivery phones/s ÷ floor phones/s.
-4. **overlapped** — as in operation: a fresh service (new data dir) with the window open from the start; the
-   phones report and issuance and delivery run concurrently. Measured: service start → all verified.
+   report, the reconciler issues their certificates (RSA-2048 key generation dominates), nothing is deployed.
+3. **delivery** — the service restarted with the window open: contact-me → WriteItems → ReadItems → probe →
+   verified for every phone. Ratio = floor time ÷ delivery time (service ready → all verified).
+4. **overlapped** — as in operation: a fresh service (new data dir, new database) with the window open from
+   the start; the phones report, issuance and delivery run concurrently. Ratio = overlapped ÷ the slower of
+   issuance alone and the floor.
 
-Everything is bounded (timeouts per phase) and cleaned up; the figures are printed at the end.
+Measured per phase: wall time; CPU seconds of the service's own process and, apart, of its key-generation
+workers; CPU of the floor handler and of the simulator; the service's peak RSS (``VmHWM``) and its RSS when the
+first 1,000 phones were verified; the database's size; delivery p50/p95 (contact-me → verified, from the
+database's own timestamps). At the end every reachable phone must be verified with exactly one accepted write
+per service phase; the bench prints the phones that are not.
+
+``--faults``: 1 % of the phones offline, 1 % slow (2 s before each message), 1 % busy on the first write,
+0.5 % move to another address after accepting the certificate; the floor runs on the healthy ones only.
+``--disrupt``: when 40 % are verified, the database goes away for 10 s (PostgreSQL: fast shutdown and start on
+the same port) or, on SQLite, the service is killed (``kill -9``) and started again.
+``--profile DIR``: py-spy samples the service (and its key workers) during delivery and overlapped; the raw
+stacks go to DIR and a summary of where the time went is printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import contextlib
 import json
 import os
 import re
-import resource
 import secrets
 import shutil
 import signal
@@ -38,33 +51,43 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.serialization import pkcs12
-from cryptography.x509.oid import NameOID
-from sqlalchemy import func
-from sqlmodel import col, select
-
-from certmgr.db.engine import create_db_engine, session_scope
-from certmgr.db.models import Certificate, Deployment, DeploymentState
-from certmgr.phones.probe import probe_once
-from certmgr.simulator.fleet import fleet_addresses, fleet_mac, port_free_on_all
-from certmgr.simulator.phone import PhoneConfig, SimPhone
-from certmgr.wpi.codec import encode_dls
-from certmgr.wpi.contactme import build_contact_me
-from certmgr.wpi.messages import Action, DLSMessage, Item, cleanup_message
-
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as a script: python bench/deploy.py
+    sys.path.insert(0, str(REPO))
+
+import httpx  # noqa: E402
+from cryptography import x509  # noqa: E402
+from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
+from cryptography.hazmat.primitives.serialization import pkcs12  # noqa: E402
+from cryptography.x509.oid import NameOID  # noqa: E402
+from sqlalchemy import func, text  # noqa: E402
+from sqlalchemy.engine import Engine  # noqa: E402
+from sqlmodel import col, select  # noqa: E402
+
+from bench.simproc import SimFleet, raise_nofile  # noqa: E402
+from certmgr.db.engine import create_db_engine, session_scope  # noqa: E402
+from certmgr.db.models import AuditEvent, Certificate, Deployment, DeploymentState  # noqa: E402
+from certmgr.phones.probe import probe_once  # noqa: E402
+from certmgr.simulator.fleet import fleet_addresses, port_free_on_all  # noqa: E402
+from certmgr.wpi.codec import encode_dls  # noqa: E402
+from certmgr.wpi.contactme import build_contact_me  # noqa: E402
+from certmgr.wpi.messages import Action, DLSMessage, Item, cleanup_message  # noqa: E402
+
 BASE_IP = "127.200.0.1"
 NONCE_MARK = "NONCEPLACEHOLDER0000000000000000"
-PHASE_TIMEOUT_S = 600.0
+PHASE_TIMEOUT_S = 3600.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+#: The fault mix of ``--faults`` (rules of the simulator: every N-th phone of a simulator process).
+FAULT_MIX = ("100:offline", "101:slow=2", "103:busy-first-write", "199:ip-change")
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------
@@ -72,14 +95,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
-
-
-def raise_nofile() -> tuple[int, int]:
-    """Raise the soft RLIMIT_NOFILE to the hard limit (each phone holds 2 listeners + connections)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
 def self_signed_rsa(cn: str) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
@@ -109,9 +124,55 @@ async def bounded_gather(items: list[Any], limit: int, fn: Callable[[Any], Await
     await asyncio.gather(*(one(i) for i in items))
 
 
+def pct(values: list[float], q: float) -> float:
+    return sorted(values)[min(len(values) - 1, int(len(values) * q))] if values else float("nan")
+
+
+# --- /proc accounting -------------------------------------------------------------------------------------------
+def proc_cpu(pid: int) -> float:
+    """utime + stime of ``pid`` in seconds (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def proc_mem_kib(pid: int) -> dict[str, int]:
+    out: dict[str, int] = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0])
+    except OSError:
+        pass
+    return out
+
+
+@dataclass
+class CpuSample:
+    main: float
+    workers: float
+
+
 # --- the floor server (a subprocess: python bench/deploy.py --floor-server …) -------------------------------------
 def floor_server(port: int, cert: str, key: str, p12_file: str) -> None:
-    """A bare ASGI app on uvicorn + TLS answering canned DLS messages (the nonce is repeated, D2)."""
+    """A bare ASGI app on uvicorn + TLS answering canned DLS messages (the nonce is repeated, D2). Prints the
+    caller's address on stdout when it sends ``CleanUp`` after a ``ReadItems`` reply (the exchange is over)."""
     import uvicorn
 
     p12 = Path(p12_file).read_bytes().decode()
@@ -143,6 +204,9 @@ def floor_server(port: int, cert: str, key: str, p12_file: str) -> None:
         headers = [(b"content-type", b"text/xml; charset=utf-8"), (b"content-length", str(len(reply)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": reply})
+        if kind == "cleanup" and b'action="ReadItems"' in body and scope.get("client"):
+            sys.stdout.write(f"done {scope['client'][0]}\n")
+            sys.stdout.flush()
 
     config = uvicorn.Config(
         app,
@@ -165,6 +229,7 @@ class Service:
         self.values = values
         self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
+        self.profiler: subprocess.Popen[bytes] | None = None
 
     def write_config(self, **override: object) -> Path:
         values = {**self.values, **override}
@@ -176,7 +241,12 @@ class Service:
         path.write_text("\n".join(lines) + "\n")
         return path
 
-    def start(self, timeout: float = 120.0) -> float:
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout: float = 120.0, profile: Path | None = None) -> float:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CERTMGR_")}
         env.update(CERTMGR_CONFIG=str(self.work / "certmgr.toml"), PYTHONUNBUFFERED="1")
         log = (self.work / "service.log").open("ab")
@@ -192,10 +262,58 @@ class Service:
             if not line:
                 raise RuntimeError(f"certmgr serve exited; see {self.work / 'service.log'}")
             if line.startswith(b"wpi listening on"):
+                if profile is not None:
+                    self.start_profile(profile)
                 return time.monotonic()
         raise RuntimeError("certmgr serve did not start in time")
 
+    def start_profile(self, out: Path) -> None:
+        spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+        if spy is None:
+            raise RuntimeError("--profile needs py-spy (make installs it into .venv)")
+        self.profiler = subprocess.Popen(
+            [
+                spy,
+                "record",
+                "--pid",
+                str(self.pid),
+                "--subprocesses",
+                "--rate",
+                "200",
+                "--format",
+                "raw",
+                "--nonblocking",
+                "--output",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=(self.work / "py-spy.log").open("ab"),
+        )
+
+    def stop_profile(self) -> None:
+        if self.profiler is not None:
+            self.profiler.send_signal(signal.SIGINT)
+            try:
+                self.profiler.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.profiler.kill()
+                self.profiler.wait(timeout=10)
+            self.profiler = None
+
+    def cpu(self) -> CpuSample:
+        return CpuSample(proc_cpu(self.pid), sum(proc_cpu(c) for c in children_of(self.pid)))
+
+    def kill(self) -> None:
+        self.stop_profile()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        for child in children_of(self.pid) if self.proc is not None else []:
+            with contextlib.suppress(OSError):
+                os.kill(child, signal.SIGKILL)
+
     def stop(self) -> None:
+        self.stop_profile()
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -213,73 +331,17 @@ def closed_window() -> str:
 
 def write_policy(policy_dir: Path, closed: bool) -> None:
     policy_dir.mkdir(parents=True, exist_ok=True)
-    text = (REPO / "policies" / "default.toml").read_text()
-    (policy_dir / "default.toml").write_text(text + (closed_window() if closed else ""))
+    text_ = (REPO / "policies" / "default.toml").read_text()
+    (policy_dir / "default.toml").write_text(text_ + (closed_window() if closed else ""))
 
 
-# --- phases -------------------------------------------------------------------------------------------------------
-async def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.5) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await asyncio.to_thread(predicate):
-            return
-        await asyncio.sleep(interval)
-    raise RuntimeError(f"{what}: not reached within {timeout:g}s")
-
-
-async def run_floor(phones: list[SimPhone], work: Path, concurrency: int, wbm_port: int, contact_port: int) -> float:
-    key, cert = self_signed_rsa("floor DLS")
-    cert_file, key_file, p12_file = work / "floor.pem", work / "floor.key", work / "floor.p12"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    leaf_key, leaf = self_signed_rsa("floor leaf")
-    import base64
-
-    p12 = pkcs12.serialize_key_and_certificates(b"floor", leaf_key, leaf, None, serialization.NoEncryption())
-    p12_file.write_bytes(base64.b64encode(p12))
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--floor-server", str(port), str(cert_file), str(key_file), str(p12_file)],
-        stderr=(work / "floor.log").open("ab"),
-    )
-    try:
-        for _ in range(200):
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                await asyncio.sleep(0.05)
-        async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
-
-            async def one(phone: SimPhone) -> None:
-                before = len(phone.history)
-                url = f"http://{phone.ip}:{contact_port}/contact_dls.html/ContactDLS"
-                body = build_contact_me("127.0.0.1", port)
-                response = await client.post(
-                    url, content=body, headers={"Content-Type": "application/x-www-form-urlencoded"}
-                )
-                assert 200 <= response.status_code < 300
-                await phone.wait_until(lambda p: len(p.history) > before and p.idle, 30, poll=0.02)
-                if phone.history[-1].error:
-                    raise RuntimeError(f"floor interaction failed: {phone.history[-1].error}")
-                await asyncio.to_thread(probe_once, phone.ip, wbm_port, 5.0)
-
-            started = time.monotonic()
-            await bounded_gather(phones, concurrency, one)
-            return time.monotonic() - started
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-
-
-def count_certs(engine: Any) -> int:
+# --- database views -------------------------------------------------------------------------------------------
+def count_certs(engine: Engine) -> int:
     with session_scope(engine) as s:
         return int(s.exec(select(func.count()).select_from(Certificate)).one())
 
 
-def count_verified(engine: Any) -> int:
+def count_verified(engine: Engine) -> int:
     with session_scope(engine) as s:
         return int(
             s.exec(
@@ -290,16 +352,236 @@ def count_verified(engine: Any) -> int:
         )
 
 
+def deployment_summary(engine: Engine) -> dict[str, Any]:
+    with session_scope(engine) as s:
+        states = Counter(str(st) for st in s.exec(select(Deployment.state)).all())
+        rows = s.exec(select(Deployment.contacted_at, Deployment.verified_at)).all()
+        audit = int(s.exec(select(func.count()).select_from(AuditEvent)).one())
+    latencies = [(v - c).total_seconds() for c, v in rows if c is not None and v is not None]
+    return {
+        "states": dict(states),
+        "deployments": sum(states.values()),
+        "audit_events": audit,
+        "p50": pct(latencies, 0.5),
+        "p95": pct(latencies, 0.95),
+        "contact_first": min((c for c, _ in rows if c is not None), default=None),
+        "verified_last": max((v for _, v in rows if v is not None), default=None),
+    }
+
+
+def database_bytes(engine: Engine, sqlite_file: Path | None) -> int:
+    if sqlite_file is not None:
+        return sum(p.stat().st_size for p in sqlite_file.parent.glob(sqlite_file.name + "*"))
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT pg_database_size(current_database())")).scalar_one())
+
+
+# --- profile summary ----------------------------------------------------------------------------------------------
+def summarise_profile(raw: Path, top: int = 18) -> list[str]:
+    """Where the samples went: shares by area (the first certmgr/library frame that names one) and the
+    functions with the largest inclusive share."""
+    if not raw.exists():
+        return [f"(no profile at {raw})"]
+    inclusive: Counter[str] = Counter()
+    areas: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [f for f in stack.split(";") if f]
+        seen: set[str] = set()
+        for frame in frames:
+            name = re.sub(r":\d+\)$", ")", frame.strip())
+            if name not in seen:
+                seen.add(name)
+                inclusive[name] += count
+        areas[_area(frames)] += count
+    if total == 0:
+        return ["(empty profile)"]
+    out = [f"{total} samples"]
+    out += [f"  area {share / total:6.1%}  {name}" for name, share in areas.most_common(14)]
+    out += [
+        f"  incl {share / total:6.1%}  {name[:150]}"
+        for name, share in inclusive.most_common(200)
+        if ("certmgr" in name or "ssl" in name or "sqlalchemy" in name or "h11" in name) and "process " not in name
+    ][:top]
+    return out
+
+
+_AREAS = (
+    ("keypool", "key generation (workers)"),
+    ("generate_private_key", "key generation"),
+    ("do_handshake", "TLS handshakes"),
+    ("probe", "TLS probe"),
+    ("ssl.py", "TLS record layer"),
+    ("sslproto", "TLS record layer"),
+    ("audit", "audit log"),
+    ("sqlalchemy", "database (SQLAlchemy)"),
+    ("sqlite3", "database (driver)"),
+    ("psycopg", "database (driver)"),
+    ("codec", "WPI codec"),
+    ("pkcs12", "PKCS#12"),
+    ("issuance", "issuance"),
+    ("h11", "HTTP (h11/uvicorn)"),
+    ("uvicorn", "HTTP (h11/uvicorn)"),
+    ("httpx", "HTTP client (httpx)"),
+    ("httpcore", "HTTP client (httpx)"),
+    ("logging", "logging"),
+)
+
+
+def _area(frames: list[str]) -> str:
+    for frame in reversed(frames):  # innermost first
+        for needle, area in _AREAS:
+            if needle in frame:
+                return area
+    return "other (event loop, threads)"
+
+
+# --- the phases ---------------------------------------------------------------------------------------------------
+async def wait_for(
+    predicate: Callable[[], int], goal: int, timeout: float, what: str, on_value: Callable[[int], None] | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    value = -1
+    while time.monotonic() < deadline:
+        value = await asyncio.to_thread(predicate)
+        if on_value is not None:
+            on_value(value)
+        if value >= goal:
+            return
+        await asyncio.sleep(0.25)
+    raise RuntimeError(f"{what}: {value}/{goal} within {timeout:g}s")
+
+
+@dataclass
+class Floor:
+    seconds: float
+    handler_cpu_s: float
+    client_cpu_s: float
+    simulator_cpu_s: float
+    phones: int
+
+
+async def run_floor(
+    sim: SimFleet, ips: list[str], work: Path, concurrency: int, wbm_port: int, contact_port: int
+) -> Floor:
+    key, cert = self_signed_rsa("floor DLS")
+    cert_file, key_file, p12_file = work / "floor.pem", work / "floor.key", work / "floor.p12"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    leaf_key, leaf = self_signed_rsa("floor leaf")
+    leaf_sha = leaf.fingerprint(hashes.SHA256()).hex()
+    p12 = pkcs12.serialize_key_and_certificates(b"floor", leaf_key, leaf, None, serialization.NoEncryption())
+    p12_file.write_bytes(base64.b64encode(p12))
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--floor-server", str(port), str(cert_file), str(key_file), str(p12_file)],
+        stdout=subprocess.PIPE,
+        stderr=(work / "floor.log").open("ab"),
+    )
+    loop = asyncio.get_running_loop()
+    done: dict[str, asyncio.Event] = {ip: asyncio.Event() for ip in ips}
+
+    def read_done() -> None:  # a thread: the handler's "done <ip>" lines
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            ip = line.decode().split()[-1]
+            if ip in done:
+                loop.call_soon_threadsafe(done[ip].set)
+
+    reader = loop.run_in_executor(None, read_done)
+    try:
+        for _ in range(200):
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                await asyncio.sleep(0.05)
+        sim_cpu0 = await sim.cpu_seconds()
+        own0 = time.process_time()
+        async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
+
+            async def one(ip: str) -> None:
+                url = f"http://{ip}:{contact_port}/contact_dls.html/ContactDLS"
+                body = build_contact_me("127.0.0.1", port)
+                response = await client.post(
+                    url, content=body, headers={"Content-Type": "application/x-www-form-urlencoded"}
+                )
+                if not 200 <= response.status_code < 300:
+                    raise RuntimeError(f"floor contact-me to {ip}: HTTP {response.status_code}")
+                await asyncio.wait_for(done[ip].wait(), 60)
+                for _ in range(25):  # as certmgr does: probe until the new certificate is served
+                    if await asyncio.to_thread(probe_once, ip, wbm_port, 5.0) == leaf_sha:
+                        return
+                    await asyncio.sleep(0.2)
+                raise RuntimeError(f"floor: {ip} never served the new certificate")
+
+            started = time.monotonic()
+            await bounded_gather(ips, concurrency, one)
+            seconds = time.monotonic() - started
+        return Floor(
+            seconds=seconds,
+            handler_cpu_s=proc_cpu(proc.pid),
+            client_cpu_s=time.process_time() - own0,
+            simulator_cpu_s=await sim.cpu_seconds() - sim_cpu0,
+            phones=len(ips),
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        await reader
+
+
+@dataclass
+class Backend:
+    kind: str
+    pg: Any = None
+    databases: list[str] = field(default_factory=list)
+
+    def url(self, data_dir: Path) -> tuple[str, Path | None]:
+        if self.kind == "sqlite":
+            path = (data_dir / "certmgr.db").resolve()
+            return f"sqlite:///{path}", path
+        name = self.pg.create_database()
+        self.databases.append(name)
+        return name, None
+
+    def outage(self, service: Service) -> str:
+        if self.kind == "postgres":
+            self.pg.pause()
+            time.sleep(10)
+            self.pg.resume()
+            return "PostgreSQL stopped (fast shutdown) for 10 s and started again"
+        service.kill()
+        service.start()
+        return "service killed (kill -9) and started again"
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     n, concurrency = args.phones, args.concurrency
     nofile = raise_nofile()
     work = Path(tempfile.mkdtemp(prefix="certmgr-bench-"))
+    backend = Backend(args.db)
+    if args.db == "postgres":
+        from tests.pg import PostgresServer
+
+        backend.pg = PostgresServer()
+        backend.pg.start()
     hosts = fleet_addresses(BASE_IP, n)
     wbm_port, contact_port = port_free_on_all(hosts), port_free_on_all(hosts)
     wpi_port = free_port()
     password = secrets.token_urlsafe(16)
+    data_dir = work / "var"
+    db_url, sqlite_file = backend.url(data_dir)
     values: dict[str, object] = {
-        "data_dir": work / "var",
+        "data_dir": data_dir,
+        "database_url": db_url,
         "policy_dir": work / "policies",
         "ca_config_dir": REPO / "ca",
         "ca_passphrase": secrets.token_urlsafe(16),
@@ -326,129 +608,245 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "log_level": "WARNING",
     }
     service = Service(work, values, password)
-    phones = [
-        SimPhone(
-            PhoneConfig(
-                mac=fleet_mac(0xB00000 + i),
-                ip=ip,
-                e164=str(4989800000 + i),
-                contact_port=contact_port,
-                wbm_port=wbm_port,
-                dls_url=f"https://127.0.0.1:{wpi_port}/DeploymentService/LoginService",
-                contact_gap=0.0,
-                request_timeout=30.0,
-                interaction_timeout=120.0,
-            )
-        )
-        for i, ip in enumerate(hosts, start=1)
-    ]
-    results: dict[str, Any] = {"phones": n, "concurrency": concurrency, "nofile": nofile, "cpus": os.cpu_count()}
+    sim = SimFleet(
+        n,
+        base_ip=BASE_IP,
+        dls_url=f"https://127.0.0.1:{wpi_port}/DeploymentService/LoginService",
+        wbm_port=wbm_port,
+        contact_port=contact_port,
+        fault_every=FAULT_MIX if args.faults else (),
+        log_dir=work,
+    )
+    results: dict[str, Any] = {
+        "phones": n,
+        "concurrency": concurrency,
+        "nofile": nofile,
+        "cpus": os.cpu_count(),
+        "db": args.db,
+        "shards": len(sim.specs),
+        "events": [],
+    }
+    profile_dir = Path(args.profile).resolve() if args.profile else None
+    if profile_dir is not None:
+        profile_dir.mkdir(parents=True, exist_ok=True)
+    engine: Engine | None = None
     try:
+        sim.start()
         t0 = time.monotonic()
-        await bounded_gather(phones, 64, lambda p: p.start(send_startup=False))
+        await sim.boot()
         results["phones_boot_s"] = time.monotonic() - t0
+        stats0 = {p["mac"]: p for p in await sim.stats()}
+        healthy = [p["ip"] for p in stats0.values() if not p["faults"]]
+        reachable = [p for p in stats0.values() if "offline" not in p["faults"]]
+        results["reachable"] = len(reachable)
+        results["faulty"] = dict(Counter(p["faults"] for p in stats0.values() if p["faults"]))
 
         # 1. floor
-        floor_s = await run_floor(phones, work, concurrency, wbm_port, contact_port)
-        results["floor_s"] = floor_s
-        print(f"floor: {n} bare exchanges in {floor_s:.1f}s = {n / floor_s:.1f} phones/s", flush=True)
+        floor = await run_floor(sim, healthy, work, concurrency, wbm_port, contact_port)
+        results["floor"] = floor
+        print(
+            f"floor: {floor.phones} bare exchanges in {floor.seconds:.1f}s = {floor.phones / floor.seconds:.1f}/s",
+            flush=True,
+        )
+        after_floor = {p["mac"]: p["writes_accepted"] for p in await sim.stats()}
 
         # 2. issuance: window closed, phones report, certificates are issued, nothing deployed
         write_policy(work / "policies", closed=True)
         service.write_config()
-        up = service.start()
-        engine = create_db_engine(f"sqlite:///{(work / 'var' / 'certmgr.db').resolve()}")
+        service.start()
+        engine = create_db_engine(db_url)
+        cpu0, sim0 = service.cpu(), await sim.cpu_seconds()
         t_issue = time.monotonic()
-        await bounded_gather(phones, 64, lambda p: p.interact())
+        await sim.report(64)
         results["reports_s"] = time.monotonic() - t_issue
-        await wait_for(lambda: count_certs(engine) >= n, PHASE_TIMEOUT_S, "issuance")
+        e1 = engine
+        await wait_for(lambda: count_certs(e1), len(reachable), PHASE_TIMEOUT_S, "issuance")
         results["issuance_s"] = time.monotonic() - t_issue
-        results["service_start_s"] = up - t_issue if up > t_issue else None
-        print(f"issuance: {n} certificates in {results['issuance_s']:.1f}s = {n / results['issuance_s']:.1f}/s")
+        cpu1 = service.cpu()
+        results["issuance_cpu"] = CpuSample(cpu1.main - cpu0.main, cpu1.workers - cpu0.workers)
+        results["issuance_sim_cpu_s"] = await sim.cpu_seconds() - sim0
+        results["issuance_mem"] = proc_mem_kib(service.pid)
+        print(f"issuance: {len(reachable)} certificates in {results['issuance_s']:.1f}s", flush=True)
 
         # 3. delivery: window open (restart), every phone contacted, written, read back, probed, verified
         service.stop()
         write_policy(work / "policies", closed=False)
-        t_restart = time.monotonic()
-        up = service.start()
-        await wait_for(lambda: count_verified(engine) >= n, PHASE_TIMEOUT_S, "delivery", 0.25)
-        done = time.monotonic()
-        results["delivery_incl_restart_s"] = done - t_restart
-        results["delivery_s"] = done - up
-        with session_scope(engine) as s:
-            deps = s.exec(select(Deployment)).all()
-            first = min(d.contacted_at for d in deps if d.contacted_at is not None)
-            last = max(d.verified_at for d in deps if d.verified_at is not None)
-            latencies = sorted(
-                (d.verified_at - d.contacted_at).total_seconds()
-                for d in deps
-                if d.verified_at is not None and d.contacted_at is not None
-            )
-        results["delivery_db_span_s"] = (last - first).total_seconds()
-        results["latency_p50_s"] = latencies[len(latencies) // 2]
-        results["latency_p95_s"] = latencies[int(len(latencies) * 0.95)]
-        results["writes_accepted"] = sum(p.stats.writes_accepted for p in phones) - n  # minus the floor's writes
-        results["verified"] = count_verified(engine)
-        engine.dispose()
-        results["ratio"] = floor_s / results["delivery_s"]
-        results["end_to_end_s"] = results["issuance_s"] + results["delivery_s"]
+        up = service.start(profile=profile_dir / f"delivery-{args.db}-{n}.txt" if profile_dir else None)
+        cpu0, sim0 = service.cpu(), await sim.cpu_seconds()
+        mem_at_1000: dict[str, int] = {}
+        disrupted = False
 
-        # 4. overlapped, as in operation: a fresh data dir (new CA, empty database), window open from the start;
-        #    the phones report, and issuance and delivery run concurrently. This is "the whole 1,000".
+        def watch(value: int) -> None:
+            nonlocal disrupted
+            if value >= min(1000, n) and not mem_at_1000:
+                mem_at_1000.update(proc_mem_kib(service.pid), verified=value)
+            if args.disrupt and not disrupted and value >= 0.4 * len(reachable):
+                disrupted = True
+                at = time.monotonic() - up
+                what = backend.outage(service)
+                results["events"].append(f"{at:.1f} s into delivery, {value} verified: {what}")
+                print(results["events"][-1], flush=True)
+
+        await wait_for(lambda: count_verified(e1), len(reachable), PHASE_TIMEOUT_S, "delivery", watch)
+        done = time.monotonic()
+        cpu1 = service.cpu()
+        results["delivery_cpu"] = CpuSample(cpu1.main - cpu0.main, cpu1.workers - cpu0.workers)
+        results["delivery_sim_cpu_s"] = await sim.cpu_seconds() - sim0
+        results["delivery_mem"] = proc_mem_kib(service.pid)
+        results["delivery_mem_at_1000"] = mem_at_1000
+        results["delivery_s"] = done - up
         service.stop()
-        work2 = work / "overlapped"
-        service = Service(work2, {**values, "data_dir": work2 / "var", "policy_dir": work2 / "policies"}, password)
-        write_policy(work2 / "policies", closed=False)
-        service.write_config()
-        t_all = time.monotonic()
-        service.start()
-        engine2 = create_db_engine(f"sqlite:///{(work2 / 'var' / 'certmgr.db').resolve()}")
-        await bounded_gather(phones, 64, lambda p: p.interact())
-        await wait_for(lambda: count_verified(engine2) >= n, PHASE_TIMEOUT_S, "overlapped", 0.25)
-        results["overlapped_s"] = time.monotonic() - t_all
-        results["overlapped_verified"] = count_verified(engine2)
-        engine2.dispose()
+        summary = deployment_summary(engine)
+        results["delivery"] = summary
+        results["db_bytes"] = database_bytes(engine, sqlite_file)
+        stats = {p["mac"]: p for p in await sim.stats()}
+        writes = {mac: p["writes_accepted"] - after_floor[mac] for mac, p in stats.items()}
+        results["not_one_write"] = {
+            mac: (w, stats[mac]["faults"])
+            for mac, w in writes.items()
+            if w != (0 if "offline" in stats[mac]["faults"] else 1)
+        }
+        results["writes_accepted"] = sum(writes.values())
+        engine.dispose()
+        engine = None
+
+        # 4. overlapped, as in operation: a fresh data dir (new CA, empty database), window open from the start
+        if not args.no_overlapped:
+            work2 = work / "overlapped"
+            data2 = work2 / "var"
+            url2, _ = backend.url(data2)
+            service = Service(
+                work2, {**values, "data_dir": data2, "database_url": url2, "policy_dir": work2 / "policies"}, password
+            )
+            work2.mkdir(parents=True, exist_ok=True)
+            write_policy(work2 / "policies", closed=False)
+            service.write_config()
+            before = {p["mac"]: p["writes_accepted"] for p in await sim.stats()}
+            t_all = time.monotonic()
+            service.start(profile=profile_dir / f"overlapped-{args.db}-{n}.txt" if profile_dir else None)
+            engine = create_db_engine(url2)
+            cpu0 = service.cpu()
+            await sim.report(64)
+            e2 = engine
+            await wait_for(lambda: count_verified(e2), len(reachable), PHASE_TIMEOUT_S, "overlapped")
+            results["overlapped_s"] = time.monotonic() - t_all
+            cpu1 = service.cpu()
+            results["overlapped_cpu"] = CpuSample(cpu1.main - cpu0.main, cpu1.workers - cpu0.workers)
+            results["overlapped_mem"] = proc_mem_kib(service.pid)
+            service.stop()
+            stats = {p["mac"]: p for p in await sim.stats()}
+            results["overlapped_not_one_write"] = {
+                mac: p["writes_accepted"] - before[mac]
+                for mac, p in stats.items()
+                if p["writes_accepted"] - before[mac] != (0 if "offline" in p["faults"] else 1)
+            }
+            results["overlapped"] = deployment_summary(engine)
+            engine.dispose()
+            engine = None
         return results
     finally:
         service.stop()
-        await asyncio.gather(*(p.stop(5.0) for p in phones), return_exceptions=True)
+        if engine is not None:
+            engine.dispose()
+        sim.stop()
+        if backend.pg is not None:
+            backend.pg.stop()
+        if profile_dir is not None:
+            for name in sorted(profile_dir.glob(f"*-{args.db}-{n}.txt")):
+                print(f"\nprofile {name.name}:")
+                print("\n".join(summarise_profile(name)))
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"kept {work}")
 
 
+def report(r: dict[str, Any]) -> None:
+    n, reach = r["phones"], r["reachable"]
+    floor: Floor = r["floor"]
+    floor_rate = floor.phones / floor.seconds
+    print()
+    print(f"command: {' '.join(sys.argv)}")
+    print(f"  {r['cpus']} CPUs, {r['db']}, RLIMIT_NOFILE {r['nofile'][0]}, {r['shards']} simulator process(es)")
+    if r["faulty"]:
+        print(f"  faults: {r['faulty']} — {reach} of {n} phones reachable")
+    print(f"phones booted:               {r['phones_boot_s']:7.1f} s")
+    print(
+        f"floor ({floor.phones} bare exchanges): {floor.seconds:7.1f} s  {floor_rate:6.1f} phones/s;"
+        f" handler CPU {1000 * floor.handler_cpu_s / floor.phones:.1f} ms/exchange,"
+        f" client {1000 * floor.client_cpu_s / floor.phones:.1f} ms,"
+        f" simulator {1000 * floor.simulator_cpu_s / floor.phones:.1f} ms"
+    )
+    ic: CpuSample = r["issuance_cpu"]
+    print(
+        f"issuance ({reach} certs):       {r['issuance_s']:7.1f} s  {reach / r['issuance_s']:6.1f} certs/s;"
+        f" service CPU {1000 * ic.main / reach:.1f} ms/cert + key workers {1000 * ic.workers / reach:.1f} ms/cert;"
+        f" peak RSS {r['issuance_mem'].get('VmHWM', 0) / 1024:.0f} MiB"
+    )
+    dc: CpuSample = r["delivery_cpu"]
+    d = r["delivery"]
+    rate = reach / r["delivery_s"]
+    print(
+        f"delivery (ready→all verified): {r['delivery_s']:7.1f} s  {rate:6.1f} phones/s;"
+        f" p50 {d['p50']:.2f} s, p95 {d['p95']:.2f} s per phone"
+    )
+    print(
+        f"  service CPU {1000 * dc.main / reach:.1f} ms/phone (workers {1000 * dc.workers / reach:.1f} ms)"
+        f" vs floor handler {1000 * floor.handler_cpu_s / floor.phones:.1f} ms/exchange"
+        f" = {dc.main / reach / (floor.handler_cpu_s / floor.phones):.2f} times;"
+        f" simulator {1000 * r['delivery_sim_cpu_s'] / reach:.1f} ms/phone"
+    )
+    m1000, mend = r["delivery_mem_at_1000"], r["delivery_mem"]
+    print(
+        f"  service RSS at {m1000.get('verified', 0)} verified {m1000.get('VmRSS', 0) / 1024:.1f} MiB,"
+        f" at {reach} {mend.get('VmRSS', 0) / 1024:.1f} MiB; peak {mend.get('VmHWM', 0) / 1024:.1f} MiB"
+    )
+    print(f"delivery ratio (floor rate ÷ ours): {rate / floor_rate:.2f}")
+    print(
+        f"database: {r['db_bytes'] / 1e6:.1f} MB = {r['db_bytes'] / n / 1024:.1f} KiB/phone;"
+        f" {d['audit_events']} audit events ({d['audit_events'] / n:.1f}/phone); deployments {d['states']}"
+    )
+    bad = r["not_one_write"]
+    print(f"writes accepted {r['writes_accepted']}; phones without exactly one accepted write: {len(bad)}")
+    for mac, value in list(bad.items())[:10]:
+        print(f"    {mac}: {value}")
+    for event in r["events"]:
+        print(f"event: {event}")
+    if "overlapped_s" in r:
+        slower = max(r["issuance_s"], reach / floor_rate)
+        oc: CpuSample = r["overlapped_cpu"]
+        o = r["overlapped"]
+        print(
+            f"whole fleet, overlapped:     {r['overlapped_s']:7.1f} s  {reach / r['overlapped_s']:6.1f} phones/s;"
+            f" ÷ slower of issuance/floor ({slower:.1f} s) = {r['overlapped_s'] / slower:.2f};"
+            f" p50 {o['p50']:.2f} s p95 {o['p95']:.2f} s; service CPU {1000 * oc.main / reach:.1f} ms/phone"
+            f" + workers {1000 * oc.workers / reach:.1f};"
+            f" peak RSS {r['overlapped_mem'].get('VmHWM', 0) / 1024:.1f} MiB;"
+            f" phones without exactly one write: {len(r['overlapped_not_one_write'])}"
+        )
+
+
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--floor-server":
         floor_server(int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5])
         return 0
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--phones", type=int, default=1000)
+    parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--concurrency", type=int, default=50, help="deploy_concurrency and floor concurrency")
     parser.add_argument("--issue-batch", type=int, default=20, help="reconcile_issue_batch")
+    parser.add_argument("--faults", action="store_true", help="offline, slow, busy and moving phones (see above)")
+    parser.add_argument("--disrupt", action="store_true", help="database outage (PG) / service kill (SQLite)")
+    parser.add_argument("--no-overlapped", action="store_true", help="skip phase 4")
+    parser.add_argument("--profile", metavar="DIR", help="py-spy the service during delivery and overlapped")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, database)")
     args = parser.parse_args()
-    if not 1 <= args.phones <= 5000:
-        parser.error("--phones must be 1..5000")
+    if not 1 <= args.phones <= 20000:
+        parser.error("--phones must be 1..20000")
     r = asyncio.run(main_async(args))
-    n = r["phones"]
-    print()
-    print(f"command: {' '.join(sys.argv)}   ({r['cpus']} CPUs, RLIMIT_NOFILE {r['nofile'][0]})")
-    print(f"phones booted:               {r['phones_boot_s']:6.1f} s")
-    print(f"floor (bare exchanges):      {r['floor_s']:6.1f} s   {n / r['floor_s']:6.1f} phones/s")
-    print(f"issuance ({n} certs):        {r['issuance_s']:6.1f} s   {n / r['issuance_s']:6.1f} certs/s")
-    print(
-        f"delivery (contact→verified): {r['delivery_s']:6.1f} s   {n / r['delivery_s']:6.1f} phones/s"
-        f"   (DB span {r['delivery_db_span_s']:.1f} s, p50 {r['latency_p50_s']:.2f} s, p95 {r['latency_p95_s']:.2f} s)"
-    )
-    print(f"delivery ratio (floor/ours): {r['ratio']:6.2f}")
-    print(f"end to end (issue+deliver):  {r['end_to_end_s']:6.1f} s   {n / r['end_to_end_s']:6.1f} phones/s")
-    print(f"verified {r['verified']}/{n}, writes accepted {r['writes_accepted']}")
-    print(
-        f"whole fleet, overlapped:     {r['overlapped_s']:6.1f} s   {n / r['overlapped_s']:6.1f} phones/s"
-        f"   (fresh service, issuance and delivery concurrent; verified {r['overlapped_verified']}/{n})"
-    )
-    return 0
+    report(r)
+    bad = len(r["not_one_write"]) + len(r.get("overlapped_not_one_write", {}))
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":
