@@ -129,12 +129,14 @@ class ServiceProcess:
     config_file: Path
     log_file: Path
     role: str = "wpi"
+    values: dict[str, object] = field(default_factory=dict)  # its settings (what the config file says)
     proc: subprocess.Popen[str] | None = None
     starts: int = 0
     _lines: queue.Queue[str | None] = field(default_factory=queue.Queue)
 
     def start(self, timeout: float = START_TIMEOUT_S) -> None:
-        """Start the process and wait until its WPI listener announces itself."""
+        """Start the process and wait until its WPI listener announces itself (``--role scheduler`` has no listener
+        and announces nothing: it is only checked to be running)."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         env = {k: v for k, v in os.environ.items() if not k.startswith("CERTMGR_")}
         env.update(CERTMGR_CONFIG=str(self.config_file), PYTHONUNBUFFERED="1")
@@ -156,6 +158,10 @@ class ServiceProcess:
         # The pump writes to *this* start's queue: a killed earlier process's pump may still be draining its pipe
         # (its key workers hold it open a moment longer) and must not report its end to this start.
         threading.Thread(target=self._pump, args=(self.proc.stdout, self._lines), daemon=True).start()
+        if self.role == "scheduler":
+            if self.proc.poll() is not None:
+                pytest.fail(f"certmgr serve --role scheduler exited ({self.proc.returncode}):\n{self.log()}")
+            return
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -246,6 +252,8 @@ class E2E:
     phones: list[SimPhone] = field(default_factory=list)
     loop: PhoneLoop = field(default_factory=PhoneLoop)
     database_url: str | None = None  # None: the SQLite file in the data dir
+    values: dict[str, object] = field(default_factory=dict)  # the service's settings (config file)
+    nodes: dict[str, ServiceProcess] = field(default_factory=dict)  # more processes on this world's database
     _engine: Engine | None = None
 
     @property
@@ -311,6 +319,28 @@ class E2E:
 
         self.loop.run(stop(), timeout)
 
+    def add_node(self, name: str, role: str = "wpi", **settings: object) -> ServiceProcess:
+        """Another ``certmgr serve --role ROLE`` process sharing this world's (PostgreSQL) database, as a node of a
+        larger site: its own data dir, listener ports, node name ``name``, config file and log; the same secrets,
+        policies and timings. ``settings`` override the world's. Stopped at teardown; not started here.
+        """
+        assert self.database_url, "several nodes share one PostgreSQL database"
+        assert name not in self.nodes
+        values: dict[str, object] = {
+            **self.values,
+            "data_dir": self.tmp / f"var-{name}",
+            "wpi_port": port_free_on_all(["127.0.0.1"]),
+            "wpi_poll_port": port_free_on_all(["127.0.0.1"]),
+            "api_port": port_free_on_all(["127.0.0.1"]),
+            "node_id": name,
+            **settings,
+        }
+        config_file = self.tmp / f"certmgr-{name}.toml"
+        write_config(config_file, values)
+        node = self.nodes[name] = ServiceProcess(config_file, self.tmp / f"service-{name}.log", role=role)
+        node.values = values
+        return node
+
     def close(self) -> None:
         try:
             if self.phones:
@@ -318,6 +348,8 @@ class E2E:
         finally:
             self.loop.close()
             self.service.stop()
+            for node in self.nodes.values():
+                node.stop()
             if self._engine is not None:
                 self._engine.dispose()
 
@@ -394,15 +426,22 @@ def make_e2e(tmp: Path, count: int, *, profiles: Sequence[str], settings: dict[s
         **FAST_SETTINGS,
         **(settings or {}),
     }
-    lines = [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]  # None: leave it unset
-    lines += ["", "[pkcs12_passwords]", f"{P12_SECRET} = {_toml_value(P12_PASSWORD)}", ""]
     config_file = tmp / "certmgr.toml"
-    config_file.write_text("\n".join(lines))
+    write_config(config_file, values)
     service = ServiceProcess(config_file, tmp / "service.log")
+    service.values = values
     database_url = values.get("database_url")
     world = E2E(tmp, second, third, hosts, wbm_port, contact_port, wpi_port, api_port, config_file, service)
     world.database_url = str(database_url) if database_url else None
+    world.values = values
     return world
+
+
+def write_config(path: Path, values: dict[str, object]) -> None:
+    """The service's TOML config file: ``values`` (``None`` leaves a setting unset) and the e2e PKCS#12 secret."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
+    lines += ["", "[pkcs12_passwords]", f"{P12_SECRET} = {_toml_value(P12_PASSWORD)}", ""]
+    path.write_text("\n".join(lines))
 
 
 @pytest.fixture
