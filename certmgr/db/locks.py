@@ -10,6 +10,9 @@
   and the claim that follows): :func:`serialize` takes ``pg_advisory_xact_lock``, released at commit. SQLite
   needs nothing: its writers are serialised by the database lock.
 * **Row claims**: :func:`skip_locked` is ``FOR UPDATE SKIP LOCKED`` on PostgreSQL and a no-op on SQLite.
+* **Work claims** outside any transaction (building a phone's certificate: seconds of key generation, which must
+  not run inside a transaction): :func:`work_claims` takes ``pg_try_advisory_lock`` per item on a dedicated
+  connection for the duration of one run, so other nodes skip the items this one is working on.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ import contextlib
 import hashlib
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
+    from sqlalchemy.engine import Connection, Engine
     from sqlmodel import Session
 
     from certmgr.settings import Settings
@@ -74,6 +78,51 @@ def leadership(engine: Engine, name: str) -> Iterator[bool]:
             if got:
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
                 conn.commit()
+
+
+@contextlib.contextmanager
+def work_claims(engine: Engine, scope: str) -> Iterator[Callable[[str], bool]]:
+    """Yield ``claim``: ``claim(item)`` is True if this process now holds the claim on ``scope``/``item`` for the
+    rest of the block (or already held it), False if another process holds it — it is working on that item: skip
+    it. Every claim is released at the end of the block.
+
+    PostgreSQL: ``pg_try_advisory_lock`` on one connection held for the block (no transaction stays open); a
+    crashed process's claims vanish with its connection. SQLite: always True (certmgr on SQLite is one node).
+
+    Raises:
+        sqlalchemy.exc.OperationalError: if the database cannot be reached (from ``claim``).
+    """
+    if engine.dialect.name != "postgresql":
+        yield lambda _item: True
+        return
+    held: set[int] = set()
+    conn: Connection | None = None  # taken on the first claim: a run with nothing to claim costs nothing
+
+    def claim(item: str) -> bool:
+        nonlocal conn
+        key = lock_key(f"{scope}:{item}")
+        if key in held:
+            return True
+        if conn is None:
+            conn = engine.connect()
+        got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
+        conn.commit()
+        if got:
+            held.add(key)
+        return got
+
+    try:
+        yield claim
+    finally:
+        if conn is not None:
+            try:
+                if held:
+                    conn.execute(text("SELECT pg_advisory_unlock_all()"))
+                    conn.commit()
+            except SQLAlchemyError:
+                conn.invalidate()  # never back into the pool holding claims: closing it releases them
+            finally:
+                conn.close()
 
 
 def serialize(session: Session, name: str) -> None:

@@ -10,11 +10,14 @@ at, ``issue`` certificates built).
 deployment queued — the reconciler, the renewal reconcile (:mod:`certmgr.renewal.service`) and the operator
 actions (:mod:`certmgr.operations`) all call it. It first locks the device row
 (:func:`~certmgr.db.locks.claim_device`), so two nodes (or two API requests) never both issue for one
-phone: the second one's re-check, run under that lock, sees the first one's certificate.
+phone: the second one's re-check, run under that lock, sees the first one's certificate. So that two nodes do not
+both *build* a certificate (and generate its key) only for one of them to be thrown away, a run claims each
+candidate (:func:`~certmgr.db.locks.work_claims`) until it has recorded it; other nodes skip claimed phones.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -23,6 +26,7 @@ from sqlmodel import Session, col, select
 
 from certmgr.audit.log import NewEvent, append_events
 from certmgr.db.engine import session_scope
+from certmgr.db.locks import work_claims
 from certmgr.db.models import Certificate, CertificateStatus, Device, Enrollment, IssueReason
 from certmgr.deploy.queue import issue_and_queue
 from certmgr.errors import CertmgrError
@@ -91,7 +95,11 @@ class Reconciler:
             skipped, not raised.)
         """
         settings = self._runtime.settings
-        candidates = self._candidates(now, settings.reconcile_scan_batch, settings.reconcile_issue_batch)
+        with work_claims(self._runtime.engine, "issue") as claim:
+            candidates = self._candidates(now, settings.reconcile_scan_batch, settings.reconcile_issue_batch, claim)
+            return self._issue(candidates, now)
+
+    def _issue(self, candidates: list[_Candidate], now: datetime) -> int:
         created = 0
         policies: dict[str, Policy] = {}
         for cand in candidates:
@@ -116,7 +124,7 @@ class Reconciler:
                 created += 1
         return created
 
-    def _candidates(self, now: datetime, scan: int, issue: int) -> list[_Candidate]:
+    def _candidates(self, now: datetime, scan: int, issue: int, claim: Callable[[str], bool]) -> list[_Candidate]:
         found: list[_Candidate] = []
         with session_scope(self._runtime.engine) as session:
             devices: list[Device] = []
@@ -143,6 +151,11 @@ class Reconciler:
                 if device.id is None or device.id in seen or device.ip is None:
                     continue
                 seen.add(device.id)
+                if needs_certificate(session, device, now) is None:
+                    continue
+                if not claim(str(device.id)):
+                    continue  # another node is building this phone's certificate right now
+                # Looked at again now that it is ours: another node may have recorded one just before.
                 reason = needs_certificate(session, device, now)
                 if reason is None:
                     continue
