@@ -602,7 +602,6 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "probe_timeout_seconds": 5.0,
         "deploy_concurrency": concurrency,
         "reconcile_issue_batch": args.issue_batch,
-        "reconcile_scan_batch": 2000,
         "scheduler_enabled": False,
         "node_id": "bench",
         "log_level": "WARNING",

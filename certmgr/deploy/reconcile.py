@@ -17,7 +17,7 @@ candidate (:func:`~certmgr.db.locks.work_claims`) until it has recorded it; othe
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -52,27 +52,56 @@ class _Candidate:
     policy_name: str | None
 
 
-def _covers(cert: Certificate, ip: str, now: datetime) -> bool:
-    return cert.not_after > now and f"IP:{parse_ip(ip)}" in cert.sans
+_HELD = (CertificateStatus.ACTIVE.value, CertificateStatus.PENDING.value)
+
+
+@dataclass(frozen=True)
+class HeldCertificate:
+    """What the rule needs of one of a phone's active or pending certificates."""
+
+    not_after: datetime
+    sans: Sequence[str]
+
+
+def issue_reason(ip: str, held: Sequence[HeldCertificate], now: datetime) -> IssueReason | None:
+    """Why an approved phone at ``ip`` that holds the active/pending certificates ``held`` needs a new one, or
+    ``None`` if one of them is unexpired and names ``ip``. Pure: the one home of the rule, for one phone
+    (:func:`needs_certificate`) and for a slice of the fleet (:meth:`Reconciler.run`, one query per slice)."""
+    san = f"IP:{parse_ip(ip)}"
+    if any(c.not_after > now and san in c.sans for c in held):
+        return None
+    if not held:
+        return IssueReason.ENROLLMENT
+    if any(c.not_after > now for c in held):
+        return IssueReason.IP_CHANGE
+    return IssueReason.RENEWAL
 
 
 def needs_certificate(session: Session, device: Device, now: datetime) -> IssueReason | None:
     """Why ``device`` needs a new certificate, or ``None`` if an active or pending one covers its IP."""
     if device.ip is None or device.enrollment is not Enrollment.APPROVED:
         return None
-    certs = session.exec(
-        select(Certificate).where(
-            col(Certificate.device_id) == device.id,
-            col(Certificate.status).in_([CertificateStatus.ACTIVE.value, CertificateStatus.PENDING.value]),
+    rows = session.exec(
+        select(Certificate.not_after, Certificate.sans).where(
+            col(Certificate.device_id) == device.id, col(Certificate.status).in_(_HELD)
         )
     ).all()
-    if any(_covers(c, device.ip, now) for c in certs):
-        return None
-    if not certs:
-        return IssueReason.ENROLLMENT
-    if any(c.not_after > now for c in certs):
-        return IssueReason.IP_CHANGE
-    return IssueReason.RENEWAL
+    return issue_reason(device.ip, [HeldCertificate(not_after, sans) for not_after, sans in rows], now)
+
+
+def _needing(session: Session, devices: Sequence[tuple[int, str]], now: datetime) -> list[int]:
+    """The ids of ``devices`` (id, ip; approved) that need a certificate: one query for the whole slice."""
+    held: dict[int, list[HeldCertificate]] = {device_id: [] for device_id, _ip in devices}
+    if not held:
+        return []
+    rows = session.exec(
+        select(Certificate.device_id, Certificate.not_after, Certificate.sans).where(
+            col(Certificate.device_id).in_(list(held)), col(Certificate.status).in_(_HELD)
+        )
+    ).all()
+    for device_id, not_after, sans in rows:
+        held[device_id].append(HeldCertificate(not_after, sans))
+    return [device_id for device_id, ip in devices if issue_reason(ip, held[device_id], now) is not None]
 
 
 class Reconciler:
@@ -125,42 +154,42 @@ class Reconciler:
         return created
 
     def _candidates(self, now: datetime, scan: int, issue: int, claim: Callable[[str], bool]) -> list[_Candidate]:
+        """The next slice of the device table (and the phones marked urgent), checked with one certificates query
+        (light rows, no ORM objects); only the phones that need a certificate are loaded whole."""
         found: list[_Candidate] = []
+        approved = (col(Device.enrollment) == Enrollment.APPROVED.value, col(Device.ip).is_not(None))
         with session_scope(self._runtime.engine) as session:
-            devices: list[Device] = []
+            rows: list[tuple[int | None, str | None]] = []
             if self._urgent:
                 urgent = list(self._urgent)[:scan]
                 self._urgent.difference_update(urgent)
-                devices.extend(session.exec(select(Device).where(col(Device.mac).in_(urgent))).all())
+                rows.extend(
+                    session.exec(select(col(Device.id), col(Device.ip)).where(col(Device.mac).in_(urgent), *approved))
+                )
             batch = list(
                 session.exec(
-                    select(Device)
-                    .where(
-                        col(Device.id) > self._cursor,
-                        col(Device.enrollment) == Enrollment.APPROVED.value,
-                        col(Device.ip).is_not(None),
-                    )
+                    select(col(Device.id), col(Device.ip))
+                    .where(col(Device.id) > self._cursor, *approved)
                     .order_by(col(Device.id))
                     .limit(scan)
-                ).all()
+                )
             )
-            self._cursor = (batch[-1].id or 0) if len(batch) == scan else 0
-            devices.extend(batch)
-            seen: set[int] = set()
-            for device in devices:
-                if device.id is None or device.id in seen or device.ip is None:
-                    continue
-                seen.add(device.id)
-                if needs_certificate(session, device, now) is None:
-                    continue
-                if not claim(str(device.id)):
+            self._cursor = (batch[-1][0] or 0) if len(batch) == scan else 0
+            rows.extend(batch)
+            slice_: dict[int, str] = {}
+            for device_id, ip in rows:
+                if device_id is not None and ip is not None:
+                    slice_.setdefault(device_id, ip)
+            for device_id in _needing(session, list(slice_.items()), now):
+                if not claim(str(device_id)):
                     continue  # another node is building this phone's certificate right now
+                device = session.get(Device, device_id)
                 # Looked at again now that it is ours: another node may have recorded one just before.
-                reason = needs_certificate(session, device, now)
-                if reason is None:
+                reason = needs_certificate(session, device, now) if device is not None else None
+                if device is None or device.ip is None or reason is None:
                     continue
                 identity = identity_of(device)
-                found.append(_Candidate(device.id, device.mac, device.ip, reason, identity, device.policy_name))
+                found.append(_Candidate(device_id, device.mac, device.ip, reason, identity, device.policy_name))
                 if len(found) >= issue:
                     break
         return found

@@ -18,9 +18,8 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from certmgr.pki.keys import PrivateKey, generate_private_key
+from certmgr.pki.keys import PrivateKey, generate_private_key, load_own_key_der
 from certmgr.pki.types import KeyType
 
 #: How often a worker checks that its parent is alive (seconds).
@@ -44,15 +43,6 @@ def _generate_der(key_type: str) -> bytes:
     return key.private_bytes(
         serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-
-
-def _load(der: bytes) -> PrivateKey:
-    # The key was generated a moment ago by our own worker: re-validating it (RSA primality checks) would cost
-    # about as much as generating it, so the check is skipped.
-    key = serialization.load_der_private_key(der, password=None, unsafe_skip_rsa_key_validation=True)
-    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
-        raise TypeError(f"unexpected key type {type(key).__name__}")
-    return key
 
 
 class KeyPool:
@@ -79,7 +69,7 @@ class KeyPool:
         if self.workers == 1 or len(key_types) == 1:
             return [generate_private_key(kt) for kt in key_types]
         ders = self._pool().map(_generate_der, [kt.value for kt in key_types])
-        return [_load(der) for der in ders]
+        return [load_own_key_der(der) for der in ders]  # made a moment ago by our own worker
 
     def close(self) -> None:
         """Stop the worker processes (idempotent)."""

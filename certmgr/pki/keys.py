@@ -73,6 +73,22 @@ def key_type_of(key: PrivateKey | PublicKey) -> KeyType:
     raise InputError(f"unsupported key algorithm {type(key).__name__}")
 
 
+def load_own_key_der(der: bytes) -> PrivateKey:
+    """Load a PKCS#8 DER key that certmgr made itself and that reached here authenticated (from its own key
+    workers, or opened from the key vault, whose AES-GCM tag proves it is the blob certmgr sealed). The RSA
+    consistency checks (primality of p and q) are skipped: they cost about as much as generating the key again,
+    and on the deployment path they were a fifth of the service's CPU per phone (``docs/benchmarks.md``).
+    Never use this for a key from outside (an imported CA, a PKCS#12 upload): :func:`load_private_key_pem`.
+
+    Raises:
+        ValueError: if ``der`` is not a readable key. TypeError: if its algorithm is not RSA or EC.
+    """
+    key = serialization.load_der_private_key(der, password=None, unsafe_skip_rsa_key_validation=True)
+    if not isinstance(key, RSAPrivateKey | EllipticCurvePrivateKey):
+        raise TypeError(f"unsupported key algorithm {type(key).__name__}")
+    return key
+
+
 def encrypt_private_key_pem(key: PrivateKey, passphrase: bytes) -> bytes:
     """Serialise ``key`` as encrypted PKCS#8 PEM (best available encryption).
 

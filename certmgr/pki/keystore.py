@@ -14,13 +14,11 @@ import os
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from certmgr.errors import KeyStoreError
-from certmgr.pki.keys import PrivateKey
+from certmgr.pki.keys import PrivateKey, load_own_key_der
 
 VERSION = 1
 MIN_MASTER_SECRET_BYTES = 32
@@ -76,12 +74,11 @@ class KeyVault:
         except InvalidTag:
             raise KeyStoreError(_OPEN_FAILED) from None
         try:
-            key = serialization.load_der_private_key(der, password=None)
+            return load_own_key_der(der)  # authenticated by the GCM tag above: certmgr sealed it
         except ValueError:
             raise KeyStoreError("cannot open the stored key: the decrypted key is unreadable") from None
-        if not isinstance(key, RSAPrivateKey | EllipticCurvePrivateKey):
-            raise KeyStoreError(f"the stored key has an unsupported algorithm ({type(key).__name__})")
-        return key
+        except TypeError as exc:
+            raise KeyStoreError(f"the stored key has an unsupported algorithm ({exc})") from None
 
     def _derive(self, salt: bytes) -> bytes:
         return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=_HKDF_INFO).derive(self._master)

@@ -71,3 +71,13 @@ def test_short_master_secret_refused() -> None:
 
 def test_secret_not_in_repr() -> None:
     assert "m" * 8 not in repr(KeyVault(MASTER))
+
+
+def test_a_sealed_key_of_another_algorithm_is_refused() -> None:
+    """The vault skips RSA re-validation for what it sealed itself; the algorithm is still checked."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    vault = KeyVault(b"m" * 32)
+    blob = vault.seal(Ed25519PrivateKey.generate(), b"serial")  # type: ignore[arg-type]
+    with pytest.raises(KeyStoreError, match="unsupported algorithm"):
+        vault.open(blob, b"serial")
