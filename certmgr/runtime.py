@@ -145,7 +145,10 @@ class Runtime:
     def generate_keys(self, key_types: Sequence[KeyType]) -> list[PrivateKey]:
         """New private keys, one per entry, generated on every core (setting ``issuance_workers``)."""
         if self._key_pool is None:
-            self._key_pool = KeyPool(self.settings.issuance_workers or None)
+            # Read ahead by one reconcile batch: the next batch's keys are made while this one is signed.
+            self._key_pool = KeyPool(
+                self.settings.issuance_workers or None, read_ahead=self.settings.reconcile_issue_batch
+            )
         return self._key_pool.generate(key_types)
 
     def close(self) -> None:

@@ -50,3 +50,30 @@ def test_pre_generated_key_is_used_and_must_match_the_policy(settings: Settings)
             build_certificate(identity, policy, runtime.issuer(), runtime.clock.now(), key=wrong)
     finally:
         runtime.close()
+
+
+def _public(key: object) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return key.public_key().public_bytes(  # type: ignore[attr-defined, no-any-return]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def test_read_ahead_makes_the_next_batch_and_never_hands_a_key_out_twice() -> None:
+    pool = KeyPool(workers=2, read_ahead=3)
+    try:
+        handed: list[bytes] = []
+        for _ in range(3):
+            batch = pool.generate([KeyType.EC_P256, KeyType.EC_P256, KeyType.EC_P384])
+            assert [key_type_of(k) for k in batch] == [KeyType.EC_P256, KeyType.EC_P256, KeyType.EC_P384]
+            handed.extend(_public(k) for k in batch)
+            assert pool.stocked(KeyType.EC_P256) == 2  # as many as this batch took, per type
+            assert pool.stocked(KeyType.EC_P384) == 1
+        single = pool.generate([KeyType.EC_P256])  # a single key comes from the stock when there is one
+        handed.extend(_public(k) for k in single)
+        assert pool.stocked(KeyType.EC_P256) == 1
+        assert len(set(handed)) == len(handed) == 10, "a key was handed out twice"
+    finally:
+        pool.close()
+    assert pool.stocked(KeyType.EC_P256) == 0
