@@ -371,6 +371,8 @@ def deployment_summary(engine: Engine) -> dict[str, Any]:
 
 def database_bytes(engine: Engine, sqlite_file: Path | None) -> int:
     if sqlite_file is not None:
+        with engine.connect() as conn:  # the WAL is transient: fold it into the database file first
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
         return sum(p.stat().st_size for p in sqlite_file.parent.glob(sqlite_file.name + "*"))
     with engine.connect() as conn:
         return int(conn.execute(text("SELECT pg_database_size(current_database())")).scalar_one())
