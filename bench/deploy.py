@@ -70,11 +70,12 @@ from cryptography.hazmat.primitives.serialization import pkcs12  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
 from sqlalchemy import func, text  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
-from sqlmodel import col, select  # noqa: E402
+from sqlmodel import select  # noqa: E402
 
+from bench.common import count_certs, count_verified, free_port, write_policy  # noqa: E402
 from bench.simproc import SimFleet, raise_nofile  # noqa: E402
 from certmgr.db.engine import create_db_engine, session_scope  # noqa: E402
-from certmgr.db.models import AuditEvent, Certificate, Deployment, DeploymentState  # noqa: E402
+from certmgr.db.models import AuditEvent, Deployment  # noqa: E402
 from certmgr.phones.probe import probe_once  # noqa: E402
 from certmgr.simulator.fleet import fleet_addresses, port_free_on_all  # noqa: E402
 from certmgr.wpi.codec import encode_dls  # noqa: E402
@@ -91,12 +92,6 @@ FAULT_MIX = ("100:offline", "101:slow=2", "103:busy-first-write", "199:ip-change
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 def self_signed_rsa(cn: str) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
@@ -323,35 +318,7 @@ class Service:
                 self.proc.wait(timeout=30)
 
 
-def closed_window() -> str:
-    """A [[windows]] entry that is closed for the next two hours (UTC)."""
-    hour = (datetime.now(UTC).hour + 3) % 24
-    return f'\n[[windows]]\ndays = "*"\nhours = "{hour:02d}-{(hour + 1) % 24:02d}"\ntimezone = "UTC"\n'
-
-
-def write_policy(policy_dir: Path, closed: bool) -> None:
-    policy_dir.mkdir(parents=True, exist_ok=True)
-    text_ = (REPO / "policies" / "default.toml").read_text()
-    (policy_dir / "default.toml").write_text(text_ + (closed_window() if closed else ""))
-
-
 # --- database views -------------------------------------------------------------------------------------------
-def count_certs(engine: Engine) -> int:
-    with session_scope(engine) as s:
-        return int(s.exec(select(func.count()).select_from(Certificate)).one())
-
-
-def count_verified(engine: Engine) -> int:
-    with session_scope(engine) as s:
-        return int(
-            s.exec(
-                select(func.count())
-                .select_from(Deployment)
-                .where(col(Deployment.state) == DeploymentState.VERIFIED.value)
-            ).one()
-        )
-
-
 def deployment_summary(engine: Engine) -> dict[str, Any]:
     with session_scope(engine) as s:
         states = Counter(str(st) for st in s.exec(select(Deployment.state)).all())
