@@ -39,22 +39,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import secrets
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script: python bench/multinode.py
@@ -63,7 +59,14 @@ if str(REPO) not in sys.path:  # run as a script: python bench/multinode.py
 from sqlalchemy.engine import Engine  # noqa: E402
 from sqlmodel import col, select  # noqa: E402
 
-from bench.common import count_certs, count_verified, free_port, write_policy  # noqa: E402
+from bench.common import (  # noqa: E402
+    ServeProcess,
+    count_certs,
+    count_verified,
+    free_port,
+    tree_cpu_seconds,
+    write_policy,
+)
 from bench.simproc import SimFleet, raise_nofile  # noqa: E402
 from certmgr.clock import SystemClock  # noqa: E402
 from certmgr.db.deployments import IN_FLIGHT_STATES  # noqa: E402
@@ -76,38 +79,11 @@ from certmgr.simulator.fleet import fleet_addresses, port_free_on_all  # noqa: E
 BASE_IP = "127.210.0.1"
 MAC_START = 0xD00000
 START_TIMEOUT_S = 180.0
-STOP_TIMEOUT_S = 60.0
 POLL_S = 0.5
 S = DeploymentState
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU seconds (user + system) of process ``pid``, its reaped children and its live descendants (Linux /proc);
-    0 for a process that is gone."""
-    total = 0.0
-    todo, seen = [pid], set()
-    for _ in range(10_000):  # bounded walk
-        if not todo:
-            break
-        p = todo.pop()
-        if p in seen:
-            continue
-        seen.add(p)
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            # fields[0] is the state (field 3): utime, stime, cutime, cstime are fields 14..17
-            total += sum(int(v) for v in fields[11:15]) / _TICK
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-        except (OSError, ValueError, IndexError):
-            continue
-    return total
-
-
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = POLL_S) -> None:
     deadline = time.monotonic() + timeout
     for _ in range(int(timeout / interval) + 2):
@@ -119,89 +95,29 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval:
     raise RuntimeError(f"{what}: not reached within {timeout:g}s")
 
 
-def _readline(stream: IO[bytes], timeout: float) -> bytes:
-    """One line of ``stream`` within ``timeout`` seconds (b"" on timeout or end of stream)."""
-    box: list[bytes] = []
-    reader = threading.Thread(target=lambda: box.append(stream.readline()), daemon=True)
-    reader.start()
-    reader.join(timeout)
-    return box[0] if box else b""
-
-
 # --- certmgr nodes ------------------------------------------------------------------------------------------------
-@dataclass
-class Node:
-    """One ``certmgr serve --role ROLE`` process with its own data dir, ports and node name."""
+class Node(ServeProcess):
+    """One ``certmgr serve --role ROLE`` process with its own data dir, ports and node name, in ``work/name``."""
 
-    name: str
-    role: str
-    work: Path
-    values: dict[str, object]
-    proc: subprocess.Popen[bytes] | None = None
-    cpu_s: float = 0.0  # CPU seconds of its process tree, read before it was stopped or killed
+    def __init__(self, name: str, role: str, work: Path, values: dict[str, object], password: str) -> None:
+        super().__init__(work / name, values, password, role)
+        self.name = name
+        self.cpu_s = 0.0  # CPU seconds of its process tree, read before it was stopped or killed
 
     @property
     def wpi_url(self) -> str:
         return f"https://127.0.0.1:{self.values['wpi_port']}/DeploymentService/LoginService"
 
-    def start(self, password: str) -> None:
-        """Start and wait (bounded) until its WPI listener is up (a scheduler node announces nothing)."""
-        folder = self.work / self.name
-        folder.mkdir(parents=True, exist_ok=True)
-        lines = [f"{k} = {json.dumps(str(v) if isinstance(v, Path) else v)}" for k, v in self.values.items()]
-        lines += ["[pkcs12_passwords]", f"bench = {json.dumps(password)}"]
-        (folder / "certmgr.toml").write_text("\n".join(lines) + "\n")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CERTMGR_")}
-        env.update(CERTMGR_CONFIG=str(folder / "certmgr.toml"), PYTHONUNBUFFERED="1")
-        log = (folder / "service.log").open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "certmgr", "serve", "--role", self.role],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=log,
-        )
-        log.close()
-        assert self.proc.stdout is not None
-        if self.role == "scheduler":
-            threading.Thread(target=_drain, args=(self.proc.stdout,), daemon=True).start()
-            return
-        deadline = time.monotonic() + START_TIMEOUT_S
-        for _ in range(100):
-            line = _readline(self.proc.stdout, max(deadline - time.monotonic(), 0.1))
-            if not line:
-                raise RuntimeError(f"node {self.name} did not start; see {folder / 'service.log'}")
-            if line.startswith(b"wpi listening on"):
-                threading.Thread(target=_drain, args=(self.proc.stdout,), daemon=True).start()
-                return
-        raise RuntimeError(f"node {self.name} did not announce its WPI listener")
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
     def kill(self) -> None:
-        """SIGKILL (no shutdown code runs)."""
+        """SIGKILL (no shutdown code runs), its key workers too."""
         if self.running():
-            assert self.proc is not None
-            self.cpu_s = tree_cpu_seconds(self.proc.pid)
-            self.proc.kill()
-            self.proc.wait(timeout=STOP_TIMEOUT_S)
+            self.cpu_s = tree_cpu_seconds(self.pid)
+        super().kill()
 
     def stop(self) -> None:
-        """SIGTERM, bounded wait, then SIGKILL."""
         if self.running():
-            assert self.proc is not None
-            self.cpu_s = tree_cpu_seconds(self.proc.pid)
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=STOP_TIMEOUT_S)
-
-
-def _drain(stream: IO[bytes]) -> None:
-    for _ in iter(stream.readline, b""):
-        pass
+            self.cpu_s = tree_cpu_seconds(self.pid)
+        super().stop()
 
 
 # --- reading the database -----------------------------------------------------------------------------------------
@@ -386,12 +302,13 @@ class Bench:
             "wpi_poll_port": free_port(),
             "api_port": free_port(),
         }
-        return Node(name, role, self.work / run, values)
+        return Node(name, role, self.work / run, values, self.password)
 
     def start_nodes(self, nodes: Sequence[Node]) -> None:
         for node in nodes:  # one after the other: the first migrates the database (and creates the CA in it)
             self.running.append(node)
-            node.start(self.password)
+            node.write_config()
+            node.start(START_TIMEOUT_S)
 
     def stop_all(self) -> None:
         for node in self.running:
