@@ -39,8 +39,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
-import json
 import os
 import re
 import secrets
@@ -70,11 +68,20 @@ from cryptography.hazmat.primitives.serialization import pkcs12  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
 from sqlalchemy import func, text  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
-from sqlmodel import col, select  # noqa: E402
+from sqlmodel import select  # noqa: E402
 
+from bench.common import (  # noqa: E402
+    ServeProcess,
+    children_of,
+    count_certs,
+    count_verified,
+    free_port,
+    proc_cpu,
+    write_policy,
+)
 from bench.simproc import SimFleet, raise_nofile  # noqa: E402
 from certmgr.db.engine import create_db_engine, session_scope  # noqa: E402
-from certmgr.db.models import AuditEvent, Certificate, Deployment, DeploymentState  # noqa: E402
+from certmgr.db.models import AuditEvent, Deployment  # noqa: E402
 from certmgr.phones.probe import probe_once  # noqa: E402
 from certmgr.simulator.fleet import fleet_addresses, port_free_on_all  # noqa: E402
 from certmgr.wpi.codec import encode_dls  # noqa: E402
@@ -84,19 +91,12 @@ from certmgr.wpi.messages import Action, DLSMessage, Item, cleanup_message  # no
 BASE_IP = "127.200.0.1"
 NONCE_MARK = "NONCEPLACEHOLDER0000000000000000"
 PHASE_TIMEOUT_S = 3600.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 #: The fault mix of ``--faults`` (rules of the simulator: every N-th phone of a simulator process).
 FAULT_MIX = ("100:offline", "101:slow=2", "103:busy-first-write", "199:ip-change")
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 def self_signed_rsa(cn: str) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
@@ -129,28 +129,6 @@ def pct(values: list[float], q: float) -> float:
 
 
 # --- /proc accounting -------------------------------------------------------------------------------------------
-def proc_cpu(pid: int) -> float:
-    """utime + stime of ``pid`` in seconds (0 when it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def children_of(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                out.append(int(entry.name))
-    return out
-
-
 def proc_mem_kib(pid: int) -> dict[str, int]:
     out: dict[str, int] = {}
     try:
@@ -223,49 +201,19 @@ def floor_server(port: int, cert: str, key: str, p12_file: str) -> None:
 
 
 # --- certmgr serve (a subprocess) ---------------------------------------------------------------------------------
-class Service:
+class Service(ServeProcess):
+    """``certmgr serve --role wpi`` in ``work``, optionally sampled by py-spy."""
+
     def __init__(self, work: Path, values: dict[str, object], password: str) -> None:
+        super().__init__(work, values, password)
         self.work = work
-        self.values = values
-        self.password = password
-        self.proc: subprocess.Popen[bytes] | None = None
         self.profiler: subprocess.Popen[bytes] | None = None
 
-    def write_config(self, **override: object) -> Path:
-        values = {**self.values, **override}
-        lines = [
-            f"{k} = {json.dumps(str(v)) if isinstance(v, str | Path) else json.dumps(v)}" for k, v in values.items()
-        ]
-        lines += ["[pkcs12_passwords]", f"bench = {json.dumps(self.password)}"]
-        path = self.work / "certmgr.toml"
-        path.write_text("\n".join(lines) + "\n")
-        return path
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
     def start(self, timeout: float = 120.0, profile: Path | None = None) -> float:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CERTMGR_")}
-        env.update(CERTMGR_CONFIG=str(self.work / "certmgr.toml"), PYTHONUNBUFFERED="1")
-        log = (self.work / "service.log").open("ab")
-        started = time.monotonic()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "certmgr", "serve", "--role", "wpi"], env=env, stdout=subprocess.PIPE, stderr=log
-        )
-        log.close()
-        assert self.proc.stdout is not None
-        deadline = started + timeout
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise RuntimeError(f"certmgr serve exited; see {self.work / 'service.log'}")
-            if line.startswith(b"wpi listening on"):
-                if profile is not None:
-                    self.start_profile(profile)
-                return time.monotonic()
-        raise RuntimeError("certmgr serve did not start in time")
+        up = super().start(timeout)
+        if profile is not None:
+            self.start_profile(profile)
+        return up
 
     def start_profile(self, out: Path) -> None:
         spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
@@ -305,53 +253,14 @@ class Service:
 
     def kill(self) -> None:
         self.stop_profile()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-        for child in children_of(self.pid) if self.proc is not None else []:
-            with contextlib.suppress(OSError):
-                os.kill(child, signal.SIGKILL)
+        super().kill()
 
     def stop(self) -> None:
         self.stop_profile()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
-
-
-def closed_window() -> str:
-    """A [[windows]] entry that is closed for the next two hours (UTC)."""
-    hour = (datetime.now(UTC).hour + 3) % 24
-    return f'\n[[windows]]\ndays = "*"\nhours = "{hour:02d}-{(hour + 1) % 24:02d}"\ntimezone = "UTC"\n'
-
-
-def write_policy(policy_dir: Path, closed: bool) -> None:
-    policy_dir.mkdir(parents=True, exist_ok=True)
-    text_ = (REPO / "policies" / "default.toml").read_text()
-    (policy_dir / "default.toml").write_text(text_ + (closed_window() if closed else ""))
+        super().stop()
 
 
 # --- database views -------------------------------------------------------------------------------------------
-def count_certs(engine: Engine) -> int:
-    with session_scope(engine) as s:
-        return int(s.exec(select(func.count()).select_from(Certificate)).one())
-
-
-def count_verified(engine: Engine) -> int:
-    with session_scope(engine) as s:
-        return int(
-            s.exec(
-                select(func.count())
-                .select_from(Deployment)
-                .where(col(Deployment.state) == DeploymentState.VERIFIED.value)
-            ).one()
-        )
-
-
 def deployment_summary(engine: Engine) -> dict[str, Any]:
     with session_scope(engine) as s:
         states = Counter(str(st) for st in s.exec(select(Deployment.state)).all())

@@ -10,7 +10,9 @@ Commands (stdin, one JSON object a line; each answered by one JSON line on stdou
 
 ``{"cmd": "boot"}``                      start every phone (no start-up message)
 ``{"cmd": "report", "concurrency": N}``  every phone calls the service (``start-up``), N at a time; answers when
-                                         every interaction has ended
+                                         every interaction has ended; with ``"urls": [U0, U1, …]`` the *i*-th
+                                         phone of the process calls ``U[i % len(urls)]`` instead of its DLS URL
+                                         (phones split between several nodes)
 ``{"cmd": "stats"}``                     per-phone counters (:class:`~certmgr.simulator.phone.PhoneStats`)
 ``{"cmd": "cpu"}``                       this process's CPU seconds so far
 ``{"cmd": "stop"}``                      stop the phones and exit
@@ -28,6 +30,7 @@ import resource
 import select
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,16 +76,16 @@ def raise_nofile() -> tuple[int, int]:
 
 
 # --- the child ----------------------------------------------------------------------------------------------------
-async def _report_all(fleet: Fleet, concurrency: int) -> None:
+async def _report_all(fleet: Fleet, concurrency: int, urls: Sequence[str] = ()) -> None:
     semaphore = asyncio.Semaphore(concurrency)
 
-    async def one(phone: SimPhone) -> None:
+    async def one(i: int, phone: SimPhone) -> None:
         if phone.config.faults.offline:
             return
         async with semaphore:
-            await phone.interact()
+            await phone.interact(url=urls[i % len(urls)] if urls else None)
 
-    await asyncio.gather(*(one(p) for p in fleet.phones))
+    await asyncio.gather(*(one(i, p) for i, p in enumerate(fleet.phones)))
 
 
 async def _serve() -> None:
@@ -120,7 +123,7 @@ async def _serve() -> None:
                 await fleet.start(send_startup=False)
                 answer({"ok": True})
             elif cmd == "report":
-                await _report_all(fleet, int(command.get("concurrency", 64)))
+                await _report_all(fleet, int(command.get("concurrency", 64)), [str(u) for u in command.get("urls", [])])
                 answer({"ok": True})
             elif cmd == "stats":
                 answer({"ok": True, "phones": fleet.stats()})
@@ -217,9 +220,11 @@ class SimFleet:
     async def boot(self) -> None:
         await self.command("boot")
 
-    async def report(self, concurrency: int = 64) -> None:
+    async def report(self, concurrency: int = 64, urls: Sequence[str] = ()) -> None:
+        """Every phone reports (``start-up``), ``concurrency`` at a time over all shards; with ``urls``, each
+        shard's phones alternate between them instead of calling their own DLS URL."""
         per_shard = max(1, concurrency // len(self.procs))
-        await self.command("report", concurrency=per_shard)
+        await self.command("report", concurrency=per_shard, **({"urls": list(urls)} if urls else {}))
 
     async def stats(self) -> list[dict[str, Any]]:
         return [phone for answer in await self.command("stats") for phone in answer["phones"]]

@@ -7,11 +7,13 @@ a half-initialised data dir behind.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -174,8 +176,8 @@ def open_runtime(
     secrets (CA passphrase, master key) are generated into 0600 files in the data dir; each such step is
     reported in ``Runtime.notices``. With ``migrate``, the database is upgraded to the code's head revision. With
     ``node`` (``certmgr serve``), a process without a configured ``node_id`` takes the name
-    ``<hostname>-<n>``, ``n`` the lowest slot of the data dir no running process holds: stable across restarts
-    (a restarted node reclaims its own leases at once), unique among the processes sharing the data dir.
+    :func:`default_node_name`: stable across restarts (a restarted node reclaims its own leases at once), unique
+    among the processes sharing the data dir and among the nodes of one host with their own data dirs.
 
     Raises:
         StorageError: unwritable data dir. PolicySetError: invalid policies. ConfigError: bad settings or
@@ -187,7 +189,7 @@ def open_runtime(
     node_slot: int | None = None
     if node and not settings.node_id:
         n, node_slot = claim_slot(settings.data_dir / NODE_DIR, "node")
-        settings = settings.model_copy(update={"node_id": f"{socket.gethostname()[:80]}-{n}"})
+        settings = settings.model_copy(update={"node_id": default_node_name(settings.data_dir, n)})
     # 1. Everything that can be validated without writing comes first.
     policies = load_policies(settings.policy_dir, known_secrets=set(settings.pkcs12_passwords))
     store = CAStore(settings.ca_dir)
@@ -240,6 +242,16 @@ def open_runtime(
         if node_slot is not None:
             os.close(node_slot)
         raise
+
+
+def default_node_name(data_dir: Path, slot: int) -> str:
+    """The name of a ``certmgr serve`` process without ``node_id``: ``<hostname>-<dir>-<slot>``, ``<dir>`` six hex
+    digits of the SHA-256 of the data dir's absolute path and ``slot`` the lowest slot of the data dir no running
+    process holds. A starting node takes back what is leased to its own name, so two live processes must never
+    share one: the slot separates the processes of one data dir, ``<dir>`` the nodes of one host that each have
+    their own data dir (with ``<hostname>-<slot>`` alone, both were ``<hostname>-0``)."""
+    tag = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:6]
+    return f"{socket.gethostname()[:80]}-{tag}-{slot}"
 
 
 def _database_has_ca(engine: Engine) -> bool:

@@ -160,7 +160,8 @@ class Settings(BaseSettings):
     node_id: str | None = Field(
         default=None,
         description="Name of this node in deployment leases and audit events; default for `certmgr serve`: "
-        "<hostname>-<n>, n the lowest slot free in the data dir (stable across restarts).",
+        "<hostname>-<d>-<n>, d a digest of the data dir's path, n the lowest slot free in the data dir (stable "
+        "across restarts, distinct for every node of a host).",
     )
     dispatch_role: Literal["wpi", "scheduler"] = Field(
         default="wpi",
