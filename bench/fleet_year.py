@@ -1259,6 +1259,20 @@ def summary(run: CaseRun, backend: str) -> list[str]:
     return lines
 
 
+#: The fleet the default settings are sized for.
+DEFAULT_FLEET = 100_000
+
+
+def scaled_limits(phones: int) -> dict[str, Any]:
+    """The per-fleet limits scaled from their defaults by ``phones`` / :data:`DEFAULT_FLEET` (at least 1)."""
+    defaults = Settings.model_fields
+    share = phones / DEFAULT_FLEET
+    return {
+        name: max(1, round(int(defaults[name].default) * share))
+        for name in ("renewal_max_per_hour", "renewal_max_per_run", "probe_sweep_batch")
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--phones", type=int, default=100_000)
@@ -1271,6 +1285,12 @@ def main() -> int:
     parser.add_argument("--no-faults", action="store_true")
     parser.add_argument("--quiet", action="store_true", help="no line per night")
     parser.add_argument("--profile", type=Path, help="write a cProfile of the first case here")
+    parser.add_argument(
+        "--scale-limits",
+        action="store_true",
+        help="scale the per-fleet settings (renewal_max_per_hour, renewal_max_per_run, probe_sweep_batch) by "
+        "phones/100,000, so that a smaller fleet meets the same pressure per night as 100,000 phones at the defaults",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("certmgr").setLevel(logging.WARNING)
@@ -1284,10 +1304,13 @@ def main() -> int:
         renewal_every=timedelta(minutes=args.renewal_every),
         faults=Faults.none() if args.no_faults else Faults(),
         quiet=args.quiet,
+        settings=scaled_limits(args.phones) if args.scale_limits else {},
     )
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
     print(f"command: {' '.join(sys.argv)}  ({os.cpu_count()} CPUs, load average {os.getloadavg()})", flush=True)
+    if opts.settings:
+        print(f"settings scaled to {opts.phones} phones: {opts.settings}", flush=True)
     profiler = cProfile.Profile() if args.profile else None
     for backend in backends:
         with tempfile.TemporaryDirectory(prefix="certmgr-fleet-") as tmp:
