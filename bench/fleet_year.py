@@ -257,6 +257,7 @@ class Counters:
     """What one night (or the whole case) saw."""
 
     issued: int = 0  # renewal-reconcile issuances (every reason)
+    scheduled: int = 0  # ... of which scheduled (renewal, CA rotation, policy change: held by the hourly limit)
     delivered: int = 0  # successors verified
     waiting: int = 0  # at the window's close: due (renewal time reached, or CA rotated), no verified successor
     deferred: int = 0  # ... of which no successor was issued yet (held back by the rate limit and the spread)
@@ -735,6 +736,7 @@ class Simulation:
         if budgeted:
             self._budget.append((now, budgeted))
         limited = sum(c for why, c in report.reasons.items() if why in LIMITED_REASONS)
+        night.scheduled += limited
         if limited:
             self._limited.append((now, limited))
             while self._limited[0][0] <= now - timedelta(hours=1):  # the service's window: created_at > now - 1 h
@@ -1233,7 +1235,7 @@ def summary(run: CaseRun, backend: str) -> list[str]:
             f"{r.contacts_outside_window}"
         )
     if r.name != "year":
-        active = [k for k, n in nights if n.issued or n.waiting]
+        active = [k for k, n in nights if n.scheduled]  # the wave, not the faults' immediate reissues
         complete = next((k for k, n in nights if n.renewed + n.waiting_offline >= r.phones), None)
         everyone = next((k for k, n in nights if n.renewed >= r.phones), None)
         if active:

@@ -56,7 +56,7 @@ def _assert_converged(r: Results, opts: Options) -> None:
     assert r.renewed == r.phones, f"{r.phones - r.renewed} phones without a verified successor"
     assert r.done_at is not None
     assert r.done_at < START + timedelta(days=opts.stress_days), "the stress case did not converge"
-    active = [k for k, n in sorted(r.nights.items()) if n.issued]
+    active = [k for k, n in sorted(r.nights.items()) if n.scheduled]
     capacity = max(n.capacity for n in r.nights.values())
     # The hourly limit holds the wave back: it takes at least as many nights as the windows' capacity dictates.
     assert (active[-1] - active[0]).days + 1 >= math.ceil(r.phones / capacity)
