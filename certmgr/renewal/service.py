@@ -34,7 +34,8 @@ One run (:func:`reconcile_renewals`):
    windows, the global concurrency limit and backoff).
 
 Idempotence: a phone with a pending certificate newer than its current one is left alone (its renewal is
-under way, or failed and is flagged); a second run therefore issues nothing twice. A manual request
+under way, or failed and is flagged: retried when the phone reports again after the failure, at most once per
+``retry_max_seconds``, or at its deadline); a second run therefore issues nothing twice. A manual request
 (:func:`request_renewal`, an audit event) overrides that, once: it counts only while no certificate was issued
 for the phone after it.
 
@@ -485,9 +486,18 @@ def _manual_requests(session: Session) -> dict[str, datetime]:
     return latest
 
 
-def _pending_successors(session: Session, rows: Sequence[CurrentRow]) -> dict[int, tuple[datetime, bool]]:
-    """Device id → (creation time, still being deployed?) of its newest pending certificate newer than the
-    current one."""
+@dataclass(frozen=True)
+class _Pending:
+    """A phone's newest pending certificate newer than its current one."""
+
+    created: datetime
+    in_progress: bool  # a deployment of it is unfinished
+    seen_after_failure: datetime | None  # its deployments all ended unsuccessfully: when they ended, if the phone
+    # reported since (None otherwise)
+
+
+def _pending_successors(session: Session, rows: Sequence[CurrentRow]) -> dict[int, _Pending]:
+    """Device id → its newest pending certificate newer than the current one (see :class:`_Pending`)."""
     if not rows:
         return {}
     current = {r.device_id: r.cert_id for r in rows}
@@ -502,17 +512,28 @@ def _pending_successors(session: Session, rows: Sequence[CurrentRow]) -> dict[in
             newest[device_id] = (cert_id, created)
     if not newest:
         return {}
-    unfinished = [s.value for s in UNFINISHED_STATES]
-    busy = {
-        int(cert_id)
-        for (cert_id,) in session.execute(
-            select(col(Deployment.certificate_id)).where(
-                col(Deployment.certificate_id).in_([c for c, _ in newest.values()]),
-                col(Deployment.state).in_(unfinished),
-            )
-        ).all()
-    }
-    return {d: (created, cert_id in busy) for d, (cert_id, created) in newest.items()}
+    unfinished = {s.value for s in UNFINISHED_STATES}
+    busy: set[int] = set()
+    ended: dict[int, datetime] = {}
+    for cert_id, state, finished in session.execute(
+        select(col(Deployment.certificate_id), col(Deployment.state), col(Deployment.finished_at)).where(
+            col(Deployment.certificate_id).in_([c for c, _ in newest.values()])
+        )
+    ).all():
+        if str(state) in unfinished:
+            busy.add(int(cert_id))
+        elif finished is not None and (cert_id not in ended or finished > ended[cert_id]):
+            ended[int(cert_id)] = finished
+    seen = dict(
+        session.execute(select(col(Device.id), col(Device.last_seen_at)).where(col(Device.id).in_(list(newest)))).all()
+    )
+    out: dict[int, _Pending] = {}
+    for device_id, (cert_id, created) in newest.items():
+        failed_at = ended.get(cert_id) if cert_id not in busy else None
+        last_seen = seen.get(device_id)
+        back = failed_at if failed_at is not None and last_seen is not None and last_seen > failed_at else None
+        out[device_id] = _Pending(created, cert_id in busy, back)
+    return out
 
 
 def issued_in_last_hour(session: Session, now: datetime) -> int:
@@ -540,6 +561,7 @@ def plan_fleet(runtime: Runtime, now: datetime) -> tuple[list[Candidate], Renewa
     horizon = now + timedelta(hours=settings.renewal_horizon_hours)
     cache = _PolicyCache(runtime)
     kept: dict[int, Candidate] = {}  # cert id → candidate (due within the horizon or triggered)
+    retry = timedelta(seconds=settings.retry_max_seconds)  # a failed renewal of a phone seen again: retried after
     plans: list[RenewalPlan] = []
     with session_scope(runtime.engine) as session:
         issuing = _active_issuing_ca(session)
@@ -569,11 +591,16 @@ def plan_fleet(runtime: Runtime, now: datetime) -> tuple[list[Candidate], Renewa
                 manual_at = manual.get(row.mac)
                 override = False
                 if row.device_id in pending:
-                    created, in_progress = pending[row.device_id]
-                    # A renewal under way is left alone. One whose deployment ended without success is retried
-                    # only on an operator's request or when the current certificate reaches its deadline.
-                    override = (manual_at is not None and manual_at > created) or (
-                        not in_progress and (plan.expired or plan.due_at >= plan.latest)
+                    successor = pending[row.device_id]
+                    # A renewal under way is left alone. One whose deployment ended without success is retried on
+                    # an operator's request, when the current certificate reaches its deadline, or once the phone
+                    # reported again after the failure (at most once per longest delivery backoff): a phone that
+                    # was away during its renewal must not wait for the deadline, when one more absence lets
+                    # its certificate expire.
+                    back = successor.seen_after_failure
+                    override = (manual_at is not None and manual_at > successor.created) or (
+                        not successor.in_progress
+                        and (plan.expired or plan.due_at >= plan.latest or (back is not None and back + retry <= now))
                     )
                     if not override:
                         if reasons:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import col, select
 
+from certmgr.audit.log import NewEvent, append_events
 from certmgr.clock import ManualClock
 from certmgr.db.engine import session_scope
 from certmgr.db.models import (
@@ -22,6 +23,7 @@ from certmgr.db.models import (
     Device,
     IssueReason,
 )
+from certmgr.deploy.queue import retry_or_fail
 from certmgr.policy import load_policies
 from certmgr.renewal.service import reconcile_renewals, request_renewal
 from certmgr.runtime import Runtime
@@ -32,6 +34,7 @@ from tests.integration.renewal_support import (
     enroll_verified,
     mac_of,
     open_test_runtime,
+    report,
     verify_all_queued,
     write_policy,
 )
@@ -166,3 +169,45 @@ def test_catch_up_after_ten_days_down_in_one_run_most_urgent_first(
         assert run_job(rt, spec).issued == []  # type: ignore[attr-defined]
     finally:
         rt.close()
+
+
+def _fail_queued_deployment(rt: Runtime, n: int) -> None:
+    """The queued deployment of phone ``n`` fails for good (its last attempt: the phone was unreachable)."""
+    with session_scope(rt.engine) as s:
+        dev = s.exec(select(Device).where(col(Device.mac) == mac_of(n))).one()
+        dep = s.exec(
+            select(Deployment).where(
+                col(Deployment.device_id) == dev.id, col(Deployment.state) == DeploymentState.QUEUED.value
+            )
+        ).one()
+        dep.attempts = rt.settings.max_attempts
+        events: list[NewEvent] = []
+        retry_or_fail(rt, dep, dev, rt.clock.now(), "phone unreachable", events)
+        assert dep.state is DeploymentState.FAILED
+        s.add(dep)
+        s.add(dev)
+        append_events(s, rt.clock.now(), events)
+
+
+def test_a_failed_renewal_is_retried_once_the_phone_is_back_not_only_at_the_deadline(
+    runtime: Runtime, clock: ManualClock
+) -> None:
+    """A phone offline while its renewal was delivered (the deployment failed for good) and back later gets a new
+    attempt the next day, not only at the deadline (10 % of the renewal window before expiry), when one more
+    offline spell would let its certificate expire. Found by bench/fleet_year.py (mass enrollment: a successor
+    verified 2.99 days before expiry, weeks after the phone came back)."""
+    enroll_verified(runtime, range(1))
+    clock.advance(timedelta(days=21))  # 30d validity, renew 10d before expiry: due; deadline 1 day before expiry
+    assert reconcile_renewals(runtime, clock.now()).issued == [mac_of(0)]
+    _fail_queued_deployment(runtime, 0)
+    clock.advance(timedelta(days=2))
+    assert reconcile_renewals(runtime, clock.now()).issued == []  # not heard from since: nothing to gain yet
+    report(runtime, 0)  # the phone is back (start-up)
+    assert reconcile_renewals(runtime, clock.now()).issued == [mac_of(0)]  # 6 days before the deadline
+    assert reconcile_renewals(runtime, clock.now()).issued == []  # under way again: left alone
+    _fail_queued_deployment(runtime, 0)  # failed again
+    clock.advance(timedelta(minutes=5))
+    report(runtime, 0)
+    assert reconcile_renewals(runtime, clock.now()).issued == []  # not a loop: one retry per longest backoff
+    clock.advance(timedelta(seconds=runtime.settings.retry_max_seconds))
+    assert reconcile_renewals(runtime, clock.now()).issued == [mac_of(0)]

@@ -1,0 +1,99 @@
+"""The correctness part of ``bench/fleet_year.py`` at a small size: certmgr's real renewal reconcile, dispatcher
+steps, hub sequence and probe sweep on a real database, driven by a ManualClock, with model phones and the bench's
+fault mix. A year of a small fleet, a mass enrollment and a CA rotation: no certificate expires before a verified
+successor, every phone is renewed, the stress cases converge, and the hourly limit and the maintenance windows the
+bench relies on hold (the hourly limit is scaled down with the fleet so that the stress cases need several nights,
+as 100,000 phones do at the default limit)."""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import make_url
+
+from bench.fleet_year import START, Faults, Options, Results, run_case
+from tests.pg import PostgresServer
+
+#: A fleet small enough for ``make test``, an hourly limit scaled down with it (default: 2,000/h for 100,000).
+PHONES = 100
+PER_HOUR = 8
+#: The fault mix at shares that give a small fleet some of each fault (the bench: 2 %, 1 %, 0.5 %, 0.1 %).
+FAULTS = Faults(offline=0.05, busy=0.05, move=0.03, reset=0.02)
+
+
+def _options(phones: int = PHONES) -> Options:
+    return Options(
+        phones=phones,
+        days=400,
+        seed=7,
+        renewal_every=timedelta(hours=3),
+        faults=FAULTS,
+        quiet=True,
+        stress_days=30,
+        settings={
+            "renewal_max_per_hour": PER_HOUR,
+            "probe_sweep_interval_seconds": 86400.0,
+            "probe_sweep_concurrency": 2,
+            "probe_sweep_batch": 20,
+        },
+    )
+
+
+def _assert_kept_valid(r: Results) -> None:
+    assert r.expired == [], f"certificates expired before a verified successor: {r.expired[:5]}"
+    assert r.db_expired == 0, "the database records a successor verified after its predecessor expired"
+    assert r.db_current_expired == 0, "a phone's current certificate expired"
+    assert r.contacts_outside_window == 0, "contact-me sent while the maintenance window was shut"
+    assert 0 < r.max_limited_per_hour <= PER_HOUR, f"{r.max_limited_per_hour} scheduled issuances in one hour"
+    assert r.margins_h, "nothing was renewed"
+    assert min(r.margins_h) > 0
+
+
+def _assert_converged(r: Results, opts: Options) -> None:
+    assert r.renewed == r.phones, f"{r.phones - r.renewed} phones without a verified successor"
+    assert r.done_at is not None
+    assert r.done_at < START + timedelta(days=opts.stress_days), "the stress case did not converge"
+    active = [k for k, n in sorted(r.nights.items()) if n.scheduled]
+    capacity = max(n.capacity for n in r.nights.values())
+    # The hourly limit holds the wave back: it takes at least as many nights as the windows' capacity dictates.
+    assert (active[-1] - active[0]).days + 1 >= math.ceil(r.phones / capacity)
+
+
+def test_a_year_of_a_small_fleet_keeps_every_certificate_valid(tmp_path: Path) -> None:
+    opts = _options()
+    r = run_case("year", tmp_path, None, opts, floor=False).results
+    _assert_kept_valid(r)
+    assert r.renewed == r.phones, f"{r.phones - r.renewed} phones never renewed in 400 days"
+    assert r.expired_offline == []
+    assert r.reasons.get("renewal", 0) >= PHONES
+    assert r.moves.get("moved", 0) > 0, "no phone changed address: the fault mix did not run"
+    assert r.resets_detected_h, "no factory reset was detected and repaired"
+    assert sum(n.busy for n in r.nights.values()) > 0
+    assert sum(n.contact_failures for n in r.nights.values()) > 0, "no phone was ever offline"
+
+
+@pytest.mark.parametrize("case", ["mass", "rotation"])
+def test_a_stress_case_converges_within_the_limits_and_nothing_expires(tmp_path: Path, case: str) -> None:
+    opts = _options()
+    r = run_case(case, tmp_path, None, opts, floor=False).results
+    _assert_kept_valid(r)
+    _assert_converged(r, opts)
+    if case == "rotation":
+        assert r.reasons.get("ca-rotation", 0) >= PHONES - r.reasons.get("ip-change", 0) - r.reasons.get("drift", 0)
+
+
+@pytest.mark.postgres
+def test_a_ca_rotation_converges_on_postgresql(tmp_path: Path, pg_server: PostgresServer) -> None:
+    opts = _options(phones=60)
+    url = pg_server.create_database()
+    try:
+        r = run_case("rotation", tmp_path, url, opts, floor=False).results
+    finally:
+        name = make_url(url).database
+        assert name is not None
+        pg_server.drop_database(name)
+    _assert_kept_valid(r)
+    _assert_converged(r, opts)
