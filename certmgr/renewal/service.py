@@ -445,7 +445,7 @@ def decide(
         drift=row.drift,
         manual=manual,
     )
-    return plan, reissue_reasons(cert, device, policy_facts, issuing_ca, now)
+    return plan, reissue_reasons(cert, device, policy_facts, issuing_ca, now, plan)
 
 
 @dataclass

@@ -44,7 +44,7 @@ from certmgr.pki.types import KeyType
 from certmgr.policy.model import Policy
 from certmgr.policy.templates import render_leaf_names
 from certmgr.policy.windows import MaintenanceWindow
-from certmgr.renewal.planner import CertId, RenewalInput, plan_renewal
+from certmgr.renewal.planner import CertId, RenewalInput, RenewalPlan, plan_renewal
 
 #: A certificate may be this much longer-lived than its policy's validity without counting as a change:
 #: issuance backdates ``not_before`` for clock skew, and a minute of rounding slack.
@@ -268,9 +268,14 @@ def reissue_reasons(
     policy: PolicyFacts,
     issuing_ca_fingerprint: str | None,
     now: datetime,
+    plan: RenewalPlan | None = None,
 ) -> list[Reason]:
     """Every trigger that fires for ``device`` and its current certificate ``cert``, in the order of
     :class:`Trigger`; empty if the certificate can stay.
+
+    ``plan`` is the certificate's renewal plan at ``now`` if the caller has made it already (the renewal run's
+    :func:`~certmgr.renewal.service.decide`: after a CA rotation every row comes here, and each was planned twice,
+    profiled in ``bench/fleet_year.py``); otherwise it is planned here.
 
     ``issuing_ca_fingerprint`` is the SHA-256 (hex, colons and case ignored) of the active issuing CA, or None
     if there is none (then ``ca-rotation`` is not checked).
@@ -315,7 +320,7 @@ def reissue_reasons(
         reasons.append(Reason(Trigger.DRIFT, "the phone does not serve the certificate certmgr deployed (drift)"))
     if device.manual:
         reasons.append(Reason(Trigger.MANUAL, "an operator requested a new certificate"))
-    plan = plan_renewal(
+    plan = plan or plan_renewal(
         RenewalInput(
             cert_id=cert.cert_id,
             device_key=device.mac,
