@@ -34,7 +34,7 @@ from certmgr.inventory.enrollment import approve_device
 from certmgr.runtime import Runtime
 from certmgr.settings import Settings
 from certmgr.wpi.codec import parse_dls
-from certmgr.wpi.messages import Action, Fragment, Item, Reason, WorkpointMessage
+from certmgr.wpi.messages import Action, Fragment, Item, Reason, ReplyStatus, WorkpointMessage
 from tests.integration.fake_phone import Behaviour, FakePhone, Stack, address_block, free_port, wait_for
 from tests.integration.test_wpi_server import _deployment, _runtime, _state
 
@@ -235,6 +235,41 @@ def test_a_foreign_fragment_does_not_occupy_the_phones_interaction(
     seen = phone.solicited_flow()
     assert seen[0].action is Action.WRITE_ITEMS  # not "interaction in progress"
     wait_for(lambda: _state(runtime, phone.mac, S.VERIFIED), 30)
+
+
+def test_the_phones_cookie_from_another_address_does_not_continue_its_interaction(
+    world: tuple[Runtime, Stack, list[FakePhone]], tmp_path: Path, block: int
+) -> None:
+    """An attacker who learns the session cookie of a phone's running interaction and answers in its place from
+    another address (claiming the write was accepted) does not continue it: no write is recorded, nothing more is
+    sent to it, and the phone's own interaction goes on."""
+    runtime, stack, phones = world
+    phone = _phone(runtime, stack, tmp_path, f"127.0.{block}.9", f"00:1A:E8:{block:02X}:01:09", callback=False)
+    phones.append(phone)
+    _awaiting_callback(runtime, phone)
+    attacker = f"127.0.{block}.69"
+    with phone.client() as own, phone.client(attacker) as foreign:
+        first = phone.post(own, WorkpointMessage(phone.nonce(), Reason.SOLICITED, phone.basic_items(), max_items=-1))
+        write = parse_dls(first.content)
+        assert write.action is Action.WRITE_ITEMS
+        assert own.cookies, "the service names the interaction with a cookie"
+        foreign.cookies.update(own.cookies)
+        forged = WorkpointMessage(
+            phone.nonce(), Reason.REPLY_TO, (Item("mac-addr", phone.mac),), fragment=Fragment.FINAL,
+            reply_action=Action.WRITE_ITEMS, reply_status=ReplyStatus.ACCEPTED,
+        )  # fmt: skip
+        answer = phone.post(foreign, forged)
+        assert answer.status_code < 500
+        if answer.status_code == 200:
+            assert parse_dls(answer.content).action not in (Action.READ_ITEMS, Action.WRITE_ITEMS)
+        assert _state(runtime, phone.mac, S.WRITTEN, S.VERIFYING, S.VERIFIED) is None, "the forged answer counted"
+        assert "deployment.written" not in _actions(runtime, phone.mac)
+        # The phone's own answer continues its interaction.
+        following = parse_dls(phone.post(own, phone._answer(write)).content)
+        assert following.action is Action.READ_ITEMS
+        assert parse_dls(phone.post(own, phone._answer(following)).content).action is Action.CLEAN_UP
+    wait_for(lambda: _state(runtime, phone.mac, S.VERIFIED), 30)
+    assert phone.writes == 1
 
 
 # --- 4. contact-me only goes to the phone ------------------------------------------------------------------------
