@@ -39,6 +39,8 @@ class Served:
         self.stdout = stdout
         self.stderr = stderr
         self.seen: list[str] = []
+        self.wpi_port = 0
+        self.poll_port = 0
 
     def wait_for(self, needle: str, timeout: float) -> str:
         """The first stdout line containing ``needle``; fails if the process ends or ``timeout`` passes."""
@@ -57,15 +59,15 @@ class Served:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[Served, int, Path]]:
-    api_port = _free_port()
+    api_port, wpi_port, poll_port = _free_port(), _free_port(), _free_port()
     data_dir = tmp_path / "var"
     env = cli_env(
         data_dir,
         CERTMGR_API_HOST="127.0.0.1",
         CERTMGR_API_PORT=str(api_port),
         CERTMGR_WPI_HOST="127.0.0.1",
-        CERTMGR_WPI_PORT=str(_free_port()),
-        CERTMGR_WPI_POLL_PORT=str(_free_port()),
+        CERTMGR_WPI_PORT=str(wpi_port),
+        CERTMGR_WPI_POLL_PORT=str(poll_port),
         CERTMGR_SCHEDULER_ENABLED="false",
     )
     proc = subprocess.Popen([str(CERTMGR), "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -75,8 +77,10 @@ def served(tmp_path: Path) -> Iterator[tuple[Served, int, Path]]:
     errors: list[str] = []
     threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
     threading.Thread(target=lambda: errors.extend(proc.stderr or []), daemon=True).start()
+    server = Served(proc, lines, errors)
+    server.wpi_port, server.poll_port = wpi_port, poll_port
     try:
-        yield Served(proc, lines, errors), api_port, data_dir
+        yield server, api_port, data_dir
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -105,3 +109,23 @@ def test_serve_answers_health_and_stops_on_sigterm(served: tuple[Served, int, Pa
     stderr = "".join(server.stderr)
     assert "Traceback" not in stderr
     assert str(data_dir / "ca-passphrase") in stderr
+
+
+@pytest.mark.slow
+def test_the_console_is_served_on_the_api_listener_only(served: tuple[Served, int, Path]) -> None:
+    """The phone network reaches the WPI and poll listeners; the console (and its login form) is not there."""
+    server, api_port, _data_dir = served
+    server.wait_for("listening on", START_TIMEOUT_S)
+    with httpx.Client(timeout=10) as api:
+        login = api.get(f"http://127.0.0.1:{api_port}/ui/login")
+        assert login.status_code == 200  # the console is there, on the API port
+        assert "<form" in login.text
+    phone_side = [f"https://127.0.0.1:{server.wpi_port}", f"http://127.0.0.1:{server.poll_port}"]
+    with httpx.Client(timeout=10, verify=False) as phone_net:  # noqa: S501 - only looking at what is served
+        for base in phone_side:
+            for method, path in (("GET", "/ui/login"), ("GET", "/ui/"), ("POST", "/ui/login"), ("GET", "/docs")):
+                answer = phone_net.request(method, base + path, data={"token": "x"} if method == "POST" else None)
+                assert answer.status_code < 500, (base, path, answer.status_code)
+                assert "<form" not in answer.text, (base, path)
+                assert "certmgr_session" not in answer.headers.get("set-cookie", ""), (base, path)
+                assert "certmgr_login" not in answer.headers.get("set-cookie", ""), (base, path)
