@@ -5,37 +5,56 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from certmgr.errors import StorageError
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` atomically: a temp file in the same folder, fsync, chmod, rename, fsync dir.
-
-    Readers see either the old file or the complete new one, never a half-written one.
+@contextlib.contextmanager
+def atomic_stream(path: Path, mode: int = 0o600, *, what: str | None = None) -> Iterator[BinaryIO]:
+    """Stream a file into ``path`` atomically: the block writes to a temp file in the same folder (``mode`` from
+    the start), which is fsynced and renamed over ``path`` when the block ends, and removed if it raises. Readers
+    see either the old file or the complete new one, never a half-written one.
 
     Raises:
-        StorageError: if the folder cannot be created or written.
+        StorageError: if the folder or the file cannot be written (``what`` names it in the message; default the
+            path). Whatever the block raises otherwise, after the temp file is removed.
     """
     folder = path.parent
+    shown = what or str(path)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     except OSError as exc:
-        raise StorageError(f"cannot write {path}: {exc.strerror or exc}", path=str(path)) from exc
+        raise StorageError(f"cannot write {shown}: {exc.strerror or exc}", path=str(path)) from exc
     try:
         with os.fdopen(fd, "wb") as fh:
             os.fchmod(fh.fileno(), mode)
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        _fsync_dir(folder)
+        fsync_dir(folder)
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise StorageError(f"cannot write {path}: {exc.strerror or exc}", path=str(path)) from exc
+        raise StorageError(f"cannot write {shown}: {exc.strerror or exc}", path=str(path)) from exc
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_stream`).
+
+    Raises:
+        StorageError: if the folder cannot be created or written.
+    """
+    with atomic_stream(path, mode) as fh:
+        fh.write(data)
 
 
 def atomic_write_many(files: dict[Path, bytes], mode: int = 0o600) -> None:
@@ -60,7 +79,7 @@ def atomic_write_many(files: dict[Path, bytes], mode: int = 0o600) -> None:
         for tmp, path in staged:
             os.replace(tmp, path)
         for folder in {p.parent for _, p in staged}:
-            _fsync_dir(folder)
+            fsync_dir(folder)
     except OSError as exc:
         for tmp, _ in staged:
             with contextlib.suppress(OSError):
@@ -108,7 +127,8 @@ def ensure_private_dir(path: Path) -> None:
         raise StorageError(f"data dir {path} is not writable", path=str(path))
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (fsync of the directory; best effort, errors ignored)."""
     with contextlib.suppress(OSError):
         dfd = os.open(folder, os.O_RDONLY)
         try:

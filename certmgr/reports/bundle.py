@@ -23,7 +23,6 @@ place.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import tempfile
 import zipfile
@@ -39,7 +38,7 @@ from sqlmodel import Session
 from certmgr.audit.log import append_event
 from certmgr.db.engine import session_scope
 from certmgr.errors import StorageError
-from certmgr.fsutil import ensure_private_dir
+from certmgr.fsutil import atomic_stream, ensure_private_dir
 from certmgr.reports.generate import export_record, record_exports, report_context
 from certmgr.reports.manifest import MANIFEST_SUFFIX, export_report
 from certmgr.reports.queries import ReportKind, ReportParams, build_report
@@ -162,7 +161,6 @@ def write_evidence_pack(
         work = Path(tempfile.mkdtemp(prefix=".evidence-", dir=out.parent))
     except OSError as exc:
         raise StorageError(f"cannot create a temporary folder beside {out}: {exc.strerror or exc}") from exc
-    tmp_zip = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         names: list[str] = []
         records = []
@@ -185,24 +183,18 @@ def write_evidence_pack(
         (work / SUMS).write_bytes(sums)
         (work / f"{SUMS}.sig").write_bytes(signer.sign(sums))
         files += [SUMS, f"{SUMS}.sig"]
-        fd = os.open(tmp_zip, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as pack:
-                for name in files:
-                    entry = zipfile.ZipInfo(name, date_time=now.timetuple()[:6])
-                    entry.compress_type = zipfile.ZIP_DEFLATED
-                    entry.external_attr = 0o100600 << 16
-                    with (work / name).open("rb") as src, pack.open(entry, "w", force_zip64=True) as dst:
-                        shutil.copyfileobj(src, dst, 1024 * 1024)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_zip, out)
-    except OSError as exc:
-        tmp_zip.unlink(missing_ok=True)
+        with (
+            atomic_stream(out, what=f"the evidence pack {out}") as fh,
+            zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as pack,
+        ):
+            for name in files:
+                entry = zipfile.ZipInfo(name, date_time=now.timetuple()[:6])
+                entry.compress_type = zipfile.ZIP_DEFLATED
+                entry.external_attr = 0o100600 << 16
+                with (work / name).open("rb") as src, pack.open(entry, "w", force_zip64=True) as dst:
+                    shutil.copyfileobj(src, dst, 1024 * 1024)
+    except OSError as exc:  # the work folder's files (the pack itself: atomic_stream)
         raise StorageError(f"cannot write the evidence pack {out}: {exc.strerror or exc}") from exc
-    except BaseException:
-        tmp_zip.unlink(missing_ok=True)
-        raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     digest, size = _sha256(out), out.stat().st_size

@@ -32,14 +32,13 @@ import base64
 import binascii
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from certmgr.audit.checkpoint import SIGNATURE_ALGORITHM, AuditSigner, AuditVerifier, encode_signature
 from certmgr.errors import ConfigError, InputError, StorageError
-from certmgr.fsutil import atomic_write
+from certmgr.fsutil import atomic_stream, atomic_write
 from certmgr.reports.evidence import verify_checkpoint
 from certmgr.reports.queries import ReportRun, ReportSpec
 from certmgr.reports.render import ByteSink, RenderContext, ReportFormat, write_report
@@ -200,20 +199,8 @@ def export_report(
     Raises:
         StorageError: if the files cannot be written.
     """
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            doc = render_signed(spec, run, fmt, fh, out.name, signer, ctx)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise StorageError(f"cannot write {out}: {exc.strerror or exc}") from exc
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_stream(out) as fh:
+        doc = render_signed(spec, run, fmt, fh, out.name, signer, ctx)
     atomic_write(manifest_path(out), manifest_bytes(doc))
     return doc
 

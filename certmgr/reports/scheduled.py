@@ -33,6 +33,7 @@ from sqlmodel import Session
 
 from certmgr.clock import ensure_utc
 from certmgr.errors import ConfigError, StorageError
+from certmgr.fsutil import fsync_dir
 from certmgr.reports.generate import ExportRecord, export_record, record_exports, report_context
 from certmgr.reports.manifest import export_report
 from certmgr.reports.queries import ReportParams, build_report, parse_kind
@@ -100,15 +101,6 @@ def _locked(root: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def run_scheduled_exports(runtime: Runtime, now: datetime, *, signer: AuditSigner | None = None) -> ExportRun:
     """Write the configured reports (every ``export_kinds`` in every ``export_formats``) with signed manifests
     for the period of ``now``, unless that period's folder exists already.
@@ -151,9 +143,9 @@ def run_scheduled_exports(runtime: Runtime, now: datetime, *, signer: AuditSigne
                         name = f"{kind.value}-{period}.{fmt.value}"
                         doc = export_report(spec, spec.open(session), fmt, staging / name, signer, ctx)
                         written.append((name, export_record(doc, f"{period}/{name}", "schedule", period=period)))
-            _fsync_dir(staging)
+            fsync_dir(staging)
             os.rename(staging, final)
-            _fsync_dir(root)
+            fsync_dir(root)
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             raise StorageError(f"cannot write the exports of {period} to {root}: {exc.strerror or exc}") from exc

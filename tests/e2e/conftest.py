@@ -40,6 +40,7 @@ from certmgr.wpi.codec import encode_workpoint
 from certmgr.wpi.messages import Item, Reason, WorkpointMessage
 from tests.conftest import REPO
 from tests.leaks import leaked_secrets as find_leaks
+from tests.pg import PostgresServer
 
 T = TypeVar("T")
 
@@ -502,3 +503,14 @@ def transcripts_and_events_text(world: E2E) -> str:
     parts: list[Any] = [[d.transcript, d.last_error] for d in deps]
     parts += [[e.action, e.subject_id, e.details] for e in world.events()]
     return json.dumps(parts, default=str)
+
+
+@pytest.fixture
+def own_pg() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of this test alone (one a test may stop, pause or share between its nodes)."""
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

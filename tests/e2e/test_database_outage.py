@@ -7,7 +7,7 @@ itself, each written exactly once.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -21,17 +21,6 @@ from tests.pg import PostgresServer
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(240)]
 
 PHONES = 6
-
-
-@pytest.fixture
-def own_pg() -> Iterator[PostgresServer]:
-    """A PostgreSQL server of this test alone (it is stopped and started again: no other test may share it)."""
-    server = PostgresServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _ready(world: E2E) -> int:

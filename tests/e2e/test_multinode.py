@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import pytest
@@ -40,16 +40,6 @@ SLOW = "slow=0.3"
 SETTINGS: dict[str, object] = {"interaction_timeout_seconds": 8, "max_attempts": 10, "deploy_concurrency": 12}
 
 
-@pytest.fixture
-def pg() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def wpi_url(node: ServiceProcess) -> str:
     return f"https://127.0.0.1:{node.values['wpi_port']}/DeploymentService/LoginService"
 
@@ -63,8 +53,8 @@ def lease_seconds(values: dict[str, object]) -> float:
     return max(float(values["interaction_timeout_seconds"]) + probe, float(values["callback_timeout_seconds"]))  # type: ignore[arg-type]
 
 
-def test_two_wpi_nodes_one_killed_mid_run(pg: PostgresServer, e2e_factory: Callable[..., E2E]) -> None:
-    world = e2e_factory(PHONES, settings={"database_url": pg.create_database(), "node_id": SURVIVOR, **SETTINGS})
+def test_two_wpi_nodes_one_killed_mid_run(own_pg: PostgresServer, e2e_factory: Callable[..., E2E]) -> None:
+    world = e2e_factory(PHONES, settings={"database_url": own_pg.create_database(), "node_id": SURVIVOR, **SETTINGS})
     survivor = world.service
     survivor.start()  # first: migrates the database and creates the CA in it; the others use that CA
     victim = world.add_node(VICTIM)
