@@ -1,4 +1,4 @@
-"""The certmgr tables, all in one place.
+"""The certmgr tables, all in one place (their value sets: :mod:`certmgr.db.enums`, re-exported here).
 
 Conventions:
 
@@ -20,7 +20,6 @@ Conventions:
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 from typing import Any, ClassVar
 
 from sqlalchemy import (
@@ -37,6 +36,18 @@ from sqlalchemy import (
 )
 from sqlmodel import Field, SQLModel
 
+from certmgr.db.enums import (
+    CARole,
+    CertificateStatus,
+    CheckInfo,
+    CheckProbe,
+    CheckReply,
+    DeploymentState,
+    DeviceStatus,
+    Enrollment,
+    IssueReason,
+    VerifyFailure,
+)
 from certmgr.db.types import StrEnumType, UTCDateTime
 from certmgr.pki.types import KeyType, Pkcs12Profile
 
@@ -57,104 +68,10 @@ SERIAL_LEN = 64  # hex serial number (20 octets = 40 hex digits, with room)
 NAME_LEN = 128
 
 
-# --- value sets -------------------------------------------------------------------------------------------
-class CARole(StrEnum):
-    ROOT = "root"
-    ISSUING = "issuing"
+# The value sets live in certmgr.db.enums; imported here so that ``from certmgr.db.models import X`` keeps
+# naming every table and value set in one place.
 
 
-class Enrollment(StrEnum):
-    """Whether certmgr may manage a phone."""
-
-    PENDING = "pending"
-    APPROVED = "approved"
-    DECOMMISSIONED = "decommissioned"
-
-
-class DeviceStatus(StrEnum):
-    """Where a phone's certificate stands."""
-
-    NEW = "new"
-    ENROLLED = "enrolled"
-    VERIFIED = "verified"
-    FAILED = "failed"
-    DRIFT = "drift"
-    DECOMMISSIONED = "decommissioned"
-
-
-class CertificateStatus(StrEnum):
-    PENDING = "pending"  # issued, not yet verified on the phone
-    ACTIVE = "active"  # the phone's current certificate
-    SUPERSEDED = "superseded"
-    REVOKED = "revoked"
-    EXPIRED = "expired"
-
-
-class IssueReason(StrEnum):
-    """Why a certificate was issued."""
-
-    ENROLLMENT = "enrollment"
-    RENEWAL = "renewal"
-    IP_CHANGE = "ip-change"
-    POLICY_CHANGE = "policy-change"
-    CA_ROTATION = "ca-rotation"
-    REVOCATION = "revocation"
-    DRIFT = "drift"
-    MANUAL = "manual"
-
-
-class DeploymentState(StrEnum):
-    QUEUED = "queued"
-    CONTACTING = "contacting"
-    AWAITING_CALLBACK = "awaiting_callback"
-    WRITTEN = "written"
-    VERIFYING = "verifying"
-    VERIFIED = "verified"
-    FAILED = "failed"
-    SUPERSEDED = "superseded"
-    CANCELLED = "cancelled"
-
-    @property
-    def is_final(self) -> bool:
-        return self in _FINAL_DEPLOYMENT_STATES
-
-
-_FINAL_DEPLOYMENT_STATES = frozenset(
-    {DeploymentState.VERIFIED, DeploymentState.FAILED, DeploymentState.SUPERSEDED, DeploymentState.CANCELLED}
-)
-
-
-class CheckReply(StrEnum):
-    """Outcome of the phone's own reply to the certificate write."""
-
-    PASSED = "passed"
-    FAILED = "failed"
-
-
-class CheckInfo(StrEnum):
-    """Outcome of comparing the phone's reported certificate info with what was written."""
-
-    VERIFIED = "verified"
-    MISMATCH = "mismatch"
-    UNDECIDED = "undecided"
-
-
-class VerifyFailure(StrEnum):
-    """How the last verification of an accepted write failed (see :mod:`certmgr.deploy.verdict`)."""
-
-    DRIFT = "drift"  # the phone reports or serves another certificate than the one written
-    UNDECIDED = "undecided"  # nothing contradicts the write, nothing proves it (info undecided, WBM unreachable)
-
-
-class CheckProbe(StrEnum):
-    """Outcome of the TLS probe against the phone's WBM."""
-
-    PASSED = "passed"
-    FAILED = "failed"
-    UNREACHABLE = "unreachable"
-
-
-# --- tables -----------------------------------------------------------------------------------------------
 def _ts(*, nullable: bool = False, index: bool = False) -> Any:
     """A UTCDateTime field (``default=None`` when nullable, required otherwise)."""
     if nullable:
@@ -434,6 +351,36 @@ class ConsoleJob(SQLModel, table=True):
 
 __all__ = [
     "NAMING_CONVENTION",
+    "ApiToken",
+    "AuditCheckpoint",
+    "AuditEvent",
+    "AuditHead",
+    "CARecord",
+    "CARole",
+    "Certificate",
+    "CertificateStatus",
+    "CheckInfo",
+    "CheckProbe",
+    "CheckReply",
+    "ConsoleJob",
+    "ConsoleSession",
+    "Deployment",
+    "DeploymentState",
+    "Device",
+    "DeviceStatus",
+    "Enrollment",
+    "IssueReason",
+    "ProfileMemory",
+    "VerifyFailure",
+]
+
+
+__all__ = [
+    "BIG_ID",
+    "HEX_SHA256",
+    "NAME_LEN",
+    "NAMING_CONVENTION",
+    "SERIAL_LEN",
     "ApiToken",
     "AuditCheckpoint",
     "AuditEvent",
