@@ -345,3 +345,19 @@ def test_a_chart_of_many_periods_thins_its_labels() -> None:
     assert "W5" in first
     assert "W2 " not in first.replace("\n", " ")
     assert "12" in first  # the scale's maximum
+
+
+def test_no_text_is_set_below_8_points() -> None:
+    """The first reports set their tables in 6 pt; every piece of text is now 8 pt or larger (the body size)."""
+    rows: list[Row] = [(f"row{i}", "x" * 120, i) for i in range(120)]
+    reader = PdfReader(io.BytesIO(_bytes(_spec(rows))), strict=True)
+    sizes: set[float] = set()
+
+    def visit(text: str, _cm: object, _tm: object, _font: object, size: float) -> None:
+        if text.strip():
+            sizes.add(round(float(size), 2))
+
+    for page in reader.pages:
+        page.extract_text(visitor_text=visit)
+    assert sizes, "no text found"
+    assert min(sizes) >= 8.0, sorted(sizes)
