@@ -75,7 +75,6 @@ from bench.common import (  # noqa: E402
     children_of,
     count_certs,
     count_verified,
-    free_port,
     proc_cpu,
     write_policy,
 )
@@ -83,7 +82,8 @@ from bench.simproc import SimFleet, raise_nofile  # noqa: E402
 from certmgr.db.engine import create_db_engine, session_scope  # noqa: E402
 from certmgr.db.models import AuditEvent, Deployment, Device  # noqa: E402
 from certmgr.phones.probe import probe_once  # noqa: E402
-from certmgr.simulator.fleet import fleet_addresses, port_free_on_all  # noqa: E402
+from certmgr.simulator.fleet import fleet_addresses  # noqa: E402
+from certmgr.simulator.ports import free_port, port_free_on_all  # noqa: E402
 from certmgr.wpi.codec import encode_dls  # noqa: E402
 from certmgr.wpi.contactme import build_contact_me  # noqa: E402
 from certmgr.wpi.messages import Action, DLSMessage, Item, cleanup_message  # noqa: E402

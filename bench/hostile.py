@@ -35,18 +35,13 @@ from pathlib import Path
 
 import httpx
 
+from certmgr.simulator.ports import free_port
 from certmgr.wpi.codec import encode_workpoint
 from certmgr.wpi.messages import Fragment, Item, Reason, WorkpointMessage
 
 REPO = Path(__file__).resolve().parent.parent
 PADDING = 60_000
 START_TIMEOUT_S = 120.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rss_mib(pid: int) -> float:

@@ -63,7 +63,6 @@ from bench.common import (  # noqa: E402
     ServeProcess,
     count_certs,
     count_verified,
-    free_port,
     tree_cpu_seconds,
     write_policy,
 )
@@ -74,7 +73,8 @@ from certmgr.db.engine import create_db_engine, session_scope  # noqa: E402
 from certmgr.db.models import AuditEvent, Certificate, Deployment, DeploymentState, Device  # noqa: E402
 from certmgr.deploy.records import interaction_lease  # noqa: E402
 from certmgr.settings import Settings  # noqa: E402
-from certmgr.simulator.fleet import fleet_addresses, port_free_on_all  # noqa: E402
+from certmgr.simulator.fleet import fleet_addresses  # noqa: E402
+from certmgr.simulator.ports import free_port, port_free_on_all  # noqa: E402
 
 BASE_IP = "127.210.0.1"
 MAC_START = 0xD00000

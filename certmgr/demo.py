@@ -46,8 +46,9 @@ from certmgr.runtime import Runtime, open_runtime
 from certmgr.serve import Role, build_listeners, run_forever
 from certmgr.settings import Settings
 from certmgr.simulator.faults import parse_fault_spec
-from certmgr.simulator.fleet import fleet_addresses, fleet_mac, port_free_on_all
+from certmgr.simulator.fleet import fleet_addresses, fleet_mac
 from certmgr.simulator.phone import PhoneConfig, SimPhone, new_nonce
+from certmgr.simulator.ports import port_free_on_all
 from certmgr.wpi.codec import encode_workpoint
 from certmgr.wpi.messages import Item, Reason, WorkpointMessage
 

@@ -20,7 +20,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -31,6 +30,8 @@ from types import TracebackType
 import psycopg
 from psycopg import sql
 from sqlalchemy import URL, make_url
+
+from certmgr.simulator.ports import free_port
 
 PG_USER = "postgres"
 START_TIMEOUT_S = 60
@@ -115,13 +116,6 @@ def find_pg_bin_dir() -> Path:
     return directory
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class PostgresServer:
     """A PostgreSQL cluster living in a temporary directory (or an external server, see module docs).
 
@@ -171,7 +165,7 @@ class PostgresServer:
             self._initdb()
             last_error = ""
             for _attempt in range(3):  # a free port can be taken between probing and binding
-                port = _free_port()
+                port = free_port()
                 ok, last_error = self._pg_ctl_start(port)
                 if ok:
                     self.port = port

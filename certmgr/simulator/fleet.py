@@ -13,7 +13,6 @@ import asyncio
 import ipaddress
 import json
 import re
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -240,27 +239,3 @@ class Fleet:
     def stats_json(self) -> str:
         """:meth:`summary` as indented JSON."""
         return json.dumps(self.summary(), indent=2, sort_keys=False)
-
-
-def port_free_on_all(hosts: Sequence[str], *, preferred: Sequence[int] = (), tries: int = 60) -> int:
-    """A TCP port that can be bound on every one of ``hosts`` (``preferred`` ones first; bounded tries): the
-    simulated phones of a fleet listen on the same port, each on its own loopback address.
-
-    Raises:
-        RuntimeError: if no such port turns up.
-    """
-    candidates: list[int] = list(preferred)
-    for _ in range(tries):
-        with socket.socket() as s:
-            s.bind((hosts[0], 0))
-            candidates.append(int(s.getsockname()[1]))
-    for port in candidates:
-        try:
-            for host in hosts:
-                with socket.socket() as s:
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    s.bind((host, port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError(f"no port free on all {len(hosts)} hosts")

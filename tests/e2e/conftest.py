@@ -34,8 +34,9 @@ from certmgr.db.models import AuditEvent, Certificate, Deployment, Device
 from certmgr.errors import DeploymentError
 from certmgr.phones.probe import probe_once
 from certmgr.simulator.faults import parse_fault_spec
-from certmgr.simulator.fleet import fleet_mac, port_free_on_all
+from certmgr.simulator.fleet import fleet_mac
 from certmgr.simulator.phone import PhoneConfig, SimPhone, alternate_ip, new_nonce
+from certmgr.simulator.ports import port_free_on_all
 from certmgr.wpi.codec import encode_workpoint
 from certmgr.wpi.messages import Item, Reason, WorkpointMessage
 from tests.conftest import REPO

@@ -12,8 +12,9 @@ from sqlmodel import col, select
 from certmgr.db.engine import session_scope
 from certmgr.db.models import CheckProbe, Deployment, DeploymentState, Device, DeviceStatus
 from certmgr.settings import Settings
-from certmgr.simulator.fleet import Fleet, port_free_on_all
-from tests.integration.fake_phone import Stack, address_block, free_port, wait_for
+from certmgr.simulator.fleet import Fleet
+from certmgr.simulator.ports import free_port, port_free_on_all
+from tests.integration.fake_phone import Stack, address_block, wait_for
 from tests.integration.test_wpi_server import _runtime
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import queue
 import signal
-import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -14,17 +13,11 @@ from typing import IO
 import httpx
 import pytest
 
+from certmgr.simulator.ports import free_port
 from tests.integration.test_cli_support import CERTMGR, cli_env
 
 START_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 30
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _pump(stream: IO[str], lines: queue.Queue[str | None]) -> None:
@@ -59,7 +52,7 @@ class Served:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[Served, int, Path]]:
-    api_port, wpi_port, poll_port = _free_port(), _free_port(), _free_port()
+    api_port, wpi_port, poll_port = free_port(), free_port(), free_port()
     data_dir = tmp_path / "var"
     env = cli_env(
         data_dir,

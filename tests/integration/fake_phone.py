@@ -33,6 +33,7 @@ from fastapi import FastAPI
 from certmgr.phones.hub import DeploymentHub
 from certmgr.pki.pkcs12 import open_pkcs12
 from certmgr.runtime import Runtime
+from certmgr.simulator.ports import free_port
 from certmgr.wpi.certjudge import format_certificate_info
 from certmgr.wpi.codec import encode_workpoint, parse_dls
 from certmgr.wpi.messages import Action, DLSMessage, Fragment, Item, Reason, ReplyStatus, WorkpointMessage
@@ -46,12 +47,6 @@ def address_block() -> int:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     n = int(worker[2:]) if worker[2:].isdigit() else 0
     return 100 + (n % 3) * 50 + next(_counter) % 50
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1) -> Any:

@@ -20,7 +20,7 @@ from certmgr.runtime import Runtime, open_runtime
 from certmgr.serve import API_TLS_DIR, api_tls_files, build_listeners, is_loopback
 from certmgr.serve import Role as ServeRole
 from certmgr.settings import Settings
-from certmgr.simulator.fleet import port_free_on_all
+from certmgr.simulator.ports import port_free_on_all
 from tests.conftest import T0
 
 

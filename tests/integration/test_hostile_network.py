@@ -33,9 +33,10 @@ from certmgr.deploy import queue
 from certmgr.inventory.enrollment import approve_device
 from certmgr.runtime import Runtime
 from certmgr.settings import Settings
+from certmgr.simulator.ports import free_port
 from certmgr.wpi.codec import parse_dls
 from certmgr.wpi.messages import Action, Fragment, Item, Reason, ReplyStatus, WorkpointMessage
-from tests.integration.fake_phone import Behaviour, FakePhone, Stack, address_block, free_port, wait_for
+from tests.integration.fake_phone import Behaviour, FakePhone, Stack, address_block, wait_for
 from tests.integration.test_wpi_server import _deployment, _runtime, _state
 
 pytestmark = pytest.mark.timeout(120)

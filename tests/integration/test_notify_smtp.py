@@ -28,6 +28,7 @@ from pydantic import SecretStr
 from certmgr.clock import ManualClock
 from certmgr.notify import Notification, SmtpNotifier, send_test
 from certmgr.settings import Settings
+from certmgr.simulator.ports import free_port
 from tests.conftest import T0
 from tests.integration.test_notify_webhook import Hook, _handler
 
@@ -56,17 +57,11 @@ def _authenticator(server: Any, session: Any, envelope: Any, mechanism: str, dat
     return AuthResult(success=ok, handled=False)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _start(make: Callable[[int], Controller]) -> Controller:
     """Start a controller on a free port; retry a few times if another process grabbed the port meanwhile."""
     last: Exception | None = None
     for _ in range(5):
-        controller = make(_free_port())
+        controller = make(free_port())
         try:
             controller.start()
         except (OSError, RuntimeError) as exc:

@@ -139,7 +139,8 @@ def test_expiry_notification_is_sent_once(runtime: Runtime, clock: ManualClock, 
 
 def test_probe_sweep_flags_drift_and_renewal_reissues(runtime: Runtime, clock: ManualClock) -> None:
     from certmgr.renewal.service import reconcile_renewals
-    from tests.integration.fake_phone import _self_signed, _Wbm, address_block, free_port
+    from certmgr.simulator.ports import free_port
+    from tests.integration.fake_phone import _self_signed, _Wbm, address_block
 
     block = address_block()
     host = f"127.0.{block}.1"

@@ -27,7 +27,7 @@ from certmgr.inventory.enrollment import approve_device
 from certmgr.pki.types import Pkcs12Profile
 from certmgr.runtime import Runtime, open_runtime
 from certmgr.settings import Settings
-from certmgr.simulator.fleet import port_free_on_all
+from certmgr.simulator.ports import free_port, port_free_on_all
 from certmgr.wpi.messages import Action, Reason, WorkpointMessage
 from tests.conftest import REPO
 from tests.integration.fake_phone import (
@@ -36,7 +36,6 @@ from tests.integration.fake_phone import (
     FakePhone,
     Stack,
     address_block,
-    free_port,
     wait_for,
 )
 
