@@ -19,6 +19,10 @@ a year of issuance, so a few hundred fall into the spread horizon) on SQLite and
   generation, signing, sealing, one transaction per phone with the deployment), RSA-2048 vs EC-P256.
 
     .venv/bin/python bench/renewal.py [--fleet 100000] [--small 20000] [--due 1000] [--rsa-due 200] [--no-pg]
+                                      [--all-due]
+
+``--all-due`` makes every certificate of the planned fleet due at once (a mass enrollment a year ago, or a CA
+rotation): the first pass can then drop nothing and the planner decides every row.
 """
 
 from __future__ import annotations
@@ -203,10 +207,11 @@ def run_backend(name: str, url_factory: Callable[[], str | None], args: argparse
         clock = ManualClock(SystemClock().now())
         rt = _runtime(root / "plan", url_factory(), "rsa-2048", clock)
         try:
-            t, _ = _timed(lambda: seed(rt, 0, args.small, args.due))
+            due = args.fleet if args.all_due else args.due
+            t, _ = _timed(lambda: seed(rt, 0, args.small, due))
             print(f"{name}: seeded {args.small} phones in {t:.1f} s")
             measure(rt, f"{name} plan {args.small}")
-            t, _ = _timed(lambda: seed(rt, args.small, args.fleet, args.due))
+            t, _ = _timed(lambda: seed(rt, args.small, args.fleet, due))
             print(f"{name}: seeded {args.fleet - args.small} more in {t:.1f} s")
             measure(rt, f"{name} plan {args.fleet}")
         finally:
@@ -222,6 +227,9 @@ def main() -> None:
     parser.add_argument("--due", type=int, default=1000)
     parser.add_argument("--rsa-due", type=int, default=200)
     parser.add_argument("--no-pg", action="store_true")
+    parser.add_argument(
+        "--all-due", action="store_true", help="every certificate of the planned fleet due at once (mass enrollment)"
+    )
     args = parser.parse_args()
     run_backend("sqlite", lambda: None, args)
     if not args.no_pg:

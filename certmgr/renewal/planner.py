@@ -285,11 +285,10 @@ def spread(plans: Sequence[RenewalPlan], per_hour_limit: int, now: datetime) -> 
         raise ValueError("per_hour_limit must be at least 1")
     now = ensure_utc(now)
     slots = _HourSlots(per_hour_limit)
-    openings = _Openings()
     result: list[RenewalPlan] = []
     for plan in sorted(plans, key=_urgency):
         desired = max(plan.due_at, now)
-        placed = _place(plan, desired, slots, openings) if desired < plan.latest else None
+        placed = _place(plan, desired, slots) if desired < plan.latest else None
         if placed is None:
             slots.take(_hour_index(desired))
             result.append(replace(plan, due_at=desired, over_limit=True, in_window=window_open(plan.windows, desired)))
@@ -298,31 +297,7 @@ def spread(plans: Sequence[RenewalPlan], per_hour_limit: int, now: datetime) -> 
     return result
 
 
-class _Openings:
-    """Memoised :func:`next_window_start` for one :func:`spread` call.
-
-    Many plans share windows and hit the same full hours, so the same searches repeat. Each search looks a
-    fixed horizon ahead (weekly windows open at least once in it) and is cached by (windows, start); the
-    caller compares the result with its own ``latest``. A search that finds nothing in the horizon is redone
-    with the caller's limit.
-    """
-
-    HORIZON = timedelta(days=8)
-
-    def __init__(self) -> None:
-        self._cache: dict[tuple[tuple[MaintenanceWindow, ...], datetime], datetime | None] = {}
-
-    def next(self, windows: tuple[MaintenanceWindow, ...], at: datetime, limit: datetime) -> datetime | None:
-        key = (windows, at)
-        if key not in self._cache:
-            self._cache[key] = next_window_start(windows, at, at + self.HORIZON)
-        found = self._cache[key]
-        if found is None:
-            return next_window_start(windows, at + self.HORIZON, limit) if at + self.HORIZON < limit else None
-        return found if found < limit else None
-
-
-def _place(plan: RenewalPlan, desired: datetime, slots: _HourSlots, openings: _Openings) -> datetime | None:
+def _place(plan: RenewalPlan, desired: datetime, slots: _HourSlots) -> datetime | None:
     """Earliest time ``>= desired`` and ``< plan.latest`` in an hour with room and an open window; or None.
 
     Every loop step moves ``candidate`` forward by at least the rest of a full hour or to the next window
@@ -337,7 +312,7 @@ def _place(plan: RenewalPlan, desired: datetime, slots: _HourSlots, openings: _O
             if candidate >= plan.latest:
                 return None
         if windows and not window_open(windows, candidate):
-            opening = openings.next(windows, candidate, plan.latest)
+            opening = next_window_start(windows, candidate, plan.latest)
             if opening is None:
                 return None
             candidate = opening

@@ -144,3 +144,20 @@ def test_first_pass_keeps_only_a_few_rows(runtime: Runtime) -> None:
     dropped = plain - set(flat)
     assert len(dropped) > len(plain) // 2  # most plain certificates are not due within two days
     assert 4 + 1 not in flat  # a phone pending approval is not scanned at all
+
+
+def test_load_current_reads_exactly_the_rows_asked_for(runtime: Runtime) -> None:
+    """The second pass reads a dense id set as a range and a sparse one as a list: both give exactly those rows."""
+    _seed(runtime)
+    with session_scope(runtime.engine) as s:
+        with_cert = set(
+            s.execute(select(col(Device.id)).where(col(Device.current_certificate_id).is_not(None))).scalars()
+        )
+        dense = [i for i in range(1, 201) if i != 5 and i % 50 != 0]  # 5: pending approval, never scanned
+        sparse = dense[::7]
+        dense_rows = service.load_current(s, dense)
+        sparse_rows = service.load_current(s, sparse)
+    assert [r.device_id for r in dense_rows] == sorted(set(dense) & with_cert)
+    assert sparse_rows == [r for r in dense_rows if r.device_id in set(sparse)]
+    # Rows in the range that were not asked for (they have a certificate too) are left out.
+    assert {5, 50} <= with_cert

@@ -11,6 +11,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from certmgr.policy.windows import (
+    SEARCH_AHEAD,
     MaintenanceWindow,
     format_days,
     next_window_start,
@@ -180,6 +181,16 @@ def test_spring_forward_window_inside_the_gap_waits_a_week() -> None:
     start = next_window_start([w], utc(2026, 3, 28, 12, 0), utc(2026, 4, 30))
     assert start == berlin(2026, 4, 5, 2, 0) == utc(2026, 4, 5, 0, 0)
     assert next_window_start([w], utc(2026, 3, 28, 12, 0), utc(2026, 4, 5)) is None
+
+
+def test_an_opening_further_than_one_memoised_search_is_still_found() -> None:
+    # From Monday noon the skipped Sunday 02-03 does not open; the next one is 12.5 days on, past SEARCH_AHEAD.
+    w = window("sun", "02-03")
+    at = utc(2026, 3, 23, 12, 0)
+    assert utc(2026, 4, 5) - at > SEARCH_AHEAD
+    assert next_window_start([w], at, utc(2026, 4, 30)) == utc(2026, 4, 5, 0, 0)
+    assert next_window_start([w], at, utc(2026, 4, 5)) is None
+    assert next_window_start([w], at + timedelta(minutes=7), utc(2026, 4, 30)) == utc(2026, 4, 5, 0, 0)
 
 
 def test_spring_forward_overnight_window_is_shorter() -> None:
