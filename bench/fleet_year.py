@@ -257,7 +257,7 @@ class Counters:
     """What one night (or the whole case) saw."""
 
     issued: int = 0  # renewal-reconcile issuances (every reason)
-    scheduled: int = 0  # ... of which scheduled (renewal, CA rotation, policy change: held by the hourly limit)
+    scheduled: int = 0  # ... of which scheduled (not immediate: held by the hourly limit, or past it by urgency)
     delivered: int = 0  # successors verified
     waiting: int = 0  # at the window's close: due (renewal time reached, or CA rotated), no verified successor
     deferred: int = 0  # ... of which no successor was issued yet (held back by the rate limit and the spread)
@@ -298,7 +298,8 @@ class Results:
     certificates_issued: int = 0
     deliveries: int = 0
     contacts_outside_window: int = 0  # contact-me sent while the phone's maintenance window was shut (target 0)
-    max_limited_per_hour: int = 0  # most scheduled issuances (not immediate) in the hour up to a renewal run
+    max_limited_per_hour: int = 0  # most issuances under the hourly budget in the hour up to a renewal run
+    over_limit: int = 0  # scheduled issuances past the budget (no hour with room before their latest time)
     limit_per_hour: int = 0  # renewal_max_per_hour
     renewed: int = 0  # phones with a successor verified since the case started (at the end)
 
@@ -452,8 +453,6 @@ class ModelSweep(ProbeSweep):
 RENEWAL, DISPATCH, SWEEP, OFFLINE, ONLINE, MOVE, RESET, CALLBACK, WINDOW_CLOSE = range(9)
 #: Regular renewal runs happen at this minute of the hour (see :meth:`Simulation._next_regular`).
 RUN_MINUTE = 56
-#: Issue reasons the hourly budget holds back (the planner's scheduled ones; the immediate triggers exceed it).
-LIMITED_REASONS = frozenset({IssueReason.RENEWAL.value, IssueReason.CA_ROTATION.value, IssueReason.POLICY_CHANGE.value})
 
 
 class Simulation:
@@ -735,8 +734,9 @@ class Simulation:
         budgeted = sum(c for why, c in report.reasons.items() if why != IssueReason.ENROLLMENT.value)
         if budgeted:
             self._budget.append((now, budgeted))
-        limited = sum(c for why, c in report.reasons.items() if why in LIMITED_REASONS)
-        night.scheduled += limited
+        limited = report.issued_within_budget
+        night.scheduled += limited + report.issued_over_limit
+        self.results.over_limit += report.issued_over_limit
         if limited:
             self._limited.append((now, limited))
             while self._limited[0][0] <= now - timedelta(hours=1):  # the service's window: created_at > now - 1 h
@@ -1230,8 +1230,9 @@ def summary(run: CaseRun, backend: str) -> list[str]:
         share = n.issued / n.capacity if n.capacity else float("nan")
         lines.append(
             f"  busiest window: night {key.isoformat()} issued {n.issued} of a capacity of {n.capacity} "
-            f"({share:.0%}; the hourly limit {r.limit_per_hour}/h over the window); most scheduled issuances in "
-            f"one rolling hour {r.max_limited_per_hour} (limit {r.limit_per_hour}); contact-me outside the window "
+            f"({share:.0%}; the hourly limit {r.limit_per_hour}/h over the window); most issuances under the budget in "
+            f"one rolling hour {r.max_limited_per_hour} (limit {r.limit_per_hour}; past it by urgency: {r.over_limit});"
+            " contact-me outside the window "
             f"{r.contacts_outside_window}"
         )
     if r.name != "year":

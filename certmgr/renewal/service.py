@@ -464,6 +464,15 @@ class RenewalReport:
     deferred_by_limit: int = 0
     failed: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
+    #: Of ``issued``: immediate ones (expired, or an immediate trigger), which the hourly budget does not hold back,
+    #: and scheduled ones issued past the budget because no hour with room was left before their latest time.
+    issued_immediate: int = 0
+    issued_over_limit: int = 0
+
+    @property
+    def issued_within_budget(self) -> int:
+        """Issued under the hourly budget: what ``renewal_max_per_hour`` bounds."""
+        return len(self.issued) - self.issued_immediate - self.issued_over_limit
 
 
 def _active_issuing_ca(session: Session) -> str | None:
@@ -635,7 +644,7 @@ def plan_fleet(runtime: Runtime, now: datetime) -> tuple[list[Candidate], Renewa
         if cand is None or plan.due_at > now:
             continue
         if plan.over_limit or plan.expired:
-            chosen.append(cand)
+            chosen.append(replace(cand, plan=plan))  # urgency wins over the limit (see spread)
         elif budget > 0:
             budget -= 1
             chosen.append(cand)
@@ -727,6 +736,10 @@ def reconcile_renewals(runtime: Runtime, now: datetime) -> RenewalReport:
             continue
         if _record(runtime, cand, built, now):
             report.issued.append(cand.mac)
+            if cand.immediate:
+                report.issued_immediate += 1
+            elif cand.plan.over_limit or cand.plan.expired:
+                report.issued_over_limit += 1
             why = cand.issue_reason.value
             report.reasons[why] = report.reasons.get(why, 0) + 1
         else:

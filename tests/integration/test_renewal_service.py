@@ -137,7 +137,9 @@ def test_hourly_and_per_run_limits(settings: Settings, clock: ManualClock, tmp_p
         clock.advance(timedelta(days=21, minutes=30))
         per_run: list[int] = []
         for _ in range(40):  # 40 runs, 5 minutes apart
-            per_run.append(len(reconcile_renewals(rt, clock.now()).issued))
+            report = reconcile_renewals(rt, clock.now())
+            per_run.append(len(report.issued))
+            assert report.issued_within_budget == len(report.issued)  # scheduled, under the budget
             clock.advance(timedelta(minutes=5))
         assert max(per_run) <= 2
         renewed = _certs(rt, IssueReason.RENEWAL)
@@ -164,6 +166,8 @@ def test_catch_up_after_ten_days_down_in_one_run_most_urgent_first(
         report = run_job(rt, spec)
         assert report is not None
         assert report.issued == [mac_of(n) for n in order]  # type: ignore[attr-defined]
+        assert report.issued_immediate == len(order)  # type: ignore[attr-defined]
+        assert report.issued_within_budget == 0  # type: ignore[attr-defined]
         reissued = [e.subject_id for e in _events(rt, "certificate.reissue")]
         assert reissued == [mac_of(n) for n in order]
         assert run_job(rt, spec).issued == []  # type: ignore[attr-defined]
