@@ -102,9 +102,6 @@ class CheckProbe(StrEnum):
     UNREACHABLE = "unreachable"
 
 
-# --- tables -----------------------------------------------------------------------------------------------
-
-
 __all__ = [
     "CARole",
     "CertificateStatus",

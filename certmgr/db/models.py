@@ -350,32 +350,6 @@ class ConsoleJob(SQLModel, table=True):
 
 
 __all__ = [
-    "NAMING_CONVENTION",
-    "ApiToken",
-    "AuditCheckpoint",
-    "AuditEvent",
-    "AuditHead",
-    "CARecord",
-    "CARole",
-    "Certificate",
-    "CertificateStatus",
-    "CheckInfo",
-    "CheckProbe",
-    "CheckReply",
-    "ConsoleJob",
-    "ConsoleSession",
-    "Deployment",
-    "DeploymentState",
-    "Device",
-    "DeviceStatus",
-    "Enrollment",
-    "IssueReason",
-    "ProfileMemory",
-    "VerifyFailure",
-]
-
-
-__all__ = [
     "BIG_ID",
     "HEX_SHA256",
     "NAME_LEN",

@@ -336,16 +336,18 @@ def load_current(session: Session, device_ids: Sequence[int]) -> list[CurrentRow
     if not device_ids:
         return []
     lo, hi = min(device_ids), max(device_ids)
-    query = select(*_COLUMNS).join(Certificate, col(Certificate.id) == col(Device.current_certificate_id))
-    if len(device_ids) * 2 < hi - lo + 1:
-        rows = session.execute(query.where(col(Device.id).in_(list(device_ids))).order_by(col(Device.id))).all()
-        return [_current_row(r) for r in rows]
-    # Most of an id range (every row due: mass enrollment, CA rotation): a range read and a filter here, not an
-    # IN list of thousands of parameters, whose statement the driver re-parses each time (on PostgreSQL that
+    # Most of an id range (every row due: mass enrollment, CA rotation) is read as the range and filtered here, not
+    # as an IN list of thousands of parameters, whose statement the driver re-parses each time (on PostgreSQL that
     # parsing cost more than the read).
-    wanted = set(device_ids)
-    rows = session.execute(query.where(col(Device.id).between(lo, hi)).order_by(col(Device.id))).all()
-    return [_current_row(r) for r in rows if r[0] in wanted]
+    dense = len(device_ids) * 2 >= hi - lo + 1
+    wanted = set(device_ids) if dense else None
+    rows = session.execute(
+        select(*_COLUMNS)
+        .join(Certificate, col(Certificate.id) == col(Device.current_certificate_id))
+        .where(col(Device.id).between(lo, hi) if dense else col(Device.id).in_(list(device_ids)))
+        .order_by(col(Device.id))
+    ).all()
+    return [_current_row(r) for r in rows if wanted is None or r[0] in wanted]
 
 
 # --- decisions ---------------------------------------------------------------------------------------------
@@ -738,7 +740,7 @@ def reconcile_renewals(runtime: Runtime, now: datetime) -> RenewalReport:
             report.issued.append(cand.mac)
             if cand.immediate:
                 report.issued_immediate += 1
-            elif cand.plan.over_limit or cand.plan.expired:
+            elif cand.plan.over_limit:  # (an expired plan is immediate)
                 report.issued_over_limit += 1
             why = cand.issue_reason.value
             report.reasons[why] = report.reasons.get(why, 0) + 1

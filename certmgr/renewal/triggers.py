@@ -262,6 +262,20 @@ def _names(values: Iterable[object]) -> list[str]:
     return sorted(str(v) for v in values)
 
 
+def renewal_input(cert: CertFacts, device: DeviceFacts, policy: PolicyFacts) -> RenewalInput:
+    """The planner's view of ``cert`` under ``policy``'s ``[renewal]`` and ``[[windows]]``."""
+    return RenewalInput(
+        cert_id=cert.cert_id,
+        device_key=device.mac,
+        not_before=cert.not_before,
+        not_after=cert.not_after,
+        renew_before=policy.renew_before,
+        renew_at_fraction=policy.renew_at_fraction,
+        jitter=policy.jitter,
+        windows=policy.windows,
+    )
+
+
 def reissue_reasons(
     cert: CertFacts,
     device: DeviceFacts,
@@ -320,19 +334,7 @@ def reissue_reasons(
         reasons.append(Reason(Trigger.DRIFT, "the phone does not serve the certificate certmgr deployed (drift)"))
     if device.manual:
         reasons.append(Reason(Trigger.MANUAL, "an operator requested a new certificate"))
-    plan = plan or plan_renewal(
-        RenewalInput(
-            cert_id=cert.cert_id,
-            device_key=device.mac,
-            not_before=cert.not_before,
-            not_after=cert.not_after,
-            renew_before=policy.renew_before,
-            renew_at_fraction=policy.renew_at_fraction,
-            jitter=policy.jitter,
-            windows=policy.windows,
-        ),
-        now,
-    )
+    plan = plan or plan_renewal(renewal_input(cert, device, policy), now)
     if plan.due_at <= now:
         what = (
             f"certificate expired at {cert.not_after.isoformat()}"

@@ -271,21 +271,10 @@ def test_facts_from_database_rows_and_a_real_policy() -> None:
 @pytest.mark.parametrize("days", [10, 380, 398])
 def test_a_plan_made_by_the_caller_gives_the_same_reasons(days: int) -> None:
     """``decide`` hands its plan over instead of having the row planned twice; the answer is the same."""
-    from certmgr.renewal.planner import RenewalInput, plan_renewal
+    from certmgr.renewal.planner import plan_renewal
+    from certmgr.renewal.triggers import renewal_input
 
     now = NB + timedelta(days=days)
-    plan = plan_renewal(
-        RenewalInput(
-            cert_id=CERT.cert_id,
-            device_key=MAC,
-            not_before=CERT.not_before,
-            not_after=CERT.not_after,
-            renew_before=POLICY.renew_before,
-            renew_at_fraction=POLICY.renew_at_fraction,
-            jitter=POLICY.jitter,
-            windows=POLICY.windows,
-        ),
-        now,
-    )
+    plan = plan_renewal(renewal_input(CERT, DEVICE, POLICY), now)
     for ca in (CA, "cd" * 32):
         assert reissue_reasons(CERT, DEVICE, POLICY, ca, now, plan) == reissue_reasons(CERT, DEVICE, POLICY, ca, now)
