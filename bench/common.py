@@ -14,12 +14,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
-from sqlalchemy import func
+from sqlalchemy import func, text
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
 from certmgr.db.engine import session_scope
-from certmgr.db.models import Certificate, Deployment, DeploymentState
+from certmgr.db.models import Certificate, Deployment, DeploymentState, Enrollment
 
 REPO = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -38,6 +38,19 @@ def write_policy(policy_dir: Path, *, closed: bool) -> Path:
     text = (REPO / "policies" / "default.toml").read_text()
     (policy_dir / "default.toml").write_text(text + (closed_window() if closed else ""))
     return policy_dir
+
+
+#: The floor of a renewal run's scan: the database visits every approved phone's current certificate once (the
+#: join the first pass runs over) and returns one number — no expression, no row leaves the database.
+FLOOR_SCAN_SQL = (
+    "SELECT count(*) FROM device d JOIN certificate c ON c.id = d.current_certificate_id WHERE d.enrollment = :approved"
+)
+
+
+def floor_scan(engine: Engine) -> int:
+    """One floor scan (:data:`FLOOR_SCAN_SQL`); returns the rows visited."""
+    with session_scope(engine) as s:
+        return int(s.execute(text(FLOOR_SCAN_SQL), {"approved": Enrollment.APPROVED.value}).scalar_one())
 
 
 def count_certs(engine: Engine) -> int:

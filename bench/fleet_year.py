@@ -38,7 +38,8 @@ Cases: **year** (phones with certificates issued uniformly over the year before;
 phone enrolled in one night; the run starts shortly before their renewal is due) and **rotation** (the CA is
 replaced; every certificate is reissued). Each prints a line per night and a summary; then a floor: the bare
 rows the renewals need (certificate and deployment inserts, their updates, the device update; one transaction
-per renewal) and the bare scan of each renewal run (:data:`certmgr.renewal.service.PREFILTER_SQL`), measured in
+per renewal) and the floor scan of each renewal run (:data:`bench.common.FLOOR_SCAN_SQL`: the database visits every
+row the first pass runs over, once), measured in
 the same database, and the ratio.
 """
 
@@ -75,6 +76,7 @@ from sqlmodel import col
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import floor_scan as common_floor_scan  # noqa: E402
 from certmgr.clock import ManualClock  # noqa: E402
 from certmgr.db.deployments import UNFINISHED_STATES  # noqa: E402
 from certmgr.db.engine import session_scope  # noqa: E402
@@ -103,7 +105,7 @@ from certmgr.pki.ca import load_ca_definition  # noqa: E402
 from certmgr.pki.pkcs12 import open_pkcs12  # noqa: E402
 from certmgr.policy.windows import window_open  # noqa: E402
 from certmgr.renewal.planner import RenewalInput, base_time  # noqa: E402
-from certmgr.renewal.service import PREFILTER_BATCH_FACTOR, PREFILTER_SQL, RenewalReport, reconcile_renewals  # noqa: E402
+from certmgr.renewal.service import RenewalReport, reconcile_renewals  # noqa: E402
 from certmgr.runtime import Runtime, open_runtime  # noqa: E402
 from certmgr.settings import Settings  # noqa: E402
 from certmgr.wpi import interaction as wi  # noqa: E402
@@ -290,7 +292,8 @@ class Results:
     wall_s: float = 0.0
     seed_s: float = 0.0
     timers: dict[str, float] = field(default_factory=dict)
-    rss_mib: list[tuple[int, float]] = field(default_factory=list)  # (night number, RSS MiB)
+    # (night number, RSS MiB, Python's allocated memory blocks): blocks flat while RSS grows points below Python
+    rss_mib: list[tuple[int, float, int]] = field(default_factory=list)
     db_expired: int = 0  # expired before a verified successor, from the database's own records
     db_current_expired: int = 0
     done_at: datetime | None = None
@@ -469,8 +472,10 @@ class Simulation:
         renewal_every: timedelta = timedelta(minutes=60),
         quiet: bool = False,
         out: Callable[[str], None] = print,
+        rss_every: int = 50,
     ) -> None:
         self.rt = rt
+        self.rss_every = rss_every
         self.clock = clock
         self.faults = faults
         self.rng = random.Random(seed)
@@ -912,8 +917,8 @@ class Simulation:
         night.renewed = self.renewed
         night.waiting_offline = sum(1 for p in self.phones if p.gen == 0 and not p.online) if self.renewed else 0
         self._nights_seen += 1
-        if self._nights_seen % 50 == 0:
-            self.results.rss_mib.append((self._nights_seen, rss_mib()))
+        if self._nights_seen % self.rss_every == 0:
+            self.results.rss_mib.append((self._nights_seen, rss_mib(), sys.getallocatedblocks()))
         if not self.quiet:
             self.out(self.night_line(self.night_of(now - timedelta(hours=1)), night))
         return self._stop_when is not None and self._stop_when()
@@ -1016,24 +1021,10 @@ def _sql(rt: Runtime, statement: str) -> str:
 
 
 def floor_scan(rt: Runtime) -> float:
-    """One bare keyset scan of the renewal first pass's rows (same query, cursor and batches), no per-row work."""
-    batch = rt.settings.renewal_scan_batch * PREFILTER_BATCH_FACTOR
+    """One floor scan of a renewal run (:data:`bench.common.FLOOR_SCAN_SQL`: the database visits every row the first
+    pass runs over, once). Returns seconds."""
     t0 = time.perf_counter()
-    with session_scope(rt.engine) as s:
-        connection = s.connection()
-        cursor = connection.connection.cursor()
-        try:
-            after = 0
-            while True:
-                cursor.execute(
-                    PREFILTER_SQL[_dialect(rt)], {"after": after, "approved": Enrollment.APPROVED.value, "limit": batch}
-                )
-                got = cursor.fetchall()
-                if len(got) < batch:
-                    break
-                after = got[-1][0]
-        finally:
-            cursor.close()
+    common_floor_scan(rt.engine)
     return time.perf_counter() - t0
 
 
@@ -1136,6 +1127,7 @@ class Options:
     quiet: bool = False
     stress_days: int = 60  # a stress case gives up after this many days
     floor_sample: int = 5000
+    rss_every: int = 50  # nights between RSS samples
     settings: dict[str, Any] = field(default_factory=dict)  # overrides (the tests' shorter sweep)
 
 
@@ -1175,7 +1167,7 @@ def run_case(
         del births
         sim = Simulation(
             rt, clock, name, faults=opts.faults, seed=opts.seed + 1, renewal_every=opts.renewal_every,
-            quiet=opts.quiet, out=out,
+            quiet=opts.quiet, out=out, rss_every=opts.rss_every,
         )  # fmt: skip
         sim.add_phones(specs)
         del specs
@@ -1251,11 +1243,15 @@ def summary(run: CaseRun, backend: str) -> list[str]:
     certmgr_s = sum(v for k, v in r.timers.items() if not k.startswith("bench."))
     parts = ", ".join(f"{k} {v:.1f}" for k, v in sorted(r.timers.items(), key=lambda kv: -kv[1]))
     lines.append(f"  time in certmgr's functions {certmgr_s:.1f} s of {r.wall_s:.1f} s: {parts}")
-    lines.append(f"  RSS every 50 nights (MiB): {[round(m) for _n, m in r.rss_mib]}; peak RSS {peak_rss_mib():.0f} MiB")
+    lines.append(
+        "  RSS (MiB) / Python blocks (thousands) at nights "
+        f"{[n for n, _m, _b in r.rss_mib]}: "
+        f"{[f'{m:.0f}/{b // 1000}' for _n, m, b in r.rss_mib]}; peak RSS {peak_rss_mib():.0f} MiB"
+    )
     if fl is not None:
         total = fl.total(r.renewal_runs, r.certificates_issued)
         lines.append(
-            f"  floor: bare scan {fl.scan_s * 1000:.0f} ms x {r.renewal_runs} runs + bare rows "
+            f"  floor: floor scan {fl.scan_s * 1000:.0f} ms x {r.renewal_runs} runs + bare rows "
             f"{fl.rows_s * 1000:.2f} ms x {r.certificates_issued} renewals (sampled {fl.sample}) = {total:.1f} s; "
             f"ratio certmgr / floor {certmgr_s / total if total else float('nan'):.1f}"
         )
@@ -1287,6 +1283,7 @@ def main() -> int:
     parser.add_argument("--rsa", action="store_true", help="RSA-2048 phone keys and the repository's RSA CA")
     parser.add_argument("--no-faults", action="store_true")
     parser.add_argument("--quiet", action="store_true", help="no line per night")
+    parser.add_argument("--rss-every", type=int, default=50, help="nights between RSS samples")
     parser.add_argument("--profile", type=Path, help="write a cProfile of the first case here")
     parser.add_argument(
         "--scale-limits",
@@ -1307,6 +1304,7 @@ def main() -> int:
         renewal_every=timedelta(minutes=args.renewal_every),
         faults=Faults.none() if args.no_faults else Faults(),
         quiet=args.quiet,
+        rss_every=args.rss_every,
         settings=scaled_limits(args.phones) if args.scale_limits else {},
     )
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]

@@ -5,13 +5,12 @@ Seeds N phones with a current certificate each (SQLAlchemy Core ``executemany``,
 a year of issuance, so a few hundred fall into the spread horizon) on SQLite and on a throwaway PostgreSQL
 (:mod:`tests.pg`). Then, per backend and fleet size:
 
-* **floor** — the bare keyset scan of the first pass's rows and columns through the raw DBAPI cursor
-  (:data:`certmgr.renewal.service.PREFILTER_SQL`, ``fetchall`` per batch) with no per-row work: what reading the
-  fleet costs at least;
+* **floor** — the database visiting every approved phone's current certificate once and returning one count
+  (:data:`bench.common.FLOOR_SCAN_SQL`): what any scan of the fleet costs at least;
 * **orm scan** — the same fleet read as full planner rows through SQLAlchemy
   (:func:`certmgr.renewal.service.scan_current`): the previous floor, for comparison;
-* **plan** — :func:`certmgr.renewal.service.plan_fleet`: the first pass (raw cursor, date filter with per-policy
-  cached values), the full planner rows of the few phones left, reissue triggers, the planner and
+* **plan** — :func:`certmgr.renewal.service.plan_fleet`: the first pass (the date and trigger test in the
+  database, only the kept ids returned), the full planner rows of the few phones left, reissue triggers, the planner and
   :func:`~certmgr.renewal.planner.spread`; ratio = plan / floor;
 * peak Python memory of each (tracemalloc, in a separate pass so it does not slow the timed one), at two fleet
   sizes to show it stays flat;
@@ -44,14 +43,13 @@ from sqlmodel import col
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import floor_scan as common_floor_scan  # noqa: E402
 from certmgr.clock import ManualClock, SystemClock  # noqa: E402
 from certmgr.db.engine import session_scope  # noqa: E402
 from certmgr.db.models import CARecord, CARole, Certificate, Device, Enrollment, IssueReason  # noqa: E402
 from certmgr.policy.windows import MaintenanceWindow  # noqa: E402
 from certmgr.renewal.planner import RenewalInput, plan_renewal, spread  # noqa: E402
 from certmgr.renewal.service import (  # noqa: E402
-    PREFILTER_BATCH_FACTOR,
-    PREFILTER_SQL,
     plan_fleet,
     reconcile_renewals,
     scan_current,
@@ -153,24 +151,8 @@ def orm_scan(rt: Runtime) -> int:
 
 
 def floor_scan(rt: Runtime) -> int:
-    """The bare keyset scan of the first pass (same query, same cursor, same batches), no per-row work."""
-    rows = 0
-    batch = rt.settings.renewal_scan_batch * PREFILTER_BATCH_FACTOR
-    with session_scope(rt.engine) as s:
-        connection = s.connection()
-        sql = PREFILTER_SQL["postgresql" if connection.dialect.name == "postgresql" else "sqlite"]
-        cursor = connection.connection.cursor()
-        try:
-            after = 0
-            while True:
-                cursor.execute(sql, {"after": after, "approved": Enrollment.APPROVED.value, "limit": batch})
-                got = cursor.fetchall()
-                rows += len(got)
-                if len(got) < batch:
-                    return rows
-                after = got[-1][0]
-        finally:
-            cursor.close()
+    """The floor: the database visits every row the first pass runs over, once (:data:`bench.common.FLOOR_SCAN_SQL`)."""
+    return common_floor_scan(rt.engine)
 
 
 def measure(rt: Runtime, label: str) -> None:

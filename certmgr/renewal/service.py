@@ -2,18 +2,19 @@
 
 One run (:func:`reconcile_renewals`):
 
-1. **Scan** every approved phone's *current* certificate (``device.current_certificate_id``) in keyset batches
-   of ``renewal_scan_batch`` rows, in two passes (never the PEM or the sealed key, never the whole fleet in
-   memory):
+1. **Scan** every approved phone's *current* certificate (``device.current_certificate_id``) in keyset batches,
+   in two passes (never the PEM or the sealed key, never the whole fleet in memory):
 
-   a. the **first pass** (:func:`scan_first_pass`) reads small rows through the raw DBAPI cursor — no ORM, no
-      SQLAlchemy type processing: validity as epoch seconds computed by the database (``julianday`` on SQLite,
-      ``extract(epoch …)`` on PostgreSQL), JSON columns as text — and drops every row that is *plain* (nothing
+   a. the **first pass** (:func:`scan_first_pass`, :data:`FIRST_PASS_BATCH` rows per statement) runs in the
+      database (:func:`first_pass_sql`) and returns only device ids: it drops every row that is *plain* (nothing
       but the date can fire: not revoked, issued by the active CA under the phone's current policy digest,
       SANs exactly the phone's IP, no drift, no operator request) and whose base renewal time
-      (:func:`~certmgr.renewal.planner.base_time`, computed from per-policy cached values) lies after the
-      horizon. That is sound because a plan is never due before its base time (jitter and windows only delay).
-   b. the **second pass** loads the full planner columns of the few rows left (:func:`load_current`).
+      (:func:`~certmgr.renewal.planner.base_time`, from the policy's values bound as a ``VALUES`` table and the
+      validity as epoch seconds computed by the database: ``julianday`` on SQLite, ``extract(epoch …)`` on
+      PostgreSQL) lies after the horizon. That is sound because a plan is never due before its base time
+      (jitter and windows only delay); a NULL anywhere in the test keeps the row.
+   b. the **second pass** loads the full planner columns of the few rows left (:func:`load_current`) in groups
+      of ``renewal_scan_batch``.
 2. **Decide** for each row of the second pass with the pure core: :func:`~certmgr.renewal.triggers.reissue_reasons`
    (revocation, CA rotation, policy change, address change, drift, manual request, renewal due) with the
    planner's due time (:func:`~certmgr.renewal.planner.plan_renewal`). Only plans due within
@@ -47,14 +48,14 @@ at the next policy change or renewal, not when the number changes.
 
 from __future__ import annotations
 
-import ipaddress
+import json
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Text, cast, func, select, text
 from sqlmodel import Session, col
 
 from certmgr.audit.log import append_event
@@ -72,8 +73,8 @@ from certmgr.db.models import (
     IssueReason,
 )
 from certmgr.deploy.queue import issue_and_queue
-from certmgr.errors import CertmgrError, InputError, NotFoundError
-from certmgr.identity import DeviceIdentity, normalize_mac
+from certmgr.errors import CertmgrError, NotFoundError
+from certmgr.identity import DeviceIdentity, ip_address, normalize_mac
 from certmgr.inventory.phones import identity_of, phone_policy, policy_for
 from certmgr.issuance.service import BuiltCertificate, build_certificate
 from certmgr.pki.keys import PrivateKey, key_type_of
@@ -105,7 +106,7 @@ _COLUMNS = (
     col(Device.id),
     col(Device.mac),
     col(Device.ip),
-    col(Device.dns_names),
+    cast(col(Device.dns_names), Text),  # JSON lists as their text: see _json_strings
     col(Device.drift),
     col(Device.policy_name),
     col(Device.e164),
@@ -116,7 +117,7 @@ _COLUMNS = (
     col(Certificate.serial),
     col(Certificate.not_before),
     col(Certificate.not_after),
-    col(Certificate.sans),
+    cast(col(Certificate.sans), Text),
     col(Certificate.subject),
     col(Certificate.key_type),
     col(Certificate.issuer_fingerprint),
@@ -165,11 +166,22 @@ class CurrentRow:
         return identity_of(self)
 
 
+def _json_strings(text_: str | None) -> tuple[str, ...]:
+    """A stored JSON list of strings. The shapes nearly every row has — ``[]`` and one string without escapes
+    (``["IP:10.1.2.3"]``) — are read without the JSON decoder (which was an eighth of planning a whole fleet);
+    anything else goes through it."""
+    if not text_ or text_ == "[]":
+        return ()
+    if text_.startswith('["') and text_.endswith('"]') and '"' not in text_[2:-2] and "\\" not in text_:
+        return (text_[2:-2],)
+    return tuple(json.loads(text_))
+
+
 def _current_row(r: Any) -> CurrentRow:
     values = list(r)
-    values[3] = tuple(values[3] or ())
+    values[3] = _json_strings(values[3])
     values[4] = bool(values[4])
-    values[14] = tuple(values[14] or ())
+    values[14] = _json_strings(values[14])
     values[20] = str(values[20])
     return CurrentRow(*values)
 
@@ -195,15 +207,15 @@ def scan_current(session: Session, batch: int) -> Iterator[list[CurrentRow]]:
             return
 
 
-#: The first pass reads ``renewal_scan_batch`` times this many rows per batch (its rows are small).
-PREFILTER_BATCH_FACTOR = 5
+#: The first pass reads this many rows of the fleet per statement (only the ids it keeps leave the database).
+FIRST_PASS_BATCH = 10_000
 #: Slack (seconds) on the first pass's horizon test: the epoch arithmetic is floating point.
 _FIRST_PASS_SLACK_S = 1.0
 
 
 @dataclass(frozen=True)
 class _PolicyDates:
-    """What the first pass needs of one policy (cached per run)."""
+    """What the first pass needs of one policy."""
 
     digest: str
     renew_before_s: float | None
@@ -221,24 +233,87 @@ def _policy_dates(policy: Policy) -> _PolicyDates:
     )
 
 
-#: The first pass's query per dialect: epoch seconds computed by the database (SQLite stores the UTC wall time as
-#: text, PostgreSQL ``timestamptz``), JSON columns as text, driver parameter style.
-_PREFILTER_SQLITE = (
-    "SELECT d.id, d.mac, d.ip, d.dns_names, d.drift, d.policy_name, "
-    "(julianday(c.not_before) - 2440587.5) * 86400.0, (julianday(c.not_after) - 2440587.5) * 86400.0, "
-    "c.sans, c.issuer_fingerprint, c.policy_name, c.policy_digest, c.status, c.revoked_at IS NULL "
-    "FROM device d JOIN certificate c ON c.id = d.current_certificate_id "
-    "WHERE d.id > :after AND d.enrollment = :approved ORDER BY d.id LIMIT :limit"
+#: Per dialect: validity as epoch seconds computed by the database (SQLite stores the UTC wall time as text,
+#: PostgreSQL ``timestamptz``) and a JSON column as its text.
+_EPOCH = {
+    "sqlite": "((julianday({}) - 2440587.5) * 86400.0)",
+    "postgresql": "extract(epoch from {})::float8",
+}
+_JSON_TEXT = {"sqlite": "{}", "postgresql": "{}::text"}
+
+
+def _dialect(session: Session) -> str:
+    return "postgresql" if session.connection().dialect.name == "postgresql" else "sqlite"
+
+
+_SCAN_STATEMENT = (
+    "{with_policies}SELECT d.id FROM device d JOIN certificate c ON c.id = d.current_certificate_id {join}"
+    "WHERE d.id > :after AND d.id <= :upto AND d.enrollment = :approved {keep}ORDER BY d.id"
 )
-_PREFILTER_POSTGRES = (
-    "SELECT d.id, d.mac, d.ip, d.dns_names::text, d.drift, d.policy_name, "
-    "extract(epoch from c.not_before)::float8, extract(epoch from c.not_after)::float8, "
-    "c.sans::text, c.issuer_fingerprint, c.policy_name, c.policy_digest, c.status, c.revoked_at IS NULL "
-    "FROM device d JOIN certificate c ON c.id = d.current_certificate_id "
-    "WHERE d.id > %(after)s AND d.enrollment = %(approved)s ORDER BY d.id LIMIT %(limit)s"
+
+
+def first_pass_sql(dialect: str, policies: int, issuer: bool, manual: int) -> str:
+    """The first pass's statement (step 1a of the module docstring) for ``policies`` date-only policies (bound as
+    ``n0, g0, r0, f0`` …: name, digest, renew-before seconds or NULL, lifetime fraction), with the active issuing
+    CA's fingerprint bound as ``issuer`` when there is one, and ``manual`` device ids bound as ``m0`` … that are
+    always kept. Other parameters: ``after`` and ``upto`` (the id range), ``approved``, ``revoked``, ``limit_s``
+    (the horizon in epoch seconds). Yields the ids that need the full check.
+
+    A row is dropped only when it is *plain* — nothing but its date can fire — and its base renewal time lies after
+    the horizon; any NULL in the test (a policy that is gone or not date-only, a column missing) keeps the row.
+    """
+    epoch, as_text = _EPOCH[dialect], _JSON_TEXT[dialect]
+    nb, na = epoch.format("c.not_before"), epoch.format("c.not_after")
+    life = f"({na} - {nb})"
+    if policies:
+        rows = ", ".join(
+            f"(CAST(:n{i} AS TEXT), CAST(:g{i} AS TEXT), CAST(:r{i} AS DOUBLE PRECISION), "
+            f"CAST(:f{i} AS DOUBLE PRECISION))"
+            for i in range(policies)
+        )
+        with_policies = f"WITH p(name, digest, rb, frac) AS (VALUES {rows}) "
+        join = "LEFT JOIN p ON p.name = d.policy_name "
+        plain = " AND ".join(
+            [
+                "NOT d.drift",
+                "c.revoked_at IS NULL",
+                "c.status <> :revoked",
+                *(["c.issuer_fingerprint = :issuer"] if issuer else []),
+                "c.policy_name = d.policy_name",
+                "c.policy_digest = p.digest",
+                "d.ip IS NOT NULL",
+                f"{as_text.format('d.dns_names')} = '[]'",
+                f"{as_text.format('c.sans')} = '[\"IP:' || d.ip || '\"]'",
+                *([f"d.id NOT IN ({', '.join(f':m{i}' for i in range(manual))})"] if manual else []),
+                f"{life} > 0",
+                f"(CASE WHEN p.rb IS NOT NULL AND p.rb < {life} THEN {na} - p.rb ELSE {nb} + {life} * p.frac END)"
+                " > :limit_s",
+            ]
+        )
+        keep = f"AND CASE WHEN {plain} THEN 0 ELSE 1 END = 1 "
+    else:
+        with_policies = join = keep = ""  # no date-only policy: every row needs the full check
+    # Only fixed fragments and placeholder names are composed here; every value is a bound parameter.
+    return _SCAN_STATEMENT.format(with_policies=with_policies, join=join, keep=keep)
+
+
+#: The keyset step of the first pass: how many approved phones with a current certificate lie in the next batch,
+#: and the last id of it.
+_BATCH_BOUNDS = (
+    "SELECT count(*), max(s.id) FROM (SELECT d.id FROM device d JOIN certificate c ON c.id = d.current_certificate_id "
+    "WHERE d.id > :after AND d.enrollment = :approved ORDER BY d.id LIMIT :limit) s"
 )
-#: Dialect name → the first pass's query (parameters ``after``, ``approved``, ``limit``).
-PREFILTER_SQL: Mapping[str, str] = {"sqlite": _PREFILTER_SQLITE, "postgresql": _PREFILTER_POSTGRES}
+
+
+def _manual_ids(session: Session, macs: Collection[str]) -> list[int]:
+    """Device ids of the phones with an open operator request, sorted (at most :data:`MANUAL_LOOKBACK`)."""
+    found: list[int] = []
+    names = sorted(macs)
+    for start in range(0, len(names), 500):
+        found += session.execute(
+            select(col(Device.id)).where(col(Device.mac).in_(names[start : start + 500]))
+        ).scalars()
+    return sorted(found)
 
 
 def scan_first_pass(
@@ -249,72 +324,42 @@ def scan_first_pass(
     manual: Mapping[str, datetime],
     batch: int,
 ) -> Iterator[tuple[int, list[int]]]:
-    """The first pass of the scan (step 1a of the module docstring): yields, per keyset batch, the number of rows
-    read and the device ids that need the full check (second pass). Raw DBAPI cursor on the session's
-    connection; a row is dropped only when nothing but its date can fire and its base renewal time is after
-    ``horizon``.
+    """The first pass of the scan (step 1a of the module docstring): yields, per keyset batch of ``batch`` rows,
+    the number of rows read and the device ids that need the full check (second pass). The test runs in the
+    database (:func:`first_pass_sql`): only the kept ids leave it.
 
     Raises:
         DatabaseError: if the database cannot be reached.
     """
-    connection = session.connection()
-    sql = PREFILTER_SQL["postgresql" if connection.dialect.name == "postgresql" else "sqlite"]
-    limit_s = horizon.timestamp() + _FIRST_PASS_SLACK_S
-    dates: dict[str, _PolicyDates | None] = {}
-
-    def policy_dates(name: str) -> _PolicyDates | None:
-        if name not in dates:
-            try:
-                dates[name] = _policy_dates(runtime.policies.get(name))
-            except InputError:
-                dates[name] = None  # a policy removed since: the full check selects one
-        return dates[name]
-
-    revoked = CertificateStatus.REVOKED.value
+    dialect = _dialect(session)
+    eligible = [(p.name, d) for p in runtime.policies for d in [_policy_dates(p)] if d.date_only]
+    params: dict[str, Any] = {
+        "approved": Enrollment.APPROVED.value,
+        "revoked": CertificateStatus.REVOKED.value,
+        "limit_s": horizon.timestamp() + _FIRST_PASS_SLACK_S,
+        "issuer": issuing_ca,
+    }
+    for i, (name, dates) in enumerate(eligible):
+        params |= {f"n{i}": name, f"g{i}": dates.digest, f"r{i}": dates.renew_before_s, f"f{i}": dates.fraction}
+    manual_ids = _manual_ids(session, manual.keys())
     after = 0
-    cursor = connection.connection.cursor()
-    try:
-        while True:
-            cursor.execute(sql, {"after": after, "approved": Enrollment.APPROVED.value, "limit": batch})
-            rows = cursor.fetchall()
-            if not rows:
-                return
-            full: list[int] = []
-            for (device_id, mac, ip, dns, drift, device_policy, not_before, not_after, sans, issuer, cert_policy,
-                 cert_digest, status, not_revoked) in rows:  # fmt: skip
-                pol = policy_dates(device_policy) if device_policy is not None else None
-                if (
-                    pol is None
-                    or not pol.date_only
-                    or drift
-                    or not not_revoked
-                    or status == revoked
-                    or (issuing_ca is not None and issuer != issuing_ca)
-                    or cert_policy != device_policy
-                    or cert_digest != pol.digest
-                    or ip is None
-                    or dns != "[]"
-                    or sans != f'["IP:{ip}"]'
-                    or mac in manual
-                ):
-                    full.append(device_id)  # something besides the date may fire: the full check decides
-                    continue
-                lifetime = not_after - not_before
-                if lifetime <= 0:
-                    full.append(device_id)  # inconsistent dates: the full check reports them
-                    continue
-                if pol.renew_before_s is not None and pol.renew_before_s < lifetime:
-                    base = not_after - pol.renew_before_s
-                else:
-                    base = not_before + lifetime * pol.fraction
-                if base <= limit_s:
-                    full.append(device_id)
-            yield len(rows), full
-            after = rows[-1][0]
-            if len(rows) < batch:
-                return
-    finally:
-        cursor.close()
+    while True:
+        count, upto = session.execute(
+            text(_BATCH_BOUNDS), {"after": after, "approved": params["approved"], "limit": batch}
+        ).one()
+        if not count:
+            return
+        here = [i for i in manual_ids if after < i <= upto]
+        sql = first_pass_sql(dialect, len(eligible), issuing_ca is not None, len(here))
+        ids = list(
+            session.execute(
+                text(sql), params | {"after": after, "upto": upto} | {f"m{i}": m for i, m in enumerate(here)}
+            ).scalars()
+        )
+        yield int(count), ids
+        after = int(upto)
+        if count < batch:
+            return
 
 
 def _regroup(first_pass: Iterator[tuple[int, list[int]]], size: int) -> Iterator[tuple[int, list[int]]]:
@@ -446,7 +491,7 @@ def decide(
     )
     device = DeviceFacts(
         mac=row.mac,
-        ips=(ipaddress.ip_address(row.ip),) if row.ip else (),
+        ips=(ip_address(row.ip),) if row.ip else (),
         dns_names=tuple(n.lower() for n in row.dns_names),
         drift=row.drift,
         manual=manual,
@@ -581,9 +626,7 @@ def plan_fleet(runtime: Runtime, now: datetime) -> tuple[list[Candidate], Renewa
     with session_scope(runtime.engine) as session:
         issuing = _active_issuing_ca(session)
         manual = _manual_requests(session)
-        first = scan_first_pass(
-            session, runtime, horizon, issuing, manual, settings.renewal_scan_batch * PREFILTER_BATCH_FACTOR
-        )
+        first = scan_first_pass(session, runtime, horizon, issuing, manual, FIRST_PASS_BATCH)
         for read, ids in _regroup(first, settings.renewal_scan_batch):
             report.scanned += read
             batch = load_current(session, ids)
@@ -773,13 +816,14 @@ def request_renewal(session: Session, mac: str, now: datetime, actor: str, note:
 
 
 __all__ = [
+    "FIRST_PASS_BATCH",
     "IMMEDIATE",
-    "PREFILTER_SQL",
     "RENEWAL_REQUESTED",
     "Candidate",
     "CurrentRow",
     "RenewalReport",
     "decide",
+    "first_pass_sql",
     "issued_in_last_hour",
     "load_current",
     "plan_fleet",

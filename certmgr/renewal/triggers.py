@@ -30,7 +30,7 @@ unchanged, a difference in SANs can only come from the phone, so it is reported 
 
 from __future__ import annotations
 
-import ipaddress
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -38,7 +38,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from certmgr.clock import ensure_utc
-from certmgr.identity import DeviceIdentity, IPAddress
+from certmgr.identity import DeviceIdentity, IPAddress, ip_address
 from certmgr.pki.ca import CLOCK_SKEW_BACKDATE
 from certmgr.pki.types import KeyType
 from certmgr.policy.model import Policy
@@ -168,12 +168,12 @@ class CertFacts:
             revoked=str(row.status) == "revoked" or row.revoked_at is not None,
         )
 
-    @property
+    @functools.cached_property
     def ip_sans(self) -> frozenset[IPAddress]:
-        """The IP address SANs."""
-        return frozenset(ipaddress.ip_address(s[3:]) for s in self.sans if s.upper().startswith("IP:"))
+        """The IP address SANs (parsed once per instance: the triggers read them more than once)."""
+        return frozenset(ip_address(s[3:]) for s in self.sans if s.upper().startswith("IP:"))
 
-    @property
+    @functools.cached_property
     def dns_sans(self) -> frozenset[str]:
         """The DNS SANs, lower-cased."""
         return frozenset(s[4:].lower() for s in self.sans if s.upper().startswith("DNS:"))
@@ -198,7 +198,7 @@ class DeviceFacts:
         """
         return cls(
             mac=row.mac,
-            ips=(ipaddress.ip_address(row.ip),) if row.ip else (),
+            ips=(ip_address(row.ip),) if row.ip else (),
             dns_names=tuple(name.lower() for name in row.dns_names),
             drift=row.drift,
             manual=manual,

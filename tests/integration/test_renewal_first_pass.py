@@ -1,6 +1,6 @@
-"""The renewal scan's first pass (raw DBAPI cursor, date filter) on SQLite and PostgreSQL: it drops only rows the
-full check would drop too, so :func:`~certmgr.renewal.service.plan_fleet` decides exactly as it would if every
-row took the full check — over a fleet with every trigger and every date situation."""
+"""The renewal scan's first pass (the date and trigger test run in the database) on SQLite and PostgreSQL: it drops
+only rows the full check would drop too, so :func:`~certmgr.renewal.service.plan_fleet` decides exactly as it
+would if every row took the full check — over a fleet with every trigger and every date situation."""
 
 from __future__ import annotations
 
@@ -161,3 +161,31 @@ def test_load_current_reads_exactly_the_rows_asked_for(runtime: Runtime) -> None
     assert sparse_rows == [r for r in dense_rows if r.device_id in set(sparse)]
     # Rows in the range that were not asked for (they have a certificate too) are left out.
     assert {5, 50} <= with_cert
+
+
+def test_first_pass_batches_and_operator_requests(runtime: Runtime) -> None:
+    """Any keyset batch size reads every approved row once and keeps the same ids; a phone with an operator's
+    request is kept whatever its dates, in whichever batch its id falls."""
+    _seed(runtime)
+    now = runtime.clock.now()
+    requested = {f"00:1A:E8:77:{n // 256:02X}:{n % 256:02X}": now for n in (0, 14, 199, 399)}  # plain rows
+    with session_scope(runtime.engine) as s:  # a plain phone whose certificate has no lifetime, starting in 10 days
+        later = now + timedelta(days=10)
+        s.execute(text("UPDATE certificate SET not_before = :t, not_after = :t WHERE id = 21"), {"t": later})
+    with session_scope(runtime.engine) as s:
+        issuing = s.execute(
+            select(col(CARecord.fingerprint_sha256)).where(col(CARecord.role) == CARole.ISSUING.value)
+        ).scalar_one()
+        horizon = now + timedelta(hours=48)
+        without = [i for _r, ids in service.scan_first_pass(s, runtime, horizon, issuing, {}, batch=1000) for i in ids]
+        runs = {
+            batch: list(service.scan_first_pass(s, runtime, horizon, issuing, requested, batch=batch))
+            for batch in (1, 37, 50, 1000)
+        }
+    approved = N - len(range(4, N, 20))
+    expected = sorted(set(without) | {1, 15, 200, 400})
+    assert not {1, 15, 200, 400} <= set(without)  # some of them would have been dropped without the request
+    assert 21 in without  # inconsistent dates: the full check reports them
+    for batch, run in runs.items():
+        assert sum(read for read, _ids in run) == approved, batch
+        assert [i for _r, ids in run for i in ids] == expected, batch

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import string
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from certmgr.errors import InputError
 from certmgr.identity import (
     DeviceIdentity,
+    ip_address,
     mac_token,
     normalize_mac,
     parse_ip,
@@ -101,3 +103,26 @@ def test_device_identity_create_rejects_each_invalid_field(field: str, value: ob
     kwargs: dict[str, object] = {"mac": "001ae8123456", "ips": ["10.0.0.5"], field: value}
     with pytest.raises(InputError):
         DeviceIdentity.create(**kwargs)  # type: ignore[arg-type]
+
+
+_ODD_ADDRESSES = ["010.0.0.1", "1.2.3", "1.2.3.04", "256.1.1.1", " 1.2.3.4", "1.2.3.4 ", "", "abc", "1.2.3.4\x00",
+                  "::1", "::ffff:1.2.3.4", "0.0.0.0", "255.255.255.255", "1.2.3.4/32", "0x1.2.3.4"]  # fmt: skip
+
+
+def _outcome(parse: Callable[[str], object], value: str) -> object:
+    try:
+        return parse(value)
+    except ValueError:
+        return ValueError
+
+
+@pytest.mark.parametrize("value", _ODD_ADDRESSES)
+def test_fast_ip_address_agrees_with_ipaddress_on_odd_input(value: str) -> None:
+    expected, got = _outcome(ipaddress.ip_address, value), _outcome(ip_address, value)
+    assert got == expected
+    assert type(got) is type(expected)
+
+
+@given(st.one_of(st.ip_addresses().map(str), st.text(alphabet="0123456789.:x ", max_size=20)))
+def test_fast_ip_address_agrees_with_ipaddress(value: str) -> None:
+    assert _outcome(ip_address, value) == _outcome(ipaddress.ip_address, value)
