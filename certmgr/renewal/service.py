@@ -55,7 +55,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Text, cast, func, select, text
+from sqlalchemy import Text, bindparam, cast, func, select, text
 from sqlmodel import Session, col
 
 from certmgr.audit.log import append_event
@@ -72,6 +72,7 @@ from certmgr.db.models import (
     Enrollment,
     IssueReason,
 )
+from certmgr.db.types import UTCDateTime
 from certmgr.deploy.queue import issue_and_queue
 from certmgr.errors import CertmgrError, NotFoundError
 from certmgr.identity import DeviceIdentity, ip_address, normalize_mac
@@ -240,6 +241,8 @@ _EPOCH = {
     "postgresql": "extract(epoch from {})::float8",
 }
 _JSON_TEXT = {"sqlite": "{}", "postgresql": "{}::text"}
+#: A bound timestamp in a VALUES row (SQLite: the column's text representation as bound, PostgreSQL: typed).
+_TIME_PARAM = {"sqlite": ":{}", "postgresql": "CAST(:{} AS TIMESTAMP WITH TIME ZONE)"}
 
 
 def _dialect(session: Session) -> str:
@@ -254,24 +257,28 @@ _SCAN_STATEMENT = (
 
 def first_pass_sql(dialect: str, policies: int, issuer: bool, manual: int) -> str:
     """The first pass's statement (step 1a of the module docstring) for ``policies`` date-only policies (bound as
-    ``n0, g0, r0, f0`` …: name, digest, renew-before seconds or NULL, lifetime fraction), with the active issuing
-    CA's fingerprint bound as ``issuer`` when there is one, and ``manual`` device ids bound as ``m0`` … that are
-    always kept. Other parameters: ``after`` and ``upto`` (the id range), ``approved``, ``revoked``, ``limit_s``
-    (the horizon in epoch seconds). Yields the ids that need the full check.
+    ``n0, g0, t0, f0`` …: name, digest, the ``not_after`` threshold of a renew-before policy or NULL, the lifetime
+    fraction), with the active issuing CA's fingerprint bound as ``issuer`` when there is one, and ``manual``
+    device ids bound as ``m0`` … that are always kept. Other parameters: ``after`` and ``upto`` (the id range),
+    ``approved``, ``revoked``, ``limit_s`` (the horizon in epoch seconds). Yields the ids that need the full check.
 
     A row is dropped only when it is *plain* — nothing but its date can fire — and its base renewal time lies after
     the horizon; any NULL in the test (a policy that is gone or not date-only, a column missing) keeps the row.
+
+    The date test of a renew-before policy compares ``not_after`` with ``horizon + renew_before`` in the column's
+    own representation (no date arithmetic per row; :func:`first_pass_thresholds`): if ``not_after`` lies beyond
+    it, the base time lies beyond the horizon whichever rule applies — ``not_after - renew_before`` when the
+    lifetime is longer than ``renew_before``, and otherwise a time at or after ``not_before``, which is then at
+    least ``not_after - renew_before``. A fraction policy computes its base time from epoch seconds.
     """
-    epoch, as_text = _EPOCH[dialect], _JSON_TEXT[dialect]
+    epoch, as_text, as_time = _EPOCH[dialect], _JSON_TEXT[dialect], _TIME_PARAM[dialect]
     nb, na = epoch.format("c.not_before"), epoch.format("c.not_after")
-    life = f"({na} - {nb})"
     if policies:
         rows = ", ".join(
-            f"(CAST(:n{i} AS TEXT), CAST(:g{i} AS TEXT), CAST(:r{i} AS DOUBLE PRECISION), "
-            f"CAST(:f{i} AS DOUBLE PRECISION))"
+            f"(CAST(:n{i} AS TEXT), CAST(:g{i} AS TEXT), {as_time.format(f't{i}')}, CAST(:f{i} AS DOUBLE PRECISION))"
             for i in range(policies)
         )
-        with_policies = f"WITH p(name, digest, rb, frac) AS (VALUES {rows}) "
+        with_policies = f"WITH p(name, digest, t, frac) AS (VALUES {rows}) "
         join = "LEFT JOIN p ON p.name = d.policy_name "
         plain = " AND ".join(
             [
@@ -285,9 +292,8 @@ def first_pass_sql(dialect: str, policies: int, issuer: bool, manual: int) -> st
                 f"{as_text.format('d.dns_names')} = '[]'",
                 f"{as_text.format('c.sans')} = '[\"IP:' || d.ip || '\"]'",
                 *([f"d.id NOT IN ({', '.join(f':m{i}' for i in range(manual))})"] if manual else []),
-                f"{life} > 0",
-                f"(CASE WHEN p.rb IS NOT NULL AND p.rb < {life} THEN {na} - p.rb ELSE {nb} + {life} * p.frac END)"
-                " > :limit_s",
+                "c.not_after > c.not_before",
+                f"(c.not_after > p.t OR (p.t IS NULL AND {nb} + ({na} - {nb}) * p.frac > :limit_s))",
             ]
         )
         keep = f"AND CASE WHEN {plain} THEN 0 ELSE 1 END = 1 "
@@ -295,6 +301,15 @@ def first_pass_sql(dialect: str, policies: int, issuer: bool, manual: int) -> st
         with_policies = join = keep = ""  # no date-only policy: every row needs the full check
     # Only fixed fragments and placeholder names are composed here; every value is a bound parameter.
     return _SCAN_STATEMENT.format(with_policies=with_policies, join=join, keep=keep)
+
+
+def first_pass_thresholds(policies: Sequence[_PolicyDates], horizon: datetime) -> list[datetime | None]:
+    """Per date-only policy of :func:`first_pass_sql`: the ``not_after`` beyond which a plain row of a
+    renew-before policy is dropped (the horizon plus ``renew_before`` and the slack), None for a fraction policy."""
+    slack = timedelta(seconds=_FIRST_PASS_SLACK_S)
+    return [
+        None if d.renew_before_s is None else horizon + timedelta(seconds=d.renew_before_s) + slack for d in policies
+    ]
 
 
 #: The keyset step of the first pass: how many approved phones with a current certificate lie in the next batch,
@@ -339,8 +354,10 @@ def scan_first_pass(
         "limit_s": horizon.timestamp() + _FIRST_PASS_SLACK_S,
         "issuer": issuing_ca,
     }
-    for i, (name, dates) in enumerate(eligible):
-        params |= {f"n{i}": name, f"g{i}": dates.digest, f"r{i}": dates.renew_before_s, f"f{i}": dates.fraction}
+    thresholds = first_pass_thresholds([d for _name, d in eligible], horizon)
+    for i, ((name, dates), threshold) in enumerate(zip(eligible, thresholds, strict=True)):
+        params |= {f"n{i}": name, f"g{i}": dates.digest, f"t{i}": threshold, f"f{i}": dates.fraction}
+    times = [bindparam(f"t{i}", type_=UTCDateTime()) for i in range(len(eligible))]
     manual_ids = _manual_ids(session, manual.keys())
     after = 0
     while True:
@@ -353,7 +370,8 @@ def scan_first_pass(
         sql = first_pass_sql(dialect, len(eligible), issuing_ca is not None, len(here))
         ids = list(
             session.execute(
-                text(sql), params | {"after": after, "upto": upto} | {f"m{i}": m for i, m in enumerate(here)}
+                text(sql).bindparams(*times),
+                params | {"after": after, "upto": upto} | {f"m{i}": m for i, m in enumerate(here)},
             ).scalars()
         )
         yield int(count), ids
