@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import base64
 import cProfile
+import ctypes
 import gc
 import hashlib
 import heapq
@@ -61,7 +62,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -292,8 +293,9 @@ class Results:
     wall_s: float = 0.0
     seed_s: float = 0.0
     timers: dict[str, float] = field(default_factory=dict)
-    # (night number, RSS MiB, Python's allocated memory blocks): blocks flat while RSS grows points below Python
-    rss_mib: list[tuple[int, float, int]] = field(default_factory=list)
+    # (night number, RSS MiB, RSS after malloc_trim, Python's allocated memory blocks): blocks flat while RSS grows
+    # points below Python; RSS that malloc_trim takes back was free memory the allocator kept
+    rss_mib: list[tuple[int, float, float | None, int]] = field(default_factory=list)
     db_expired: int = 0  # expired before a verified successor, from the database's own records
     db_current_expired: int = 0
     done_at: datetime | None = None
@@ -319,6 +321,14 @@ def rss_mib() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def trimmed_rss_mib() -> float:
+    """RSS after glibc's ``malloc_trim(0)`` hands the heap's free pages back to the system: what is still resident
+    is in use (RSS that drops here was freed memory the allocator kept). Plain RSS where there is no glibc."""
+    with suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return rss_mib()
 
 
 def peak_rss_mib() -> float:
@@ -473,9 +483,11 @@ class Simulation:
         quiet: bool = False,
         out: Callable[[str], None] = print,
         rss_every: int = 50,
+        malloc_trim: bool = False,
     ) -> None:
         self.rt = rt
         self.rss_every = rss_every
+        self.malloc_trim = malloc_trim
         self.clock = clock
         self.faults = faults
         self.rng = random.Random(seed)
@@ -918,7 +930,8 @@ class Simulation:
         night.waiting_offline = sum(1 for p in self.phones if p.gen == 0 and not p.online) if self.renewed else 0
         self._nights_seen += 1
         if self._nights_seen % self.rss_every == 0:
-            self.results.rss_mib.append((self._nights_seen, rss_mib(), sys.getallocatedblocks()))
+            trimmed = trimmed_rss_mib() if self.malloc_trim else None
+            self.results.rss_mib.append((self._nights_seen, rss_mib(), trimmed, sys.getallocatedblocks()))
         if not self.quiet:
             self.out(self.night_line(self.night_of(now - timedelta(hours=1)), night))
         return self._stop_when is not None and self._stop_when()
@@ -1128,6 +1141,7 @@ class Options:
     stress_days: int = 60  # a stress case gives up after this many days
     floor_sample: int = 5000
     rss_every: int = 50  # nights between RSS samples
+    malloc_trim: bool = False  # at each RSS sample, also the RSS after malloc_trim (changes what follows)
     settings: dict[str, Any] = field(default_factory=dict)  # overrides (the tests' shorter sweep)
 
 
@@ -1167,7 +1181,7 @@ def run_case(
         del births
         sim = Simulation(
             rt, clock, name, faults=opts.faults, seed=opts.seed + 1, renewal_every=opts.renewal_every,
-            quiet=opts.quiet, out=out, rss_every=opts.rss_every,
+            quiet=opts.quiet, out=out, rss_every=opts.rss_every, malloc_trim=opts.malloc_trim,
         )  # fmt: skip
         sim.add_phones(specs)
         del specs
@@ -1196,6 +1210,10 @@ def run_case(
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def _mib(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def summary(run: CaseRun, backend: str) -> list[str]:
@@ -1244,9 +1262,10 @@ def summary(run: CaseRun, backend: str) -> list[str]:
     parts = ", ".join(f"{k} {v:.1f}" for k, v in sorted(r.timers.items(), key=lambda kv: -kv[1]))
     lines.append(f"  time in certmgr's functions {certmgr_s:.1f} s of {r.wall_s:.1f} s: {parts}")
     lines.append(
-        "  RSS (MiB) / Python blocks (thousands) at nights "
-        f"{[n for n, _m, _b in r.rss_mib]}: "
-        f"{[f'{m:.0f}/{b // 1000}' for _n, m, b in r.rss_mib]}; peak RSS {peak_rss_mib():.0f} MiB"
+        "  RSS (MiB) / after malloc_trim (MiB, with --malloc-trim) / Python blocks (thousands) at nights "
+        f"{[n for n, _m, _t, _b in r.rss_mib]}: "
+        f"{[f'{m:.0f}/{_mib(t)}/{b // 1000}' for _n, m, t, b in r.rss_mib]}; "
+        f"peak RSS {peak_rss_mib():.0f} MiB"
     )
     if fl is not None:
         total = fl.total(r.renewal_runs, r.certificates_issued)
@@ -1284,6 +1303,11 @@ def main() -> int:
     parser.add_argument("--no-faults", action="store_true")
     parser.add_argument("--quiet", action="store_true", help="no line per night")
     parser.add_argument("--rss-every", type=int, default=50, help="nights between RSS samples")
+    parser.add_argument(
+        "--malloc-trim",
+        action="store_true",
+        help="at each RSS sample also print the RSS after glibc's malloc_trim (what is in use; changes later RSS)",
+    )
     parser.add_argument("--profile", type=Path, help="write a cProfile of the first case here")
     parser.add_argument(
         "--scale-limits",
@@ -1305,6 +1329,7 @@ def main() -> int:
         faults=Faults.none() if args.no_faults else Faults(),
         quiet=args.quiet,
         rss_every=args.rss_every,
+        malloc_trim=args.malloc_trim,
         settings=scaled_limits(args.phones) if args.scale_limits else {},
     )
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
