@@ -2,17 +2,16 @@
 
 One run (:func:`reconcile_renewals`):
 
-1. **Scan** every approved phone's *current* certificate (``device.current_certificate_id``) in keyset batches,
-   in two passes (never the PEM or the sealed key, never the whole fleet in memory):
+1. **Scan** every approved phone's *current* certificate (``device.current_certificate_id``) in two passes (never
+   the PEM or the sealed key, never the whole fleet's rows in memory):
 
-   a. the **first pass** (:func:`scan_first_pass`, :data:`FIRST_PASS_BATCH` rows per statement) runs in the
-      database (:func:`first_pass_sql`) and returns only device ids: it drops every row that is *plain* (nothing
-      but the date can fire: not revoked, issued by the active CA under the phone's current policy digest,
-      SANs exactly the phone's IP, no drift, no operator request) and whose base renewal time
-      (:func:`~certmgr.renewal.planner.base_time`, from the policy's values bound as a ``VALUES`` table and the
-      validity as epoch seconds computed by the database: ``julianday`` on SQLite, ``extract(epoch …)`` on
-      PostgreSQL) lies after the horizon. That is sound because a plan is never due before its base time
-      (jitter and windows only delay); a NULL anywhere in the test keeps the row.
+   a. the **first pass** (:func:`scan_first_pass`) is one statement run by the database (:func:`first_pass_sql`)
+      whose result — device ids only — is handed on in parts of :data:`FIRST_PASS_BATCH`: it drops every row that
+      is *plain* (nothing but the date can fire: not revoked, issued by the active CA under the phone's current
+      policy digest, SANs exactly the phone's IP, no drift, no operator request) and whose base renewal time
+      (:func:`~certmgr.renewal.planner.base_time`; the policies' values bound as a ``VALUES`` table) lies after
+      the horizon. That is sound because a plan is never due before its base time (jitter and windows only
+      delay); a NULL anywhere in the test keeps the row.
    b. the **second pass** loads the full planner columns of the few rows left (:func:`load_current`) in groups
       of ``renewal_scan_batch``.
 2. **Decide** for each row of the second pass with the pure core: :func:`~certmgr.renewal.triggers.reissue_reasons`
@@ -208,7 +207,7 @@ def scan_current(session: Session, batch: int) -> Iterator[list[CurrentRow]]:
             return
 
 
-#: The first pass reads this many rows of the fleet per statement (only the ids it keeps leave the database).
+#: The first pass hands its kept ids on in parts of this many.
 FIRST_PASS_BATCH = 10_000
 #: Slack (seconds) on the first pass's horizon test: the epoch arithmetic is floating point.
 _FIRST_PASS_SLACK_S = 1.0
@@ -251,7 +250,7 @@ def _dialect(session: Session) -> str:
 
 _SCAN_STATEMENT = (
     "{with_policies}SELECT d.id FROM device d JOIN certificate c ON c.id = d.current_certificate_id {join}"
-    "WHERE d.id > :after AND d.id <= :upto AND d.enrollment = :approved {keep}ORDER BY d.id"
+    "WHERE d.enrollment = :approved {keep}ORDER BY d.id"
 )
 
 
@@ -259,8 +258,8 @@ def first_pass_sql(dialect: str, policies: int, issuer: bool, manual: int) -> st
     """The first pass's statement (step 1a of the module docstring) for ``policies`` date-only policies (bound as
     ``n0, g0, t0, f0`` …: name, digest, the ``not_after`` threshold of a renew-before policy or NULL, the lifetime
     fraction), with the active issuing CA's fingerprint bound as ``issuer`` when there is one, and ``manual``
-    device ids bound as ``m0`` … that are always kept. Other parameters: ``after`` and ``upto`` (the id range),
-    ``approved``, ``revoked``, ``limit_s`` (the horizon in epoch seconds). Yields the ids that need the full check.
+    device ids bound as ``m0`` … that are always kept. Other parameters: ``approved``, ``revoked``, ``limit_s``
+    (the horizon in epoch seconds). Selects the ids that need the full check, in id order.
 
     A row is dropped only when it is *plain* — nothing but its date can fire — and its base renewal time lies after
     the horizon; any NULL in the test (a policy that is gone or not date-only, a column missing) keeps the row.
@@ -312,11 +311,9 @@ def first_pass_thresholds(policies: Sequence[_PolicyDates], horizon: datetime) -
     ]
 
 
-#: The keyset step of the first pass: how many approved phones with a current certificate lie in the next batch,
-#: and the last id of it.
-_BATCH_BOUNDS = (
-    "SELECT count(*), max(s.id) FROM (SELECT d.id FROM device d JOIN certificate c ON c.id = d.current_certificate_id "
-    "WHERE d.id > :after AND d.enrollment = :approved ORDER BY d.id LIMIT :limit) s"
+#: How many rows the first pass runs over: the approved phones with a current certificate.
+_SCANNED = (
+    "SELECT count(*) FROM device d JOIN certificate c ON c.id = d.current_certificate_id WHERE d.enrollment = :approved"
 )
 
 
@@ -339,9 +336,10 @@ def scan_first_pass(
     manual: Mapping[str, datetime],
     batch: int,
 ) -> Iterator[tuple[int, list[int]]]:
-    """The first pass of the scan (step 1a of the module docstring): yields, per keyset batch of ``batch`` rows,
-    the number of rows read and the device ids that need the full check (second pass). The test runs in the
-    database (:func:`first_pass_sql`): only the kept ids leave it.
+    """The first pass of the scan (step 1a of the module docstring): yields the device ids that need the full check
+    (second pass) in parts of at most ``batch``, in id order, each with the number of rows read (the whole fleet's
+    count with the first part, then 0). The test runs in the database (:func:`first_pass_sql`), one statement: only
+    the kept ids leave it.
 
     Raises:
         DatabaseError: if the database cannot be reached.
@@ -359,25 +357,17 @@ def scan_first_pass(
         params |= {f"n{i}": name, f"g{i}": dates.digest, f"t{i}": threshold, f"f{i}": dates.fraction}
     times = [bindparam(f"t{i}", type_=UTCDateTime()) for i in range(len(eligible))]
     manual_ids = _manual_ids(session, manual.keys())
-    after = 0
-    while True:
-        count, upto = session.execute(
-            text(_BATCH_BOUNDS), {"after": after, "approved": params["approved"], "limit": batch}
-        ).one()
-        if not count:
-            return
-        here = [i for i in manual_ids if after < i <= upto]
-        sql = first_pass_sql(dialect, len(eligible), issuing_ca is not None, len(here))
-        ids = list(
-            session.execute(
-                text(sql).bindparams(*times),
-                params | {"after": after, "upto": upto} | {f"m{i}": m for i, m in enumerate(here)},
-            ).scalars()
-        )
-        yield int(count), ids
-        after = int(upto)
-        if count < batch:
-            return
+    params |= {f"m{i}": m for i, m in enumerate(manual_ids)}
+    scanned = int(session.execute(text(_SCANNED), {"approved": params["approved"]}).scalar_one())
+    if not scanned:
+        return
+    # One statement, fetched whole: on PostgreSQL a statement per id range re-read the certificate table each time
+    # (hash join), and a streamed (server-side cursor) result runs without parallel workers. The ids kept are those
+    # the run plans anyway: their plans take far more memory than the ids.
+    statement = text(first_pass_sql(dialect, len(eligible), issuing_ca is not None, len(manual_ids))).bindparams(*times)
+    kept = list(session.execute(statement, params).scalars())
+    for start in range(0, max(len(kept), 1), batch):
+        yield (scanned if start == 0 else 0), kept[start : start + batch]
 
 
 def _regroup(first_pass: Iterator[tuple[int, list[int]]], size: int) -> Iterator[tuple[int, list[int]]]:
