@@ -40,6 +40,19 @@ def write_policy(policy_dir: Path, *, closed: bool) -> Path:
     return policy_dir
 
 
+def stop_cleanly_on_signals() -> None:
+    """SIGTERM and SIGINT end the bench through :class:`SystemExit`, so its ``finally`` blocks and atexit hooks stop
+    what it started (a throwaway PostgreSQL, the simulator, a service). Without this, SIGTERM kills the process
+    outright and leaves them running, and a bench started in the background by a non-interactive shell ignores
+    SIGINT altogether (the shell sets it to ignored for background jobs)."""
+
+    def _exit(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
+    signal.signal(signal.SIGINT, _exit)
+
+
 #: The floor of a renewal run's scan: the database visits every approved phone's current certificate once (the
 #: join the first pass runs over) and returns one number — no expression, no row leaves the database.
 FLOOR_SCAN_SQL = (

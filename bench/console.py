@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from fastapi.testclient import TestClient  # noqa: E402
 
+from bench.common import stop_cleanly_on_signals  # noqa: E402
 from certmgr.audit.tokens import Role, create_token  # noqa: E402
 from certmgr.clock import ManualClock, SystemClock  # noqa: E402
 from certmgr.console.app import create_web_app  # noqa: E402
@@ -281,6 +282,7 @@ def run_backend(name: str, url: str | None, args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    stop_cleanly_on_signals()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--phones", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=30)

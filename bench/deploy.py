@@ -76,6 +76,7 @@ from bench.common import (  # noqa: E402
     count_certs,
     count_verified,
     proc_cpu,
+    stop_cleanly_on_signals,
     write_policy,
 )
 from bench.simproc import SimFleet, raise_nofile  # noqa: E402
@@ -769,6 +770,7 @@ def report(r: dict[str, Any]) -> None:
 
 
 def main() -> int:
+    stop_cleanly_on_signals()
     if len(sys.argv) > 1 and sys.argv[1] == "--floor-server":
         floor_server(int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5])
         return 0

@@ -78,6 +78,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.common import floor_scan as common_floor_scan  # noqa: E402
+from bench.common import stop_cleanly_on_signals  # noqa: E402
 from certmgr.clock import ManualClock  # noqa: E402
 from certmgr.db.deployments import UNFINISHED_STATES  # noqa: E402
 from certmgr.db.engine import session_scope  # noqa: E402
@@ -1292,6 +1293,7 @@ def scaled_limits(phones: int) -> dict[str, Any]:
 
 
 def main() -> int:
+    stop_cleanly_on_signals()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--phones", type=int, default=100_000)
     parser.add_argument("--days", type=int, default=400)

@@ -35,6 +35,9 @@ from pathlib import Path
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import stop_cleanly_on_signals
 from certmgr.simulator.ports import free_port
 from certmgr.wpi.codec import encode_workpoint
 from certmgr.wpi.messages import Fragment, Item, Reason, WorkpointMessage
@@ -181,6 +184,7 @@ def slowloris(port: int, connections: int, deadline_s: float) -> dict[str, objec
 
 
 def main() -> None:
+    stop_cleanly_on_signals()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--openings", type=int, default=700)
     parser.add_argument("--senders", type=int, default=20)

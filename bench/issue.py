@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,6 +28,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import stop_cleanly_on_signals
 from certmgr.clock import SystemClock
 from certmgr.db.engine import session_scope
 from certmgr.db.models import IssueReason
@@ -175,6 +179,7 @@ def timed(label: str, count: int, fn: Callable[[], None]) -> Result:
 
 
 def main() -> None:
+    stop_cleanly_on_signals()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=200, help="certificates per key type and mode")
     parser.add_argument("--batch", type=int, default=50, help="certificates stored per transaction")

@@ -63,6 +63,7 @@ from bench.common import (  # noqa: E402
     ServeProcess,
     count_certs,
     count_verified,
+    stop_cleanly_on_signals,
     tree_cpu_seconds,
     write_policy,
 )
@@ -483,6 +484,7 @@ def report(results: list[RunResult], issuance: tuple[float, dict[str, float]], a
 
 
 def main() -> int:
+    stop_cleanly_on_signals()
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--phones", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=50, help="deploy_concurrency (global, every run)")

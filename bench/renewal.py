@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.common import floor_scan as common_floor_scan  # noqa: E402
+from bench.common import stop_cleanly_on_signals  # noqa: E402
 from certmgr.clock import ManualClock, SystemClock  # noqa: E402
 from certmgr.db.engine import session_scope  # noqa: E402
 from certmgr.db.models import CARecord, CARole, Certificate, Device, Enrollment, IssueReason  # noqa: E402
@@ -231,6 +232,7 @@ def run_backend(name: str, url_factory: Callable[[], str | None], args: argparse
 
 
 def main() -> None:
+    stop_cleanly_on_signals()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fleet", type=int, default=100_000)
     parser.add_argument("--small", type=int, default=20_000)

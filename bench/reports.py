@@ -47,6 +47,7 @@ if str(REPO) not in sys.path:
 from sqlalchemy import create_engine, insert, text  # noqa: E402
 from sqlmodel import Session  # noqa: E402
 
+from bench.common import stop_cleanly_on_signals  # noqa: E402
 from certmgr.db.migrate import upgrade  # noqa: E402
 from certmgr.db.models import Certificate, Device  # noqa: E402
 
@@ -288,6 +289,7 @@ def run(backend: str, url: str, count: int, modes: list[str], folder: Path) -> N
 
 
 def main() -> None:
+    stop_cleanly_on_signals()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=100_000)
     parser.add_argument("--pg", action="store_true", help="also on a throwaway PostgreSQL (tests/pg.py)")
