@@ -11,11 +11,9 @@ One run (:func:`reconcile_renewals`):
       policy digest, SANs exactly the phone's IP, no drift, no operator request) and whose base renewal time
       (:func:`~certmgr.renewal.planner.base_time`; the policies' values bound as a ``VALUES`` table) lies after
       the horizon. That is sound because a plan is never due before its base time (jitter and windows only
-      delay); a NULL anywhere in the test keeps the row. The ids come most urgent first (by ``not_after``).
+      delay); a NULL anywhere in the test keeps the row.
    b. the **second pass** loads the full planner columns of the few rows left (:func:`load_current`) in groups
-      of ``renewal_scan_batch``. When many are left (a mass enrollment or a CA rotation: every row due), the
-      run decides the phones an immediate trigger may concern first, then the rest in urgency order, and stops
-      once the run is full (:func:`plan_fleet`: the same choice as deciding every row).
+      of ``renewal_scan_batch``.
 2. **Decide** for each row of the second pass with the pure core: :func:`~certmgr.renewal.triggers.reissue_reasons`
    (revocation, CA rotation, policy change, address change, drift, manual request, renewal due) with the
    planner's due time (:func:`~certmgr.renewal.planner.plan_renewal`). Only plans due within
