@@ -250,21 +250,16 @@ def _dialect(session: Session) -> str:
 
 _SCAN_STATEMENT = (
     "{with_policies}SELECT d.id FROM device d JOIN certificate c ON c.id = d.current_certificate_id {join}"
-    "WHERE d.enrollment = :approved {keep}ORDER BY {order}"
+    "WHERE d.enrollment = :approved {keep}ORDER BY d.id"
 )
 
 
-def first_pass_sql(dialect: str, policies: int, issuer: bool, manual: int, *, immediate_only: bool = False) -> str:
+def first_pass_sql(dialect: str, policies: int, issuer: bool, manual: int) -> str:
     """The first pass's statement (step 1a of the module docstring) for ``policies`` date-only policies (bound as
     ``n0, g0, t0, f0`` …: name, digest, the ``not_after`` threshold of a renew-before policy or NULL, the lifetime
     fraction), with the active issuing CA's fingerprint bound as ``issuer`` when there is one, and ``manual``
     device ids bound as ``m0`` … that are always kept. Other parameters: ``approved``, ``revoked``, ``limit_s``
-    (the horizon in epoch seconds). Selects the ids that need the full check, most urgent first (by ``not_after``,
-    then certificate id: the order of :func:`~certmgr.renewal.planner.spread`).
-
-    With ``immediate_only``, it selects instead every phone on which an *immediate* trigger may fire (revoked,
-    drift, an address or DNS name that the SANs may not match, a policy with DNS templates or none known, an
-    operator request), in id order: a superset of the rows whose plan goes first and ignores the hourly budget.
+    (the horizon in epoch seconds). Selects the ids that need the full check, in id order.
 
     A row is dropped only when it is *plain* — nothing but its date can fire — and its base renewal time lies after
     the horizon; any NULL in the test (a policy that is gone or not date-only, a column missing) keeps the row.
@@ -284,30 +279,27 @@ def first_pass_sql(dialect: str, policies: int, issuer: bool, manual: int, *, im
         )
         with_policies = f"WITH p(name, digest, t, frac) AS (VALUES {rows}) "
         join = "LEFT JOIN p ON p.name = d.policy_name "
-        no_immediate = [
-            "NOT d.drift",
-            "c.revoked_at IS NULL",
-            "c.status <> :revoked",
-            "p.name IS NOT NULL",
-            "d.ip IS NOT NULL",
-            f"{as_text.format('d.dns_names')} = '[]'",
-            f"{as_text.format('c.sans')} = '[\"IP:' || d.ip || '\"]'",
-            *([f"d.id NOT IN ({', '.join(f':m{i}' for i in range(manual))})"] if manual else []),
-        ]
-        only_the_date_can_fire = [
-            *(["c.issuer_fingerprint = :issuer"] if issuer else []),
-            "c.policy_name = d.policy_name",
-            "c.policy_digest = p.digest",
-            "c.not_after > c.not_before",
-        ]
-        late = [f"(c.not_after > p.t OR (p.t IS NULL AND {nb} + ({na} - {nb}) * p.frac > :limit_s))"]
-        plain = " AND ".join(no_immediate if immediate_only else [*no_immediate, *only_the_date_can_fire, *late])
+        plain = " AND ".join(
+            [
+                "NOT d.drift",
+                "c.revoked_at IS NULL",
+                "c.status <> :revoked",
+                *(["c.issuer_fingerprint = :issuer"] if issuer else []),
+                "c.policy_name = d.policy_name",
+                "c.policy_digest = p.digest",
+                "d.ip IS NOT NULL",
+                f"{as_text.format('d.dns_names')} = '[]'",
+                f"{as_text.format('c.sans')} = '[\"IP:' || d.ip || '\"]'",
+                *([f"d.id NOT IN ({', '.join(f':m{i}' for i in range(manual))})"] if manual else []),
+                "c.not_after > c.not_before",
+                f"(c.not_after > p.t OR (p.t IS NULL AND {nb} + ({na} - {nb}) * p.frac > :limit_s))",
+            ]
+        )
         keep = f"AND CASE WHEN {plain} THEN 0 ELSE 1 END = 1 "
     else:
         with_policies = join = keep = ""  # no date-only policy: every row needs the full check
     # Only fixed fragments and placeholder names are composed here; every value is a bound parameter.
-    order = "d.id" if immediate_only else "c.not_after, c.id"
-    return _SCAN_STATEMENT.format(with_policies=with_policies, join=join, keep=keep, order=order)
+    return _SCAN_STATEMENT.format(with_policies=with_policies, join=join, keep=keep)
 
 
 def first_pass_thresholds(policies: Sequence[_PolicyDates], horizon: datetime) -> list[datetime | None]:
@@ -336,25 +328,23 @@ def _manual_ids(session: Session, macs: Collection[str]) -> list[int]:
     return sorted(found)
 
 
-@dataclass(frozen=True)
-class _FirstPassInputs:
-    """The bound values of :func:`first_pass_sql` for one run."""
+def scan_first_pass(
+    session: Session,
+    runtime: Runtime,
+    horizon: datetime,
+    issuing_ca: str | None,
+    manual: Mapping[str, datetime],
+    batch: int,
+) -> Iterator[tuple[int, list[int]]]:
+    """The first pass of the scan (step 1a of the module docstring): yields the device ids that need the full check
+    (second pass) in parts of at most ``batch``, in id order, each with the number of rows read (the whole fleet's
+    count with the first part, then 0). The test runs in the database (:func:`first_pass_sql`), one statement: only
+    the kept ids leave it.
 
-    dialect: str
-    policies: int
-    issuer: bool
-    manual: int
-    params: dict[str, Any]
-    times: list[Any]
-
-    def statement(self, *, immediate_only: bool = False) -> Any:
-        sql = first_pass_sql(self.dialect, self.policies, self.issuer, self.manual, immediate_only=immediate_only)
-        return text(sql).bindparams(*self.times)
-
-
-def _first_pass_inputs(
-    session: Session, runtime: Runtime, horizon: datetime, issuing_ca: str | None, manual: Mapping[str, datetime]
-) -> _FirstPassInputs:
+    Raises:
+        DatabaseError: if the database cannot be reached.
+    """
+    dialect = _dialect(session)
     eligible = [(p.name, d) for p in runtime.policies for d in [_policy_dates(p)] if d.date_only]
     params: dict[str, Any] = {
         "approved": Enrollment.APPROVED.value,
@@ -365,51 +355,33 @@ def _first_pass_inputs(
     thresholds = first_pass_thresholds([d for _name, d in eligible], horizon)
     for i, ((name, dates), threshold) in enumerate(zip(eligible, thresholds, strict=True)):
         params |= {f"n{i}": name, f"g{i}": dates.digest, f"t{i}": threshold, f"f{i}": dates.fraction}
+    times = [bindparam(f"t{i}", type_=UTCDateTime()) for i in range(len(eligible))]
     manual_ids = _manual_ids(session, manual.keys())
     params |= {f"m{i}": m for i, m in enumerate(manual_ids)}
-    times = [bindparam(f"t{i}", type_=UTCDateTime()) for i in range(len(eligible))]
-    return _FirstPassInputs(_dialect(session), len(eligible), issuing_ca is not None, len(manual_ids), params, times)
-
-
-def scan_first_pass(
-    session: Session,
-    runtime: Runtime,
-    horizon: datetime,
-    issuing_ca: str | None,
-    manual: Mapping[str, datetime],
-    batch: int,
-) -> Iterator[tuple[int, list[int]]]:
-    """The first pass of the scan (step 1a of the module docstring): yields the device ids that need the full check
-    (second pass) in parts of at most ``batch``, most urgent first (:func:`first_pass_sql`), each with the number of
-    rows read (the whole fleet's count with the first part, then 0). The test runs in the database, one statement:
-    only the kept ids leave it.
-
-    Raises:
-        DatabaseError: if the database cannot be reached.
-    """
-    inputs = _first_pass_inputs(session, runtime, horizon, issuing_ca, manual)
-    scanned = int(session.execute(text(_SCANNED), {"approved": inputs.params["approved"]}).scalar_one())
+    scanned = int(session.execute(text(_SCANNED), {"approved": params["approved"]}).scalar_one())
     if not scanned:
         return
     # One statement, fetched whole: on PostgreSQL a statement per id range re-read the certificate table each time
     # (hash join), and a streamed (server-side cursor) result runs without parallel workers. The ids kept are those
     # the run plans anyway: their plans take far more memory than the ids.
-    kept = list(session.execute(inputs.statement(), inputs.params).scalars())
+    statement = text(first_pass_sql(dialect, len(eligible), issuing_ca is not None, len(manual_ids))).bindparams(*times)
+    kept = list(session.execute(statement, params).scalars())
     for start in range(0, max(len(kept), 1), batch):
         yield (scanned if start == 0 else 0), kept[start : start + batch]
 
 
-def scan_immediate_suspects(
-    session: Session, runtime: Runtime, issuing_ca: str | None, manual: Mapping[str, datetime], now: datetime
-) -> list[int]:
-    """Ids of the phones on which an immediate trigger may fire (a superset; :func:`first_pass_sql` with
-    ``immediate_only``), in id order.
-
-    Raises:
-        DatabaseError: if the database cannot be reached.
-    """
-    inputs = _first_pass_inputs(session, runtime, now, issuing_ca, manual)
-    return list(session.execute(inputs.statement(immediate_only=True), inputs.params).scalars())
+def _regroup(first_pass: Iterator[tuple[int, list[int]]], size: int) -> Iterator[tuple[int, list[int]]]:
+    """The first pass's output in groups of at least ``size`` ids (the last one smaller): one second-pass query
+    per group instead of one per first-pass batch, memory still bounded by about two groups."""
+    read, ids = 0, []
+    for n, more in first_pass:
+        read += n
+        ids += more
+        if len(ids) >= size:
+            yield read, ids
+            read, ids = 0, []
+    if read or ids:
+        yield read, ids
 
 
 def load_current(session: Session, device_ids: Sequence[int]) -> list[CurrentRow]:
@@ -646,24 +618,8 @@ def issued_in_last_hour(session: Session, now: datetime) -> int:
     )
 
 
-#: A run whose first pass keeps more than this many times ``renewal_max_per_run`` rows (a mass enrollment, a CA
-#: rotation: every certificate due) decides them in urgency order and stops early (see :func:`plan_fleet`).
-WAVE_FACTOR = 4
-
-
-def plan_fleet(runtime: Runtime, now: datetime, *, early_stop: bool = True) -> tuple[list[Candidate], RenewalReport]:
+def plan_fleet(runtime: Runtime, now: datetime) -> tuple[list[Candidate], RenewalReport]:
     """Steps 1 to 3 of the module docstring: the candidates to issue now, most urgent first, within the limits.
-
-    When the first pass keeps many rows (more than :data:`WAVE_FACTOR` times ``renewal_max_per_run``) and
-    ``early_stop`` is on, the run first decides every phone on which an immediate trigger may fire
-    (:func:`scan_immediate_suspects`), then the others in urgency order (``not_after``, the order of
-    :func:`~certmgr.renewal.planner.spread`) in growing chunks, and stops as soon as the candidates among the plans
-    that expire before the last row decided fill ``renewal_max_per_run``. The choice is the same as deciding every
-    row: the spread places plans greedily in urgency order, so a plan's place depends only on the more urgent ones,
-    all of which have been decided; the immediate candidates, which go first, are all known; and the candidates
-    after the stop would fall behind the per-run limit. ``planned``, ``due`` and ``deferred_by_limit`` then count
-    the rows decided, not the whole fleet. (Measured in ``bench/renewal.py --all-due``; the equivalence is pinned by
-    ``tests/integration/test_renewal_first_pass.py``.)
 
     Raises:
         DatabaseError: if the database cannot be reached.
@@ -675,15 +631,13 @@ def plan_fleet(runtime: Runtime, now: datetime, *, early_stop: bool = True) -> t
     kept: dict[int, Candidate] = {}  # cert id → candidate (due within the horizon or triggered)
     retry = timedelta(seconds=settings.retry_max_seconds)  # a failed renewal of a phone seen again: retried after
     plans: list[RenewalPlan] = []
-    limit = settings.renewal_max_per_run
-    frontier: datetime | None = None  # with an early stop: only plans expiring before this were all decided
     with session_scope(runtime.engine) as session:
         issuing = _active_issuing_ca(session)
         manual = _manual_requests(session)
-
-        def consider(ids: Sequence[int]) -> list[CurrentRow]:
-            """Decide the phones ``ids``: their candidates go to ``kept`` and their plans to ``plans``."""
-            batch = load_current(session, sorted(ids))
+        first = scan_first_pass(session, runtime, horizon, issuing, manual, FIRST_PASS_BATCH)
+        for read, ids in _regroup(first, settings.renewal_scan_batch):
+            report.scanned += read
+            batch = load_current(session, ids)
             fired: list[tuple[CurrentRow, RenewalPlan, list[Reason]]] = []
             for row in batch:
                 try:
@@ -697,7 +651,7 @@ def plan_fleet(runtime: Runtime, now: datetime, *, early_stop: bool = True) -> t
                 if reasons or plan.due_at <= horizon:
                     fired.append((row, plan, reasons))
             if not fired:
-                return batch
+                continue
             pending = _pending_successors(session, [r for r, _, _ in fired])
             for row, plan, reasons in fired:
                 manual_at = manual.get(row.mac)
@@ -728,74 +682,17 @@ def plan_fleet(runtime: Runtime, now: datetime, *, early_stop: bool = True) -> t
                     row.device_id, row.mac, row.cert_id, row.serial, row.not_after, tuple(reasons), plan, override
                 )
                 plans.append(plan)
-            return batch
-
-        ordered: list[int] = []
-        for read, ids in scan_first_pass(session, runtime, horizon, issuing, manual, FIRST_PASS_BATCH):
-            report.scanned += read
-            ordered += ids
         used = issued_in_last_hour(session, now)
-        size = settings.renewal_scan_batch
-        if not early_stop or len(ordered) <= WAVE_FACTOR * limit:
-            for start in range(0, len(ordered), size):
-                consider(ordered[start : start + size])
-        else:
-            suspects = scan_immediate_suspects(session, runtime, issuing, manual, now)
-            for start in range(0, len(suspects), size):
-                consider(suspects[start : start + size])
-            done = set(suspects)
-            rest = [i for i in ordered if i not in done]
-            position, chunk = 0, max(limit, size)
-            while position < len(rest):
-                rows = consider(rest[position : position + chunk])
-                position += chunk
-                chunk *= 2  # the plans are re-spread after each chunk: growing chunks keep that linear in all
-                if rows:
-                    frontier = max(r.not_after for r in rows)
-                # Stop only past every expired certificate (expired ones are immediate candidates: all must be
-                # known) and once the candidates before the frontier fill the run.
-                if (
-                    position < len(rest)
-                    and frontier is not None
-                    and frontier > now
-                    and len(_choose(kept, plans, used, settings.renewal_max_per_hour, now, frontier)[0]) >= limit
-                ):
-                    break
-            else:
-                frontier = None  # every row was decided
     report.planned = len(plans)
-    chosen, deferred = _choose(kept, plans, used, settings.renewal_max_per_hour, now, frontier)
-    report.deferred_by_limit += deferred
-    report.due = len(chosen)
-    if len(chosen) > limit:
-        report.deferred_by_limit += len(chosen) - limit
-        chosen = chosen[:limit]
-    return chosen, report
-
-
-def _choose(
-    kept: Mapping[int, Candidate],
-    plans: Sequence[RenewalPlan],
-    used: int,
-    per_hour: int,
-    now: datetime,
-    frontier: datetime | None,
-) -> tuple[list[Candidate], int]:
-    """Step 3: the immediate candidates first, then the spread's plans due now, most urgent first — scheduled ones
-    within the hourly budget left (``per_hour`` minus ``used``), urgent ones past it. With a ``frontier``, only
-    plans whose certificate expires before it are taken (all plans more urgent than those were decided). Returns
-    the chosen candidates and how many due now the budget held back."""
     immediate = sorted(
         (c for c in kept.values() if c.immediate), key=lambda c: (not c.plan.expired, c.not_after, c.cert_id)
     )
-    budget = max(0, per_hour - used)
-    immediate_ids = {c.cert_id for c in immediate}
-    spread_plans = spread([p for p in plans if p.cert_id not in immediate_ids], per_hour, now)
+    budget = max(0, settings.renewal_max_per_hour - used)
+    spread_plans = spread(
+        [p for p in plans if p.cert_id not in {c.cert_id for c in immediate}], settings.renewal_max_per_hour, now
+    )
     chosen: list[Candidate] = list(immediate)
-    deferred = 0
     for plan in spread_plans:
-        if frontier is not None and plan.not_after >= frontier:
-            break  # in urgency order: every later plan expires at or after the frontier
         cand = kept.get(int(plan.cert_id))
         if cand is None or plan.due_at > now:
             continue
@@ -805,8 +702,13 @@ def _choose(
             budget -= 1
             chosen.append(cand)
         else:
-            deferred += 1
-    return chosen, deferred
+            report.deferred_by_limit += 1
+    report.due = len(chosen)
+    limit = settings.renewal_max_per_run
+    if len(chosen) > limit:
+        report.deferred_by_limit += len(chosen) - limit
+        chosen = chosen[:limit]
+    return chosen, report
 
 
 # --- issuance ----------------------------------------------------------------------------------------------

@@ -5,8 +5,8 @@ would if every row took the full check — over a fleet with every trigger and e
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
-from datetime import datetime, timedelta
+from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -16,11 +16,9 @@ from sqlmodel import Session, col
 from certmgr.audit.log import append_event
 from certmgr.clock import ManualClock
 from certmgr.db.engine import session_scope
-from certmgr.db.models import CARecord, CARole, Certificate, CertificateStatus, Device, Enrollment, IssueReason
+from certmgr.db.models import CARecord, CARole, Certificate, Device, Enrollment, IssueReason
 from certmgr.renewal import service
-from certmgr.renewal.planner import RenewalPlan
 from certmgr.renewal.service import RENEWAL_REQUESTED, plan_fleet, scan_current
-from certmgr.renewal.triggers import Reason, Trigger
 from certmgr.runtime import Runtime, open_runtime
 from certmgr.settings import Settings
 from tests.integration.renewal_support import write_policy
@@ -106,10 +104,9 @@ def _seed(rt: Runtime) -> None:
 def _every_row(
     session: Session, _runtime: Runtime, _horizon: object, _issuing: object, _manual: object, batch: int
 ) -> Iterator[tuple[int, list[int]]]:
-    """The reference first pass: every row takes the full check, most urgent first (by expiry, then certificate)."""
-    rows = [r for part in scan_current(session, batch) for r in part]
-    rows.sort(key=lambda r: (r.not_after, r.cert_id))
-    yield len(rows), [r.device_id for r in rows]
+    """The reference first pass: every row takes the full check."""
+    for rows in scan_current(session, batch):
+        yield len(rows), [r.device_id for r in rows]
 
 
 def test_first_pass_changes_no_decision(runtime: Runtime, clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -189,144 +186,6 @@ def test_first_pass_batches_and_operator_requests(runtime: Runtime) -> None:
     expected = sorted(set(without) | {1, 15, 200, 400})
     assert not {1, 15, 200, 400} <= set(without)  # some of them would have been dropped without the request
     assert 21 in without  # inconsistent dates: the full check reports them
-    with session_scope(runtime.engine) as s:
-        expiry = dict(
-            s.execute(
-                select(col(Device.id), col(Certificate.not_after)).join(
-                    Certificate, col(Certificate.id) == col(Device.current_certificate_id)
-                )
-            ).all()
-        )
     for batch, run in runs.items():
         assert sum(read for read, _ids in run) == approved, batch
-        ids = [i for _r, part in run for i in part]
-        assert sorted(ids) == expected, batch
-        assert ids == sorted(ids, key=lambda i: (expiry[i], i)), batch  # most urgent first (certificate id = device id)
-
-
-_KINDS = ["plain", "drift", "revoked", "moved", "dns-missing", "dns-kept", "in-progress", "manual", "rotated"]
-
-
-def _wave(rt: Runtime, rnd: random.Random, n: int, expired_hours: float, trigger_weight: float) -> None:
-    """``n`` approved phones, most due at once (expiring within a week, those of the first ``expired_hours`` of the
-    range already expired), with immediate triggers at random expiries (each kind ``trigger_weight`` % of the
-    phones), phones whose renewal is under way, operator requests and renewals in the last hour."""
-    now = rt.clock.now()
-    weights = [70, *[trigger_weight] * 5, 8, trigger_weight, 5]
-    kinds = rnd.choices(_KINDS, weights, k=n)
-    _fleet(rt, rnd, [(k, timedelta(hours=rnd.uniform(-expired_hours, 24 * 7))) for k in kinds], now)
-
-
-def _fleet(rt: Runtime, rnd: random.Random, specs: Sequence[tuple[str, timedelta]], now: datetime) -> None:
-    """One approved phone per (kind, expiry from ``now``) of ``specs`` (kinds: :data:`_KINDS`)."""
-    with session_scope(rt.engine) as s:
-        issuing = s.execute(
-            select(col(CARecord.fingerprint_sha256)).where(col(CARecord.role) == CARole.ISSUING.value)
-        ).scalar_one()
-    policy = rt.policies.get("default")
-    devices, certs = [], []
-    kinds = [kind for kind, _ in specs]
-    for i, (kind, expires_in) in enumerate(specs):
-        ip, mac = f"10.8.{i // 250}.{i % 250 + 1}", f"00:1A:E8:66:{i // 256:02X}:{i % 256:02X}"
-        not_after = now + expires_in
-        dns = ["p.example.net"] if kind in {"dns-missing", "dns-kept"} else []
-        devices.append(
-            {"mac": mac, "ip": ip, "dns_names": dns, "policy_name": "default", "enrollment": Enrollment.APPROVED,
-             "status": "verified", "drift": kind == "drift", "device_type": "OpenStage 60", "created_at": now,
-             "updated_at": now}
-        )  # fmt: skip
-        sans = [f"IP:{ip}" if kind != "moved" else "IP:10.255.0.9"] + (
-            ["DNS:p.example.net"] if kind == "dns-kept" else []
-        )
-        certs.append(
-            {"device_id": i + 1, "serial": format(0xB000 + i, "x"), "subject": f"CN={ip},O=certmgr", "sans": sans,
-             "key_type": policy.key_type, "not_before": not_after - timedelta(days=30), "not_after": not_after,
-             "fingerprint_sha256": format(i + 1, "064x"), "cert_pem": "-", "key_blob": b"-",
-             "issuer_fingerprint": issuing if kind != "rotated" else "2" * 64, "policy_name": "default",
-             "policy_digest": policy.digest, "status": "active", "revoked_at": now if kind == "revoked" else None,
-             "reason": IssueReason.ENROLLMENT, "created_at": not_after - timedelta(days=31)}
-        )  # fmt: skip
-    with session_scope(rt.engine) as s:
-        s.execute(insert(Device), devices)
-        s.execute(insert(Certificate), certs)
-        s.execute(text("UPDATE device SET current_certificate_id = id"))
-        for i, kind in enumerate(kinds):
-            if kind == "in-progress" or (kind == "plain" and rnd.random() < 0.1):  # a successor, some last hour
-                successor = Certificate(
-                    device_id=i + 1, serial=format(0xC000 + i, "x"), subject="CN=x", sans=[], key_type=policy.key_type,
-                    not_before=now, not_after=now + timedelta(days=30), fingerprint_sha256=format(0x10000 + i, "064x"),
-                    cert_pem="-", key_blob=b"-", issuer_fingerprint=issuing, policy_name="default",
-                    policy_digest=policy.digest,
-                    status=CertificateStatus.PENDING if kind == "in-progress" else CertificateStatus.SUPERSEDED,
-                    reason=IssueReason.RENEWAL, created_at=now - timedelta(minutes=rnd.uniform(1, 50)),
-                )  # fmt: skip
-                s.add(successor)
-                s.flush()
-                if kind == "in-progress":
-                    s.execute(
-                        text(
-                            "INSERT INTO deployment (device_id, certificate_id, state, attempts, profile_index, "
-                            "password_item_used, verify_failures, transcript, version, created_at, updated_at) "
-                            "VALUES (:d, :c, 'queued', 0, 0, false, 0, '[]', 1, :t, :t)"
-                        ),
-                        {"d": i + 1, "c": successor.id, "t": now},
-                    )
-            if kind == "manual":
-                append_event(s, at=now, actor="token:op", action=RENEWAL_REQUESTED, subject_type="device",
-                             subject_id=str(devices[i]["mac"]), details={})  # fmt: skip
-
-
-@pytest.mark.parametrize("seed", [*range(10), 14, 39])  # 14, 39: expired phones under way fill a chunk
-def test_the_early_stop_chooses_what_deciding_every_row_chooses(
-    settings: Settings, clock: ManualClock, tmp_path: Path, db_url: str, seed: int
-) -> None:
-    """A wave — most phones due at once, immediate triggers at any expiry, renewals under way, part of the hourly
-    budget used: a run that decides in urgency order and stops early picks exactly the candidates (and their plans)
-    of a run that decides every row, for random fleets, per-run limits and batch sizes."""
-    rnd = random.Random(seed)
-    policies = write_policy(tmp_path / "policies", validity="30d", renew='renew_before = "10d"', jitter="0s")
-    update = {
-        "policy_dir": policies,
-        "database_url": db_url,
-        "renewal_scan_batch": rnd.choice([5, 13, 40]),
-        "renewal_max_per_run": rnd.choice([3, 6, 10]),
-        "renewal_max_per_hour": rnd.choice([15, 30, 200]),
-        "renewal_horizon_hours": 48,
-    }
-    rt = open_runtime(settings.model_copy(update=update), clock, create_ca=True)
-    try:
-        # many expired candidates or fewer than a run; many immediate triggers or one or two of each kind
-        _wave(rt, rnd, 240, expired_hours=30 if seed % 2 else 2, trigger_weight=3 if seed % 4 < 2 else 0.6)
-        stopped_early = 0
-        for step in (timedelta(0), timedelta(hours=1), timedelta(hours=20)):
-            clock.advance(step)
-            now = clock.now()
-            fast, fast_report = plan_fleet(rt, now)
-            full, full_report = plan_fleet(rt, now, early_stop=False)
-            assert fast == full, (seed, step)
-            assert len(full) == rt.settings.renewal_max_per_run  # more than one run's worth is due
-            assert fast_report.scanned == full_report.scanned
-            stopped_early += fast_report.planned < full_report.planned
-        assert stopped_early  # the early stop was taken, not only the full path
-    finally:
-        rt.close()
-
-
-def test_a_choice_at_a_frontier_takes_only_plans_expiring_before_it(clock: ManualClock) -> None:
-    """With an early stop, the choice counts only the plans of certificates expiring before the last row decided:
-    every more urgent phone has been decided for those, not for the later ones (decided early as suspects)."""
-    now = clock.now() + timedelta(minutes=30)  # late enough in the hour that the spread's stagger is past
-    plans = [
-        RenewalPlan(cert_id=i, due_at=now, reason="overdue", in_window=True, not_after=now + timedelta(days=d),
-                    latest=now + timedelta(days=d - 1), windows=())
-        for i, d in ((1, 2), (2, 3), (3, 6))
-    ]  # fmt: skip
-    kept = {
-        int(p.cert_id): service.Candidate(int(p.cert_id), f"m{p.cert_id}", int(p.cert_id), "s", p.not_after,
-                                     (Reason(Trigger.RENEWAL_DUE, "due"),), p, False)
-        for p in plans
-    }  # fmt: skip
-    everything, _ = service._choose(kept, plans, 0, 100, now, None)
-    before, _ = service._choose(kept, plans, 0, 100, now, now + timedelta(days=5))
-    assert [c.cert_id for c in everything] == [1, 2, 3]
-    assert [c.cert_id for c in before] == [1, 2]
+        assert [i for _r, ids in run for i in ids] == expected, batch
