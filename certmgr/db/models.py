@@ -153,7 +153,7 @@ class Certificate(SQLModel, table=True):
     """A leaf certificate issued to a device, with its sealed private key."""
 
     __tablename__ = "certificate"
-    __table_args__ = (Index(None, "device_id", "status"),)
+    __table_args__ = (Index(None, "device_id", "status"), Index(None, "created_at"))
 
     id: int | None = Field(default=None, primary_key=True)
     device_id: int = Field(foreign_key="device.id", nullable=False)
