@@ -82,6 +82,7 @@ from bench.common import stop_cleanly_on_signals  # noqa: E402
 from certmgr.clock import ManualClock  # noqa: E402
 from certmgr.db.deployments import UNFINISHED_STATES  # noqa: E402
 from certmgr.db.engine import session_scope  # noqa: E402
+from certmgr.db.locks import is_postgres  # noqa: E402
 from certmgr.db.models import (  # noqa: E402
     CARecord,
     CARole,
@@ -1021,13 +1022,9 @@ def database_expiries(rt: Runtime, end: datetime) -> tuple[int, int]:
 
 
 # --- the floor -------------------------------------------------------------------------------------------------------
-def _dialect(rt: Runtime) -> str:
-    return "postgresql" if rt.engine.dialect.name == "postgresql" else "sqlite"
-
-
 def _sql(rt: Runtime, statement: str) -> str:
     """``:name`` parameters in the driver's own style."""
-    if _dialect(rt) == "postgresql":
+    if is_postgres(rt.engine):
         import re
 
         return re.sub(r":([a-z_]+)", r"%(\1)s", statement)

@@ -59,7 +59,7 @@ def parse_ip(value: str) -> IPAddress:
         InputError: if ``value`` is not an IP address.
     """
     try:
-        return ipaddress.ip_address(value.strip())
+        return ip_address(value.strip())
     except ValueError as exc:
         raise InputError(f"invalid IP address {value!r}") from exc
 

@@ -6,7 +6,7 @@ One run (:func:`reconcile_renewals`):
    the PEM or the sealed key, never the whole fleet's rows in memory):
 
    a. the **first pass** (:func:`scan_first_pass`) is one statement run by the database (:func:`first_pass_sql`)
-      whose result — device ids only — is handed on in parts of :data:`FIRST_PASS_BATCH`: it drops every row that
+      whose result — device ids only — is handed on in parts of ``renewal_scan_batch``: it drops every row that
       is *plain* (nothing but the date can fire: not revoked, issued by the active CA under the phone's current
       policy digest, SANs exactly the phone's IP, no drift, no operator request) and whose base renewal time
       (:func:`~certmgr.renewal.planner.base_time`; the policies' values bound as a ``VALUES`` table) lies after
@@ -60,6 +60,7 @@ from sqlmodel import Session, col
 from certmgr.audit.log import append_event
 from certmgr.db.deployments import UNFINISHED_STATES
 from certmgr.db.engine import session_scope
+from certmgr.db.locks import is_postgres
 from certmgr.db.models import (
     AuditEvent,
     CARecord,
@@ -74,7 +75,7 @@ from certmgr.db.models import (
 from certmgr.db.types import UTCDateTime
 from certmgr.deploy.queue import issue_and_queue
 from certmgr.errors import CertmgrError, NotFoundError
-from certmgr.identity import DeviceIdentity, ip_address, normalize_mac
+from certmgr.identity import DeviceIdentity, normalize_mac
 from certmgr.inventory.phones import identity_of, phone_policy, policy_for
 from certmgr.issuance.service import BuiltCertificate, build_certificate
 from certmgr.pki.keys import PrivateKey, key_type_of
@@ -207,8 +208,6 @@ def scan_current(session: Session, batch: int) -> Iterator[list[CurrentRow]]:
             return
 
 
-#: The first pass hands its kept ids on in parts of this many.
-FIRST_PASS_BATCH = 10_000
 #: Slack (seconds) on the first pass's horizon test: the epoch arithmetic is floating point.
 _FIRST_PASS_SLACK_S = 1.0
 
@@ -242,10 +241,6 @@ _EPOCH = {
 _JSON_TEXT = {"sqlite": "{}", "postgresql": "{}::text"}
 #: A bound timestamp in a VALUES row (SQLite: the column's text representation as bound, PostgreSQL: typed).
 _TIME_PARAM = {"sqlite": ":{}", "postgresql": "CAST(:{} AS TIMESTAMP WITH TIME ZONE)"}
-
-
-def _dialect(session: Session) -> str:
-    return "postgresql" if session.connection().dialect.name == "postgresql" else "sqlite"
 
 
 _SCAN_STATEMENT = (
@@ -344,7 +339,7 @@ def scan_first_pass(
     Raises:
         DatabaseError: if the database cannot be reached.
     """
-    dialect = _dialect(session)
+    dialect = "postgresql" if is_postgres(session) else "sqlite"
     eligible = [(p.name, d) for p in runtime.policies for d in [_policy_dates(p)] if d.date_only]
     params: dict[str, Any] = {
         "approved": Enrollment.APPROVED.value,
@@ -368,20 +363,6 @@ def scan_first_pass(
     kept = list(session.execute(statement, params).scalars())
     for start in range(0, max(len(kept), 1), batch):
         yield (scanned if start == 0 else 0), kept[start : start + batch]
-
-
-def _regroup(first_pass: Iterator[tuple[int, list[int]]], size: int) -> Iterator[tuple[int, list[int]]]:
-    """The first pass's output in groups of at least ``size`` ids (the last one smaller): one second-pass query
-    per group instead of one per first-pass batch, memory still bounded by about two groups."""
-    read, ids = 0, []
-    for n, more in first_pass:
-        read += n
-        ids += more
-        if len(ids) >= size:
-            yield read, ids
-            read, ids = 0, []
-    if read or ids:
-        yield read, ids
 
 
 def load_current(session: Session, device_ids: Sequence[int]) -> list[CurrentRow]:
@@ -497,14 +478,7 @@ def decide(
         subject=row.subject,
         revoked=row.status == CertificateStatus.REVOKED.value or row.revoked_at is not None,
     )
-    device = DeviceFacts(
-        mac=row.mac,
-        ips=(ip_address(row.ip),) if row.ip else (),
-        dns_names=tuple(n.lower() for n in row.dns_names),
-        drift=row.drift,
-        manual=manual,
-    )
-    return plan, reissue_reasons(cert, device, policy_facts, issuing_ca, now, plan)
+    return plan, reissue_reasons(cert, DeviceFacts.from_row(row, manual=manual), policy_facts, issuing_ca, now, plan)
 
 
 @dataclass
@@ -634,8 +608,8 @@ def plan_fleet(runtime: Runtime, now: datetime) -> tuple[list[Candidate], Renewa
     with session_scope(runtime.engine) as session:
         issuing = _active_issuing_ca(session)
         manual = _manual_requests(session)
-        first = scan_first_pass(session, runtime, horizon, issuing, manual, FIRST_PASS_BATCH)
-        for read, ids in _regroup(first, settings.renewal_scan_batch):
+        first = scan_first_pass(session, runtime, horizon, issuing, manual, settings.renewal_scan_batch)
+        for read, ids in first:
             report.scanned += read
             batch = load_current(session, ids)
             fired: list[tuple[CurrentRow, RenewalPlan, list[Reason]]] = []
@@ -824,7 +798,6 @@ def request_renewal(session: Session, mac: str, now: datetime, actor: str, note:
 
 
 __all__ = [
-    "FIRST_PASS_BATCH",
     "IMMEDIATE",
     "RENEWAL_REQUESTED",
     "Candidate",

@@ -31,7 +31,7 @@ unchanged, a difference in SANs can only come from the phone, so it is reported 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -128,7 +128,7 @@ class _DeviceRow(Protocol):
     @property
     def ip(self) -> str | None: ...
     @property
-    def dns_names(self) -> list[str]: ...
+    def dns_names(self) -> Sequence[str]: ...
     @property
     def drift(self) -> bool: ...
 
