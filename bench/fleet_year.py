@@ -295,9 +295,7 @@ class Results:
     wall_s: float = 0.0
     seed_s: float = 0.0
     timers: dict[str, float] = field(default_factory=dict)
-    # (night number, RSS MiB, RSS after malloc_trim, Python's allocated memory blocks): blocks flat while RSS grows
-    # points below Python; RSS that malloc_trim takes back was free memory the allocator kept
-    rss_mib: list[tuple[int, float, float | None, int]] = field(default_factory=list)
+    memory: list[MemorySample] = field(default_factory=list)
     db_expired: int = 0  # expired before a verified successor, from the database's own records
     db_current_expired: int = 0
     done_at: datetime | None = None
@@ -317,12 +315,56 @@ class Results:
         return found
 
 
-def rss_mib() -> float:
+@dataclass(frozen=True)
+class MemorySample:
+    """Where the process's memory is after a night. Python's blocks flat while RSS grows points below Python;
+    RSS that malloc_trim takes back was free memory the allocator kept; ``sqlite_mib`` is what the SQLite library
+    itself holds (page caches, statements), part of ``anon_mib``; ``file_mib`` is mapped files (libraries)."""
+
+    night: int
+    rss_mib: float
+    trimmed_mib: float | None  # RSS after malloc_trim (with --malloc-trim)
+    python_blocks: int
+    anon_mib: float
+    file_mib: float
+    sqlite_mib: float | None  # None where the SQLite library cannot be asked
+
+    def line(self) -> str:
+        return (
+            f"{self.rss_mib:.0f}/{_mib(self.trimmed_mib)}/{self.python_blocks // 1000}/{self.anon_mib:.0f}/"
+            f"{self.file_mib:.0f}/{_mib(self.sqlite_mib, 1)}"
+        )
+
+
+def _status_mib(field_name: str) -> float:
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field_name + ":"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def rss_mib() -> float:
+    return _status_mib("VmRSS")
+
+
+def sqlite_memory_mib() -> float | None:
+    """``sqlite3_memory_used()`` of the SQLite library Python's ``sqlite3`` module is linked with."""
+    with suppress(OSError, AttributeError, ImportError):
+        import _sqlite3
+
+        used = ctypes.CDLL(_sqlite3.__file__).sqlite3_memory_used
+        used.restype = ctypes.c_int64
+        return int(used()) / 2**20
+    return None
+
+
+def memory_sample(night: int, trim: bool) -> MemorySample:
+    trimmed = trimmed_rss_mib() if trim else None
+    return MemorySample(
+        night, rss_mib(), trimmed, sys.getallocatedblocks(), _status_mib("RssAnon"), _status_mib("RssFile"),
+        sqlite_memory_mib(),
+    )  # fmt: skip
 
 
 def trimmed_rss_mib() -> float:
@@ -932,8 +974,7 @@ class Simulation:
         night.waiting_offline = sum(1 for p in self.phones if p.gen == 0 and not p.online) if self.renewed else 0
         self._nights_seen += 1
         if self._nights_seen % self.rss_every == 0:
-            trimmed = trimmed_rss_mib() if self.malloc_trim else None
-            self.results.rss_mib.append((self._nights_seen, rss_mib(), trimmed, sys.getallocatedblocks()))
+            self.results.memory.append(memory_sample(self._nights_seen, self.malloc_trim))
         if not self.quiet:
             self.out(self.night_line(self.night_of(now - timedelta(hours=1)), night))
         return self._stop_when is not None and self._stop_when()
@@ -1210,8 +1251,8 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def _mib(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}"
+def _mib(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def summary(run: CaseRun, backend: str) -> list[str]:
@@ -1260,9 +1301,9 @@ def summary(run: CaseRun, backend: str) -> list[str]:
     parts = ", ".join(f"{k} {v:.1f}" for k, v in sorted(r.timers.items(), key=lambda kv: -kv[1]))
     lines.append(f"  time in certmgr's functions {certmgr_s:.1f} s of {r.wall_s:.1f} s: {parts}")
     lines.append(
-        "  RSS (MiB) / after malloc_trim (MiB, with --malloc-trim) / Python blocks (thousands) at nights "
-        f"{[n for n, _m, _t, _b in r.rss_mib]}: "
-        f"{[f'{m:.0f}/{_mib(t)}/{b // 1000}' for _n, m, t, b in r.rss_mib]}; "
+        "  memory at nights " + f"{[m.night for m in r.memory]} — RSS (MiB) / after malloc_trim (MiB, with "
+        "--malloc-trim) / Python blocks (thousands) / anonymous (MiB) / mapped files (MiB) / the SQLite library's "
+        f"own (MiB): {[m.line() for m in r.memory]}; "
         f"peak RSS {peak_rss_mib():.0f} MiB"
     )
     if fl is not None:
