@@ -136,13 +136,16 @@ class RenewalPlan:
         return self.reason == "expired"
 
 
+_KEY_SEPARATORS = str.maketrans("", "", ":-. ")
+
+
 def jitter_fraction(device_key: str) -> float:
     """A stable number in ``[0, 1)`` for ``device_key``: the first 64 bits of SHA-256 of the normalised key.
 
     The key is lower-cased and stripped of ``:``, ``-``, ``.`` and spaces, so every spelling of a MAC gives
     the same value.
     """
-    normalised = "".join(ch for ch in device_key.lower() if ch not in ":-. ")
+    normalised = device_key.lower().translate(_KEY_SEPARATORS)
     digest = hashlib.sha256(normalised.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 

@@ -288,8 +288,8 @@ def reissue_reasons(
     :class:`Trigger`; empty if the certificate can stay.
 
     ``plan`` is the certificate's renewal plan at ``now`` if the caller has made it already (the renewal run's
-    :func:`~certmgr.renewal.service.decide`: after a CA rotation every row comes here, and each was planned twice,
-    profiled in ``bench/fleet_year.py``); otherwise it is planned here.
+    :func:`~certmgr.renewal.service.decide`: a row whose names may have changed comes here planned, so it is not
+    planned twice, profiled in ``bench/fleet_year.py``); otherwise it is planned here.
 
     ``issuing_ca_fingerprint`` is the SHA-256 (hex, colons and case ignored) of the active issuing CA, or None
     if there is none (then ``ca-rotation`` is not checked).
@@ -298,18 +298,7 @@ def reissue_reasons(
         ValueError: if ``now`` or the certificate's dates are naive, or its dates are inconsistent.
     """
     now = ensure_utc(now)
-    reasons: list[Reason] = []
-    if cert.revoked:
-        reasons.append(Reason(Trigger.REVOKED, f"certificate {cert.cert_id} is revoked"))
-    if issuing_ca_fingerprint and _fingerprint(cert.issuer_fingerprint) != _fingerprint(issuing_ca_fingerprint):
-        reasons.append(
-            Reason(
-                Trigger.CA_ROTATION,
-                f"certificate was issued by CA {_fingerprint(cert.issuer_fingerprint)[:16]}…, the active issuing CA "
-                f"is {_fingerprint(issuing_ca_fingerprint)[:16]}…",
-                {"issuer": _fingerprint(cert.issuer_fingerprint), "active": _fingerprint(issuing_ca_fingerprint)},
-            )
-        )
+    reasons = revocation_and_ca_reasons(cert.cert_id, cert.revoked, cert.issuer_fingerprint, issuing_ca_fingerprint)
     policy_changed = cert.policy_digest != policy.digest or cert.policy_name != policy.name
     if policy_changed:
         changes = _policy_changes(cert, device, policy)
@@ -330,20 +319,53 @@ def reissue_reasons(
                 {"changes": address},
             )
         )
-    if device.drift:
-        reasons.append(Reason(Trigger.DRIFT, "the phone does not serve the certificate certmgr deployed (drift)"))
-    if device.manual:
-        reasons.append(Reason(Trigger.MANUAL, "an operator requested a new certificate"))
     plan = plan or plan_renewal(renewal_input(cert, device, policy), now)
+    return reasons + drift_request_and_date_reasons(device.drift, device.manual, plan, cert.not_after, now)
+
+
+def revocation_and_ca_reasons(
+    cert_id: CertId, revoked: bool, issuer_fingerprint: str, issuing_ca_fingerprint: str | None
+) -> list[Reason]:
+    """The first two triggers of :func:`reissue_reasons` (``revoked``, ``ca-rotation``), which look only at the
+    certificate's own state. A caller that knows the policy and address triggers cannot fire (the renewal run's
+    :func:`~certmgr.renewal.service.decide`) gets every reason from this and
+    :func:`drift_request_and_date_reasons`, in :class:`Trigger` order."""
+    reasons: list[Reason] = []
+    if revoked:
+        reasons.append(Reason(Trigger.REVOKED, f"certificate {cert_id} is revoked"))
+    if (
+        issuing_ca_fingerprint
+        and issuer_fingerprint != issuing_ca_fingerprint
+        and _fingerprint(issuer_fingerprint) != _fingerprint(issuing_ca_fingerprint)
+    ):
+        reasons.append(
+            Reason(
+                Trigger.CA_ROTATION,
+                f"certificate was issued by CA {_fingerprint(issuer_fingerprint)[:16]}…, the active issuing CA "
+                f"is {_fingerprint(issuing_ca_fingerprint)[:16]}…",
+                {"issuer": _fingerprint(issuer_fingerprint), "active": _fingerprint(issuing_ca_fingerprint)},
+            )
+        )
+    return reasons
+
+
+def drift_request_and_date_reasons(
+    drift: bool, manual: bool, plan: RenewalPlan, not_after: datetime, now: datetime
+) -> list[Reason]:
+    """The last three triggers of :func:`reissue_reasons` (``drift``, ``manual``, ``renewal-due``); ``plan`` is
+    the certificate's renewal plan at ``now``."""
+    reasons: list[Reason] = []
+    if drift:
+        reasons.append(Reason(Trigger.DRIFT, "the phone does not serve the certificate certmgr deployed (drift)"))
+    if manual:
+        reasons.append(Reason(Trigger.MANUAL, "an operator requested a new certificate"))
     if plan.due_at <= now:
         what = (
-            f"certificate expired at {cert.not_after.isoformat()}"
+            f"certificate expired at {not_after.isoformat()}"
             if plan.reason == "expired"
-            else f"renewal was due (planned before {plan.latest.isoformat()}, expires {cert.not_after.isoformat()})"
+            else f"renewal was due (planned before {plan.latest.isoformat()}, expires {not_after.isoformat()})"
         )
-        reasons.append(
-            Reason(Trigger.RENEWAL_DUE, what, {"plan": plan.reason, "not_after": cert.not_after.isoformat()})
-        )
+        reasons.append(Reason(Trigger.RENEWAL_DUE, what, {"plan": plan.reason, "not_after": not_after.isoformat()}))
     return reasons
 
 
