@@ -328,11 +328,15 @@ class MemorySample:
     anon_mib: float
     file_mib: float
     sqlite_mib: float | None  # None where the SQLite library cannot be asked
+    pymalloc_mib: float | None  # Python's small-object arenas (mmap'd, 1 MiB each; freed only when empty)
+    malloc_used_mib: float | None  # glibc malloc: in use (what Python, SQLite, OpenSSL... allocated)
+    malloc_free_mib: float | None  # glibc malloc: free but kept
 
     def line(self) -> str:
         return (
             f"{self.rss_mib:.0f}/{_mib(self.trimmed_mib)}/{self.python_blocks // 1000}/{self.anon_mib:.0f}/"
-            f"{self.file_mib:.0f}/{_mib(self.sqlite_mib, 1)}"
+            f"{self.file_mib:.0f}/{_mib(self.sqlite_mib, 1)}/{_mib(self.pymalloc_mib)}/{_mib(self.malloc_used_mib)}/"
+            f"{_mib(self.malloc_free_mib)}"
         )
 
 
@@ -359,11 +363,45 @@ def sqlite_memory_mib() -> float | None:
     return None
 
 
+def pymalloc_arenas_mib() -> float | None:
+    """The size of Python's small-object arenas now, from ``sys._debugmallocstats`` (CPython writes it to fd 2)."""
+    with suppress(OSError, AttributeError, ValueError), tempfile.TemporaryFile() as capture:
+        saved = os.dup(2)
+        try:
+            os.dup2(capture.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        for line in capture.read().decode(errors="replace").splitlines():
+            if " arenas * " in line:  # "N arenas * 1048576 bytes/arena = total"
+                return int(line.split("=")[1].strip().replace(",", "")) / 2**20
+    return None
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]  # fmt: skip
+
+
+def malloc_mib() -> tuple[float | None, float | None]:
+    """glibc's ``mallinfo2`` over all arenas: (in use, free but kept), MiB; (None, None) without glibc."""
+    with suppress(OSError, AttributeError):
+        info = ctypes.CDLL("libc.so.6").mallinfo2
+        info.restype = _MallInfo2
+        got = info()
+        return (got.uordblks + got.hblkhd) / 2**20, got.fordblks / 2**20
+    return None, None
+
+
 def memory_sample(night: int, trim: bool) -> MemorySample:
     trimmed = trimmed_rss_mib() if trim else None
+    used, free = malloc_mib()
     return MemorySample(
         night, rss_mib(), trimmed, sys.getallocatedblocks(), _status_mib("RssAnon"), _status_mib("RssFile"),
-        sqlite_memory_mib(),
+        sqlite_memory_mib(), pymalloc_arenas_mib(), used, free,
     )  # fmt: skip
 
 
@@ -1303,7 +1341,8 @@ def summary(run: CaseRun, backend: str) -> list[str]:
     lines.append(
         "  memory at nights " + f"{[m.night for m in r.memory]} — RSS (MiB) / after malloc_trim (MiB, with "
         "--malloc-trim) / Python blocks (thousands) / anonymous (MiB) / mapped files (MiB) / the SQLite library's "
-        f"own (MiB): {[m.line() for m in r.memory]}; "
+        "own / Python's arenas / malloc in use / malloc free but kept (MiB): "
+        f"{[m.line() for m in r.memory]}; "
         f"peak RSS {peak_rss_mib():.0f} MiB"
     )
     if fl is not None:
