@@ -353,7 +353,8 @@ def rss_mib() -> float:
 
 
 def sqlite_memory_mib() -> float | None:
-    """``sqlite3_memory_used()`` of the SQLite library Python's ``sqlite3`` module is linked with."""
+    """``sqlite3_memory_used()`` of the SQLite library Python's ``sqlite3`` module is linked with (0 from a library
+    built without memory statistics, ``SQLITE_DEFAULT_MEMSTATUS=0``; the one here has them)."""
     with suppress(OSError, AttributeError, ImportError):
         import _sqlite3
 
@@ -365,7 +366,8 @@ def sqlite_memory_mib() -> float | None:
 
 def pymalloc_arenas_mib() -> float | None:
     """The size of Python's small-object arenas now, from ``sys._debugmallocstats`` (CPython writes it to fd 2)."""
-    with suppress(OSError, AttributeError, ValueError), tempfile.TemporaryFile() as capture:
+    with suppress(OSError, AttributeError, ValueError, IndexError), tempfile.TemporaryFile() as capture:
+        sys.stderr.flush()  # nothing buffered for the real stderr lands in the capture
         saved = os.dup(2)
         try:
             os.dup2(capture.fileno(), 2)
@@ -397,12 +399,12 @@ def malloc_mib() -> tuple[float | None, float | None]:
 
 
 def memory_sample(night: int, trim: bool) -> MemorySample:
-    trimmed = trimmed_rss_mib() if trim else None
+    """Every figure first, then (with ``trim``) glibc's ``malloc_trim`` and the RSS after it."""
+    rss, anon, mapped = rss_mib(), _status_mib("RssAnon"), _status_mib("RssFile")
     used, free = malloc_mib()
-    return MemorySample(
-        night, rss_mib(), trimmed, sys.getallocatedblocks(), _status_mib("RssAnon"), _status_mib("RssFile"),
-        sqlite_memory_mib(), pymalloc_arenas_mib(), used, free,
-    )  # fmt: skip
+    blocks, sqlite, arenas = sys.getallocatedblocks(), sqlite_memory_mib(), pymalloc_arenas_mib()
+    trimmed = trimmed_rss_mib() if trim else None
+    return MemorySample(night, rss, trimmed, blocks, anon, mapped, sqlite, arenas, used, free)
 
 
 def trimmed_rss_mib() -> float:

@@ -6,6 +6,7 @@ match the phone's address or not, DNS names, drift, operator requests, any date.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from unittest import mock
 
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from certmgr.errors import CertmgrError
 from certmgr.pki.types import KeyType
 from certmgr.policy import Policy, parse_policy
+from certmgr.renewal import service
 from certmgr.renewal.planner import RenewalInput, plan_renewal
 from certmgr.renewal.service import CurrentRow, decide
 from certmgr.renewal.triggers import CertFacts, DeviceFacts, PolicyFacts, reissue_reasons
@@ -91,20 +93,26 @@ def _decided(
 
 
 @st.composite
-def rows(draw: st.DrawFn) -> tuple[CurrentRow, Policy]:
-    policy = draw(st.sampled_from(POLICIES))
-    ip = draw(st.sampled_from(["10.1.2.3", "10.1.2.4", "fd00::1", None]))
-    sans = draw(
-        st.sampled_from(
-            [
-                (f"IP:{ip}",),
-                ("IP:10.1.2.3",),
-                (),
-                ("DNS:phone-001ae8123456.example.com", f"IP:{ip}"),
-                ("DNS:p-001ae8123456.example",),
-                ("ip:10.1.2.3",),
-                (f"IP:{ip}", "IP:10.9.9.9"),
-            ]
+def rows(draw: st.DrawFn, names_fixed: bool = False) -> tuple[CurrentRow, Policy]:
+    """A row and its policy; with ``names_fixed`` one whose names cannot change (the shortcut's rows): the policy
+    unchanged and without DNS names, none for the phone, SANs exactly its address."""
+    policy = draw(st.sampled_from(POLICIES[:2] if names_fixed else POLICIES))
+    ip = draw(st.sampled_from(["10.1.2.3", "10.1.2.4", "fd00::1", "fd00:0::1"] + ([] if names_fixed else [None])))
+    sans = (
+        (f"IP:{ip}",)
+        if names_fixed
+        else draw(
+            st.sampled_from(
+                [
+                    (f"IP:{ip}",),
+                    ("IP:10.1.2.3",),
+                    (),
+                    ("DNS:phone-001ae8123456.example.com", f"IP:{ip}"),
+                    ("DNS:p-001ae8123456.example",),
+                    ("ip:10.1.2.3",),
+                    (f"IP:{ip}", "IP:10.9.9.9"),
+                ]
+            )
         )
     )
     age = timedelta(hours=draw(st.integers(min_value=-24, max_value=420 * 24)))
@@ -115,7 +123,9 @@ def rows(draw: st.DrawFn) -> tuple[CurrentRow, Policy]:
         device_id=7,
         mac=MAC,
         ip=ip,
-        dns_names=draw(st.sampled_from([(), ("phone-001ae8123456.example.com",), ("other.example",)])),
+        dns_names=()
+        if names_fixed
+        else draw(st.sampled_from([(), ("phone-001ae8123456.example.com",), ("other.example",)])),
         drift=draw(st.booleans()),
         device_policy=policy.name,
         e164=None,
@@ -130,8 +140,8 @@ def rows(draw: st.DrawFn) -> tuple[CurrentRow, Policy]:
         subject=draw(st.sampled_from([f"CN={ip}", "CN=somebody"])),
         key_type=draw(st.sampled_from([KeyType.EC_P256, KeyType.RSA_2048])),
         issuer_fingerprint=draw(st.sampled_from([CA, "cd" * 32, ":".join(["AB"] * 32)])),
-        policy_name=draw(st.sampled_from([policy.name, "old", None])),
-        policy_digest=draw(st.sampled_from([policy.digest, "0" * 64, None])),
+        policy_name=policy.name if names_fixed else draw(st.sampled_from([policy.name, "old", None])),
+        policy_digest=policy.digest if names_fixed else draw(st.sampled_from([policy.digest, "0" * 64, None])),
         status=draw(st.sampled_from(["active", "revoked"])),
         revoked_at=draw(st.sampled_from([None, NOW - timedelta(days=1)])),
         created_at=created,
@@ -167,3 +177,21 @@ def test_an_address_that_is_not_an_ip_is_refused_on_every_path() -> None:
     facts = PolicyFacts.from_policy(policy)
     assert _full_path(row, policy, facts, CA, None) is ValueError
     assert _decided(row, policy, facts, CA, None) is ValueError
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    rows(names_fixed=True),
+    st.sampled_from([CA, "cd" * 32, None]),
+    st.sampled_from([None, NOW - timedelta(days=500), NOW - timedelta(minutes=1)]),
+)
+def test_a_row_whose_names_cannot_change_takes_the_shortcut_and_gets_every_trigger(
+    drawn: tuple[CurrentRow, Policy], issuing: str | None, manual_at: datetime | None
+) -> None:
+    """Every such row skips the SAN comparisons (the full path is not called) and still gets revocation, CA
+    rotation, drift, the operator's request and the date, exactly as the full path gives them."""
+    row, policy = drawn
+    facts = _facts(policy, row)
+    expected = _full_path(row, policy, facts, issuing, manual_at)
+    with mock.patch.object(service, "reissue_reasons", side_effect=AssertionError("the full path was taken")):
+        assert _decided(row, policy, facts, issuing, manual_at) == expected
