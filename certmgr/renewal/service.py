@@ -458,7 +458,8 @@ def decide(
 
     A row whose names cannot change (:func:`_names_cannot_change`: every row of a fleet after a mass enrollment or
     a CA rotation, when every row is decided in every run) takes only the triggers about the certificate's state,
-    the phone's flags and the date, without building and comparing the SAN sets (``reissue_reasons`` was ~40 % of deciding such a row under cProfile).
+    the phone's flags and the date, without building and comparing the SAN sets (``reissue_reasons`` was ~40 % of
+    deciding such a row under cProfile).
 
     Raises:
         ValueError: if the row's dates are inconsistent or its address is not an IP address.
