@@ -25,6 +25,20 @@ REPO = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def proc_status_kib(pid: int | str = "self", keys: tuple[str, ...] = ("VmRSS",)) -> dict[str, int]:
+    """The ``keys`` of ``/proc/PID/status`` (kB figures: VmRSS, VmHWM, RssAnon, RssFile…) that the process has;
+    empty once the process is gone."""
+    out: dict[str, int] = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in keys:
+                out[key] = int(value.split()[0])
+    except OSError:
+        pass
+    return out
+
+
 def closed_window() -> str:
     """A [[windows]] entry that is closed for the next two hours (UTC)."""
     hour = (datetime.now(UTC).hour + 3) % 24

@@ -76,6 +76,7 @@ from bench.common import (  # noqa: E402
     count_certs,
     count_verified,
     proc_cpu,
+    proc_status_kib,
     stop_cleanly_on_signals,
     write_policy,
 )
@@ -131,15 +132,7 @@ def pct(values: list[float], q: float) -> float:
 
 # --- /proc accounting -------------------------------------------------------------------------------------------
 def proc_mem_kib(pid: int) -> dict[str, int]:
-    out: dict[str, int] = {}
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(value.split()[0])
-    except OSError:
-        pass
-    return out
+    return proc_status_kib(pid, ("VmRSS", "VmHWM"))
 
 
 @dataclass

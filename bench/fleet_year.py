@@ -78,7 +78,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.common import floor_scan as common_floor_scan  # noqa: E402
-from bench.common import stop_cleanly_on_signals  # noqa: E402
+from bench.common import proc_status_kib, stop_cleanly_on_signals  # noqa: E402
 from certmgr.clock import ManualClock  # noqa: E402
 from certmgr.db.deployments import UNFINISHED_STATES  # noqa: E402
 from certmgr.db.engine import session_scope  # noqa: E402
@@ -340,16 +340,8 @@ class MemorySample:
         )
 
 
-def _status_mib(field_name: str) -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def rss_mib() -> float:
-    return _status_mib("VmRSS")
+    return proc_status_kib().get("VmRSS", 0) / 1024
 
 
 def sqlite_memory_mib() -> float | None:
@@ -400,7 +392,8 @@ def malloc_mib() -> tuple[float | None, float | None]:
 
 def memory_sample(night: int, trim: bool) -> MemorySample:
     """Every figure first, then (with ``trim``) glibc's ``malloc_trim`` and the RSS after it."""
-    rss, anon, mapped = rss_mib(), _status_mib("RssAnon"), _status_mib("RssFile")
+    status = {k: v / 1024 for k, v in proc_status_kib(keys=("VmRSS", "RssAnon", "RssFile")).items()}
+    rss, anon, mapped = status.get("VmRSS", 0.0), status.get("RssAnon", 0.0), status.get("RssFile", 0.0)
     used, free = malloc_mib()
     blocks, sqlite, arenas = sys.getallocatedblocks(), sqlite_memory_mib(), pymalloc_arenas_mib()
     trimmed = trimmed_rss_mib() if trim else None

@@ -37,7 +37,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import stop_cleanly_on_signals
+from bench.common import proc_status_kib, stop_cleanly_on_signals
 from certmgr.simulator.ports import free_port
 from certmgr.wpi.codec import encode_workpoint
 from certmgr.wpi.messages import Fragment, Item, Reason, WorkpointMessage
@@ -48,10 +48,7 @@ START_TIMEOUT_S = 120.0
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return proc_status_kib(pid).get("VmRSS", 0) / 1024
 
 
 def start_service(tmp: Path, wpi_port: int, poll_port: int) -> subprocess.Popen[str]:

@@ -419,6 +419,11 @@ class Candidate:
         return IssueReason(self.reasons[0].issue_reason)
 
 
+def _policy_changed(row: CurrentRow, policy: Policy) -> bool:
+    """The certificate was issued under another policy (name) or another version of it (digest)."""
+    return row.policy_digest != policy.digest or row.policy_name != policy.name
+
+
 @dataclass
 class _PolicyCache:
     runtime: Runtime
@@ -428,8 +433,7 @@ class _PolicyCache:
         return policy_for(self.runtime.policies, row.device_policy, row.identity()).policy
 
     def policy_facts(self, policy: Policy, row: CurrentRow) -> PolicyFacts:
-        changed = row.policy_digest != policy.digest or row.policy_name != policy.name
-        if changed or policy.san.dns:
+        if _policy_changed(row, policy) or policy.san.dns:
             return PolicyFacts.from_policy(policy, row.identity())
         cached = self.facts.get(policy.name)
         if cached is None:
@@ -466,7 +470,7 @@ def decide(
     """
     manual = manual_at is not None and manual_at >= row.created_at
     plan = plan_renewal(RenewalInput.from_policy(row.cert_id, row.mac, row.not_before, row.not_after, policy), now)
-    policy_changed = row.policy_digest != policy.digest or row.policy_name != policy.name
+    policy_changed = _policy_changed(row, policy)
     revoked = row.status == CertificateStatus.REVOKED.value or row.revoked_at is not None
     if _names_cannot_change(row, policy, policy_changed):
         ip_address(str(row.ip))  # the full path refuses a stored address that is not an IP: so does this one
