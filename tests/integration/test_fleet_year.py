@@ -48,8 +48,8 @@ def _assert_kept_valid(r: Results) -> None:
     assert r.db_current_expired == 0, "a phone's current certificate expired"
     assert r.contacts_outside_window == 0, "contact-me sent while the maintenance window was shut"
     assert 0 < r.max_limited_per_hour <= PER_HOUR, f"{r.max_limited_per_hour} scheduled issuances in one hour"
-    assert r.margins_h, "nothing was renewed"
-    assert min(r.margins_h) > 0
+    assert r.margins.count, "nothing was renewed"
+    assert r.margins.min_h > 0
 
 
 def _assert_converged(r: Results, opts: Options) -> None:
