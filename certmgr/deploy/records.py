@@ -36,12 +36,14 @@ def load_deployment(session: Session, deployment_id: int) -> tuple[Deployment, D
     Raises:
         InputError: if there is no such deployment.
     """
-    dep = session.get(Deployment, deployment_id)
-    if dep is None:
+    row = session.exec(
+        select(Deployment, Device)
+        .join(Device, col(Device.id) == col(Deployment.device_id))
+        .where(col(Deployment.id) == deployment_id)
+    ).first()  # one statement for both (every stage of a delivery starts here)
+    if row is None:
         raise InputError(f"no deployment {deployment_id}")
-    device = session.get(Device, dep.device_id)
-    assert device is not None
-    return dep, device
+    return row[0], row[1]
 
 
 def current_deployment(session: Session, device_id: int) -> Deployment | None:

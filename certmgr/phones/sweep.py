@@ -110,9 +110,11 @@ class ProbeSweep:
             outcomes = list(pool.map(self._probe, targets))
         events: list[NewEvent] = []
         with session_scope(self.runtime.engine) as session:
+            ids = [target.device_id for target, _seen, _error in outcomes]  # the batch's phones in one statement
+            devices = {d.id: d for d in session.execute(select(Device).where(col(Device.id).in_(ids))).scalars()}
             for target, seen, error in outcomes:
                 report.probed += 1
-                device = session.get(Device, target.device_id)
+                device = devices.get(target.device_id)
                 if device is None or device.current_certificate_id != target.cert_id:
                     continue  # moved on meanwhile
                 if seen is None:
