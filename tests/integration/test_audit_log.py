@@ -304,3 +304,64 @@ def test_the_chain_head_is_locked_last_so_no_deadlock(engine: Engine) -> None:
     assert outcome == ["committed"]
     assert sorted(r.actor for r in _rows(engine)) == ["a", "b"]
     assert _verify(engine)[0]
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_pending_orm_change_is_written_before_the_chain_head_is_locked(engine: Engine) -> None:
+    """As above, with B's row change still pending in its session (an ORM attribute set, not flushed) when it
+    commits: the chain writer flushes the transaction's other changes before it takes the head's lock, so B waits
+    for A's row while holding nothing A needs. Writing the head first (its statements run on the connection, which
+    does not flush the session) would deadlock here."""
+    from sqlalchemy import text
+
+    from certmgr.db.locks import claim_device
+    from certmgr.db.models import Device
+
+    with session_scope(engine) as s:
+        device = Device(mac="00:1A:E8:00:00:78", created_at=T0, updated_at=T0)
+        s.add(device)
+        s.flush()
+        append_event(s, at=T0, actor="setup", action="setup")  # the head row exists: updating it takes its lock
+        device_id = device.id
+        assert device_id is not None
+    a = Session(engine, expire_on_commit=False)
+    outcome: list[BaseException | str] = []
+    loaded = threading.Event()
+
+    def writer_b() -> None:
+        try:
+            with session_scope(engine) as s:
+                row = s.get(Device, device_id)
+                assert row is not None
+                loaded.set()
+                row.updated_at = T0 + timedelta(seconds=1)  # pending until the commit flushes it
+                append_event(s, at=T0, actor="b", action="b.first")
+            outcome.append("committed")
+        except BaseException as exc:  # surfaced below
+            outcome.append(exc)
+
+    try:
+        assert claim_device(a, device_id)  # A holds the device row
+        b = threading.Thread(target=writer_b)
+        b.start()
+        assert loaded.wait(30)
+        with engine.connect() as probe:  # bounded wait until B waits for A's row lock
+            for _ in range(200):
+                waiting = probe.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                    )
+                ).scalar_one()
+                probe.rollback()
+                if waiting or not b.is_alive():
+                    break
+                threading.Event().wait(0.05)
+        append_event(a, at=T0, actor="a", action="a.first")
+        a.commit()  # a deadlock would abort one of the two here
+    finally:
+        a.close()
+    b.join(timeout=60)
+    assert outcome == ["committed"]
+    assert sorted(r.actor for r in _rows(engine)) == ["a", "b", "setup"]
+    assert _verify(engine)[0]
