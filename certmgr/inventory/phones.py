@@ -94,6 +94,12 @@ class PolicyChoice:
         )
 
 
+def assigned_policy(policies: PolicySet, recorded: str | None) -> Policy | None:
+    """The phone's recorded policy when it still exists (:func:`policy_for`'s first rule, which needs no identity:
+    a caller with many phones builds an identity only for the others)."""
+    return policies.get(recorded) if recorded is not None and recorded in policies.names else None
+
+
 def policy_for(policies: PolicySet, recorded: str | None, identity: DeviceIdentity) -> PolicyChoice:
     """Which policy applies to the phone ``identity`` whose recorded policy is ``recorded`` (module docstring).
 
@@ -101,8 +107,9 @@ def policy_for(policies: PolicySet, recorded: str | None, identity: DeviceIdenti
         PolicyError: if no policy is recorded (or it is gone) and none matches; cannot happen with a policy set
             from the loader, whose ``default.toml`` matches every phone.
     """
-    if recorded is not None and recorded in policies.names:
-        return PolicyChoice(policies.get(recorded), PolicySource.ASSIGNED, recorded)
+    assigned = assigned_policy(policies, recorded)
+    if assigned is not None:
+        return PolicyChoice(assigned, PolicySource.ASSIGNED, recorded)
     source = PolicySource.SELECTED if recorded is None else PolicySource.REPLACED
     return PolicyChoice(policies.select(identity), source, recorded)
 
@@ -117,4 +124,12 @@ def phone_policy(policies: PolicySet, phone: PhoneRecord, recorded: str | None) 
     return identity, policy_for(policies, recorded, identity).policy
 
 
-__all__ = ["PhoneRecord", "PolicyChoice", "PolicySource", "identity_of", "phone_policy", "policy_for"]
+__all__ = [
+    "PhoneRecord",
+    "PolicyChoice",
+    "PolicySource",
+    "assigned_policy",
+    "identity_of",
+    "phone_policy",
+    "policy_for",
+]

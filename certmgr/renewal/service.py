@@ -77,7 +77,7 @@ from certmgr.db.types import UTCDateTime
 from certmgr.deploy.queue import issue_and_queue
 from certmgr.errors import CertmgrError, NotFoundError
 from certmgr.identity import DeviceIdentity, ip_address, normalize_mac
-from certmgr.inventory.phones import identity_of, phone_policy, policy_for
+from certmgr.inventory.phones import assigned_policy, identity_of, phone_policy, policy_for
 from certmgr.issuance.service import BuiltCertificate, build_certificate
 from certmgr.pki.keys import PrivateKey, key_type_of
 from certmgr.policy import Policy
@@ -430,7 +430,9 @@ class _PolicyCache:
     facts: dict[str, PolicyFacts] = field(default_factory=dict)
 
     def policy(self, row: CurrentRow) -> Policy:
-        return policy_for(self.runtime.policies, row.device_policy, row.identity()).policy
+        policies = self.runtime.policies
+        assigned = assigned_policy(policies, row.device_policy)  # nearly every row: no identity to build
+        return assigned if assigned is not None else policy_for(policies, row.device_policy, row.identity()).policy
 
     def policy_facts(self, policy: Policy, row: CurrentRow) -> PolicyFacts:
         if _policy_changed(row, policy) or policy.san.dns:

@@ -215,3 +215,23 @@ def test_a_failed_renewal_is_retried_once_the_phone_is_back_not_only_at_the_dead
     assert reconcile_renewals(runtime, clock.now()).issued == []  # not a loop: one retry per longest backoff
     clock.advance(timedelta(seconds=runtime.settings.retry_max_seconds))
     assert reconcile_renewals(runtime, clock.now()).issued == [mac_of(0)]
+
+
+@pytest.mark.parametrize("recorded", ["default", "gone"])
+def test_a_stored_address_that_is_not_an_ip_skips_that_phone_only(
+    runtime: Runtime, clock: ManualClock, caplog: pytest.LogCaptureFixture, recorded: str
+) -> None:
+    """A row the planner cannot read (a stored address that is not an IP: a damaged row) is logged and skipped,
+    whether its recorded policy exists (the policy is then taken without building the phone's identity) or not
+    (the identity is built to select one); the other due phones are renewed in the same run."""
+    enroll_verified(runtime, range(3))
+    with session_scope(runtime.engine) as s:
+        damaged = s.exec(select(Device).where(col(Device.mac) == mac_of(1))).one()
+        damaged.ip = "not-an-ip"
+        damaged.policy_name = recorded
+        s.add(damaged)
+    clock.advance(timedelta(days=21, minutes=30))
+    with caplog.at_level("WARNING", logger="certmgr.renewal.service"):
+        result = reconcile_renewals(runtime, clock.now())
+    assert sorted(result.issued) == sorted([mac_of(0), mac_of(2)])
+    assert any(mac_of(1) in r.getMessage() and "cannot plan" in r.getMessage() for r in caplog.records)
