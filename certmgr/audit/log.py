@@ -29,6 +29,7 @@ from certmgr.audit.chain import (
 )
 from certmgr.audit.story import Told, remember
 from certmgr.clock import ensure_utc
+from certmgr.db.engine import mark_written
 from certmgr.db.models import AuditEvent, AuditHead
 
 HEAD_ID = 1
@@ -150,6 +151,7 @@ def _write(session: Session, batches: Sequence[tuple[datetime, Sequence[NewEvent
             prev_hash = digest
             seq += 1
     conn = session.connection()
+    mark_written(session)  # plain statements: the session does not see these writes by itself
     conn.execute(_INSERT_EVENTS, rows)
     conn.execute(_SET_HASH, {"new_hash": prev_hash})
     held = session.identity_map.get(Session.identity_key(AuditHead, HEAD_ID))

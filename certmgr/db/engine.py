@@ -197,15 +197,22 @@ def session_scope(engine: Engine, *, expire_on_commit: bool = False) -> Iterator
 _WROTE = "certmgr.wrote"
 
 
+def mark_written(session: Session) -> None:
+    """Record that ``session``'s transaction changed something (what :func:`session_scope` reports to the database's
+    health when it commits). ORM flushes and ORM insert/update/delete statements are recorded by themselves; a
+    writer that runs its statements on the session's connection calls this."""
+    session.info[_WROTE] = True
+
+
 @event.listens_for(Session, "after_flush")
 def _after_flush(session: Session, _context: Any) -> None:
-    session.info[_WROTE] = True
+    mark_written(session)
 
 
 @event.listens_for(Session, "do_orm_execute")
 def _on_execute(state: Any) -> None:
     if state.is_insert or state.is_update or state.is_delete:
-        state.session.info[_WROTE] = True
+        mark_written(state.session)
 
 
 def check_writable(engine: Engine) -> None:
@@ -249,6 +256,7 @@ __all__ = [
     "create_db_engine",
     "error_summary",
     "is_conflict",
+    "mark_written",
     "normalise_url",
     "redact_url",
     "session_scope",

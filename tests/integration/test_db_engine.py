@@ -120,3 +120,23 @@ def test_session_scope_commits_and_rolls_back(engine: Engine) -> None:
         device = s.exec(select(Device)).one()
     assert macs == ["00:1A:E8:00:00:01"]
     assert device.mac == "00:1A:E8:00:00:01"  # usable after the scope (no expiry on commit)
+
+
+def test_a_transaction_that_only_appends_audit_events_counts_as_a_write(engine: Engine) -> None:
+    """After a "database is locked" outage only a transaction that wrote proves the lock is gone (a read works
+    under another writer's lock). The audit chain writer runs its statements on the session's connection, which
+    the session does not see as writes by itself; a transaction that only appends events (an operator's renewal
+    request, a console login) must still end the outage."""
+    from certmgr.audit.log import append_event
+    from certmgr.db.health import health_of
+
+    with session_scope(engine) as s:  # the chain's head exists: the next append takes the plain-statement path
+        append_event(s, at=T0, actor="test", action="test.first")
+    health = health_of(engine)
+    health.failed("database is locked")
+    with session_scope(engine) as s:
+        s.exec(select(Device)).all()
+    assert not health.available, "a read ended a lock outage"
+    with session_scope(engine) as s:
+        append_event(s, at=T0, actor="test", action="test.second")
+    assert health.available
