@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -252,18 +253,17 @@ def test_first_two_appends_racing_on_postgresql_do_not_collide(engine: Engine) -
     assert _verify(engine)[0]
 
 
-@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
-def test_the_chain_head_is_locked_last_so_no_deadlock(engine: Engine) -> None:
-    """A holds a device row and appends; B appends and then waits for that row. When appending took the chain
-    head's lock at once, B held the head while waiting for A's row and A waited for the head: a deadlock (seen
-    under load after a PostgreSQL restart). The head is now locked at commit, after every other lock."""
+def _a_holds_the_row_while_b_commits(engine: Engine, mac: str, b_writes: Callable[[Session, int], None]) -> list[str]:
+    """A locks a device row; B, in another thread, runs ``b_writes`` (which appends an event) and commits; once B
+    waits for a lock (bounded), A appends and commits. A deadlock aborts one of the two (the test fails on it);
+    otherwise returns the actors in the log, in order."""
     from sqlalchemy import text
 
     from certmgr.db.locks import claim_device
     from certmgr.db.models import Device
 
     with session_scope(engine) as s:
-        device = Device(mac="00:1A:E8:00:00:77", created_at=T0, updated_at=T0)
+        device = Device(mac=mac, created_at=T0, updated_at=T0)
         s.add(device)
         s.flush()
         device_id = device.id
@@ -274,8 +274,7 @@ def test_the_chain_head_is_locked_last_so_no_deadlock(engine: Engine) -> None:
     def writer_b() -> None:
         try:
             with session_scope(engine) as s:
-                append_event(s, at=T0, actor="b", action="b.first")
-                s.execute(text("UPDATE device SET updated_at = updated_at WHERE id = :id"), {"id": device_id})
+                b_writes(s, device_id)
             outcome.append("committed")
         except BaseException as exc:  # surfaced below
             outcome.append(exc)
@@ -302,8 +301,22 @@ def test_the_chain_head_is_locked_last_so_no_deadlock(engine: Engine) -> None:
         a.close()
     b.join(timeout=60)
     assert outcome == ["committed"]
-    assert sorted(r.actor for r in _rows(engine)) == ["a", "b"]
     assert _verify(engine)[0]
+    return [r.actor for r in _rows(engine)]
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_the_chain_head_is_locked_last_so_no_deadlock(engine: Engine) -> None:
+    """A holds a device row and appends; B appends and then waits for that row. When appending took the chain
+    head's lock at once, B held the head while waiting for A's row and A waited for the head: a deadlock (seen
+    under load after a PostgreSQL restart). The head is now locked at commit, after every other lock."""
+    from sqlalchemy import text
+
+    def b_writes(s: Session, device_id: int) -> None:
+        append_event(s, at=T0, actor="b", action="b.first")
+        s.execute(text("UPDATE device SET updated_at = updated_at WHERE id = :id"), {"id": device_id})
+
+    assert sorted(_a_holds_the_row_while_b_commits(engine, "00:1A:E8:00:00:77", b_writes)) == ["a", "b"]
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
@@ -312,56 +325,16 @@ def test_a_pending_orm_change_is_written_before_the_chain_head_is_locked(engine:
     commits: the chain writer flushes the transaction's other changes before it takes the head's lock, so B waits
     for A's row while holding nothing A needs. Writing the head first (its statements run on the connection, which
     does not flush the session) would deadlock here."""
-    from sqlalchemy import text
-
-    from certmgr.db.locks import claim_device
     from certmgr.db.models import Device
 
-    with session_scope(engine) as s:
-        device = Device(mac="00:1A:E8:00:00:78", created_at=T0, updated_at=T0)
-        s.add(device)
-        s.flush()
-        append_event(s, at=T0, actor="setup", action="setup")  # the head row exists: updating it takes its lock
-        device_id = device.id
-        assert device_id is not None
-    a = Session(engine, expire_on_commit=False)
-    outcome: list[BaseException | str] = []
-    loaded = threading.Event()
+    with session_scope(engine) as s:  # the head row exists, so B's append takes its lock (no first-event insert)
+        append_event(s, at=T0, actor="setup", action="setup")
 
-    def writer_b() -> None:
-        try:
-            with session_scope(engine) as s:
-                row = s.get(Device, device_id)
-                assert row is not None
-                loaded.set()
-                row.updated_at = T0 + timedelta(seconds=1)  # pending until the commit flushes it
-                append_event(s, at=T0, actor="b", action="b.first")
-            outcome.append("committed")
-        except BaseException as exc:  # surfaced below
-            outcome.append(exc)
+    def b_writes(s: Session, device_id: int) -> None:
+        row = s.get(Device, device_id)
+        assert row is not None
+        row.updated_at = T0 + timedelta(seconds=1)  # pending until the commit flushes it
+        append_event(s, at=T0, actor="b", action="b.first")
 
-    try:
-        assert claim_device(a, device_id)  # A holds the device row
-        b = threading.Thread(target=writer_b)
-        b.start()
-        assert loaded.wait(30)
-        with engine.connect() as probe:  # bounded wait until B waits for A's row lock
-            for _ in range(200):
-                waiting = probe.execute(
-                    text(
-                        "SELECT count(*) FROM pg_stat_activity"
-                        " WHERE wait_event_type = 'Lock' AND datname = current_database()"
-                    )
-                ).scalar_one()
-                probe.rollback()
-                if waiting or not b.is_alive():
-                    break
-                threading.Event().wait(0.05)
-        append_event(a, at=T0, actor="a", action="a.first")
-        a.commit()  # a deadlock would abort one of the two here
-    finally:
-        a.close()
-    b.join(timeout=60)
-    assert outcome == ["committed"]
-    assert sorted(r.actor for r in _rows(engine)) == ["a", "b", "setup"]
-    assert _verify(engine)[0]
+    actors = _a_holds_the_row_while_b_commits(engine, "00:1A:E8:00:00:78", b_writes)
+    assert sorted(actors) == ["a", "b", "setup"]
