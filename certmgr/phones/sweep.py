@@ -26,6 +26,9 @@ from certmgr.phones.probe import probe_once
 if TYPE_CHECKING:
     from certmgr.runtime import Runtime
 
+#: Phones read per statement when the sweep records its batch (``probe_sweep_batch`` has no upper bound; an IN
+#: list this long stays far below every driver's parameter limit).
+READ_PART = 500
 log = logging.getLogger("certmgr.phones")
 
 ACTOR = "scheduler"
@@ -110,8 +113,11 @@ class ProbeSweep:
             outcomes = list(pool.map(self._probe, targets))
         events: list[NewEvent] = []
         with session_scope(self.runtime.engine) as session:
-            ids = [target.device_id for target, _seen, _error in outcomes]  # the batch's phones in one statement
-            devices = {d.id: d for d in session.execute(select(Device).where(col(Device.id).in_(ids))).scalars()}
+            ids = [target.device_id for target, _seen, _error in outcomes]  # the batch's phones, in parts
+            devices: dict[int | None, Device] = {}
+            for start in range(0, len(ids), READ_PART):
+                part = select(Device).where(col(Device.id).in_(ids[start : start + READ_PART]))
+                devices.update((d.id, d) for d in session.execute(part).scalars())
             for target, seen, error in outcomes:
                 report.probed += 1
                 device = devices.get(target.device_id)

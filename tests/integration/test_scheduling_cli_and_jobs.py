@@ -234,3 +234,24 @@ def test_audit_chain_failure_is_notified_once(runtime: Runtime, clock: ManualClo
     assert hook.bodies[0]["data"]["seq"] == "2"
     assert incident_notify(runtime, clock.now()).notified == []
     assert len(hook.bodies) == 1
+
+
+def test_probe_sweep_records_a_batch_larger_than_one_statement(
+    runtime: Runtime, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep reads its batch's phones a part at a time (500; 16 here): a batch of 40 records every phone's
+    outcome (all unreachable: nothing listens on their loopback addresses), none lost at the parts' boundaries."""
+    from certmgr.phones import sweep
+    from certmgr.simulator.ports import free_port
+    from tests.integration.fake_phone import address_block
+
+    monkeypatch.setattr(sweep, "READ_PART", 16)
+    block = address_block()
+    rt = runtime
+    rt.settings = rt.settings.model_copy(
+        update={"wbm_port": free_port("127.0.0.1"), "probe_sweep_batch": 40, "probe_timeout_seconds": 2.0}
+    )
+    enroll_verified(rt, range(40), ip=lambda n: f"127.{block}.0.{n + 1}")
+    clock.advance(timedelta(days=2))
+    report = ProbeSweep(rt).run(clock.now())
+    assert (report.probed, report.unreachable, report.passed, report.drift) == (40, 40, 0, [])
