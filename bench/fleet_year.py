@@ -282,6 +282,32 @@ class Counters:
     waiting_offline: int = 0  # phones without one that are offline (at the window's close)
 
 
+class Margins:
+    """The margins left on predecessors when their successors verified, in bounded memory: the exact minimum and a
+    count per :data:`MARGIN_STEP_H` (a list of every margin grew the bench by one float per renewal, which the memory
+    samples then counted as the service's)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.min_h = math.inf
+        self._steps: Counter[int] = Counter()
+
+    def add(self, hours: float) -> None:
+        self.count += 1
+        self.min_h = min(self.min_h, hours)
+        self._steps[math.floor(hours / MARGIN_STEP_H)] += 1
+
+    def quantile_h(self, q: float) -> float:
+        """The ``q`` quantile (the lower edge of its step; the same rank as a sorted list's ``int(q * count)``)."""
+        rank = min(self.count - 1, int(q * self.count))
+        seen = 0
+        for step in sorted(self._steps):
+            seen += self._steps[step]
+            if seen > rank:
+                return max(step * MARGIN_STEP_H, self.min_h)
+        return math.nan
+
+
 @dataclass
 class Results:
     """Everything a case reports."""
@@ -291,7 +317,7 @@ class Results:
     nights: dict[date, Counters] = field(default_factory=dict)
     expired: list[tuple[str, datetime]] = field(default_factory=list)  # online at expiry: the target is none
     expired_offline: list[tuple[str, datetime]] = field(default_factory=list)
-    margins: Margins = field(default_factory=lambda: Margins())  # left on the predecessor when a successor verified
+    margins: Margins = field(default_factory=Margins)  # left on the predecessor when a successor verified
     tight: list[tuple[float, str, datetime]] = field(default_factory=list)  # margins under 7 days: (h, phone, when)
     reasons: dict[str, int] = field(default_factory=dict)
     renewal_runs: int = 0
@@ -320,32 +346,6 @@ class Results:
         if found is None:
             found = self.nights[key] = Counters()
         return found
-
-
-class Margins:
-    """The margins left on predecessors when their successors verified, in bounded memory: the exact minimum and a
-    count per :data:`MARGIN_STEP_H` (a list of every margin grew the bench by one float per renewal, which the memory
-    samples then counted as the service's)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.min_h = math.inf
-        self._steps: Counter[int] = Counter()
-
-    def add(self, hours: float) -> None:
-        self.count += 1
-        self.min_h = min(self.min_h, hours)
-        self._steps[math.floor(hours / MARGIN_STEP_H)] += 1
-
-    def quantile_h(self, q: float) -> float:
-        """The ``q`` quantile (the lower edge of its step; the same rank as a sorted list's ``int(q * count)``)."""
-        rank = min(self.count - 1, int(q * self.count))
-        seen = 0
-        for step in sorted(self._steps):
-            seen += self._steps[step]
-            if seen > rank:
-                return max(step * MARGIN_STEP_H, self.min_h)
-        return math.nan
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from sqlmodel import col
 from certmgr.audit.log import NewEvent, append_events
 from certmgr.db.deployments import UNFINISHED_STATES
 from certmgr.db.engine import session_scope
+from certmgr.db.inlist import in_parts
 from certmgr.db.models import Certificate, Deployment, Device, DeviceStatus, Enrollment
 from certmgr.errors import CertmgrError
 from certmgr.phones.probe import probe_once
@@ -26,9 +27,6 @@ from certmgr.phones.probe import probe_once
 if TYPE_CHECKING:
     from certmgr.runtime import Runtime
 
-#: Phones read per statement when the sweep records its batch (``probe_sweep_batch`` has no upper bound; an IN
-#: list this long stays far below every driver's parameter limit).
-READ_PART = 500
 log = logging.getLogger("certmgr.phones")
 
 ACTOR = "scheduler"
@@ -113,11 +111,12 @@ class ProbeSweep:
             outcomes = list(pool.map(self._probe, targets))
         events: list[NewEvent] = []
         with session_scope(self.runtime.engine) as session:
-            ids = [target.device_id for target, _seen, _error in outcomes]  # the batch's phones, in parts
+            # The batch's phones a part at a time (``probe_sweep_batch`` has no upper bound), not one get each.
             devices: dict[int | None, Device] = {}
-            for start in range(0, len(ids), READ_PART):
-                part = select(Device).where(col(Device.id).in_(ids[start : start + READ_PART]))
-                devices.update((d.id, d) for d in session.execute(part).scalars())
+            for part in in_parts([target.device_id for target, _seen, _error in outcomes]):
+                devices.update(
+                    (d.id, d) for d in session.execute(select(Device).where(col(Device.id).in_(part))).scalars()
+                )
             for target, seen, error in outcomes:
                 report.probed += 1
                 device = devices.get(target.device_id)

@@ -61,6 +61,7 @@ from sqlmodel import Session, col
 from certmgr.audit.log import append_event
 from certmgr.db.deployments import UNFINISHED_STATES
 from certmgr.db.engine import session_scope
+from certmgr.db.inlist import in_parts
 from certmgr.db.locks import is_postgres
 from certmgr.db.models import (
     AuditEvent,
@@ -325,11 +326,8 @@ _SCANNED = (
 def _manual_ids(session: Session, macs: Collection[str]) -> list[int]:
     """Device ids of the phones with an open operator request, sorted (at most :data:`MANUAL_LOOKBACK`)."""
     found: list[int] = []
-    names = sorted(macs)
-    for start in range(0, len(names), 500):
-        found += session.execute(
-            select(col(Device.id)).where(col(Device.mac).in_(names[start : start + 500]))
-        ).scalars()
+    for part in in_parts(sorted(macs)):
+        found += session.execute(select(col(Device.id)).where(col(Device.mac).in_(part))).scalars()
     return sorted(found)
 
 

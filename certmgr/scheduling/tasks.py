@@ -25,6 +25,7 @@ from sqlmodel import col
 from certmgr.audit.checkpoint import create_checkpoint, runtime_signer
 from certmgr.audit.log import NewEvent, append_events
 from certmgr.db.engine import session_scope
+from certmgr.db.inlist import in_parts
 from certmgr.db.models import (
     AuditEvent,
     CARecord,
@@ -64,8 +65,7 @@ def _already(session: object, action: str, subject_type: str, ids: list[str]) ->
 
     assert isinstance(session, Session)
     found: set[str] = set()
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
+    for chunk in in_parts(ids):
         found |= {
             str(sid)
             for (sid,) in session.execute(

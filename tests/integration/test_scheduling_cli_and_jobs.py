@@ -241,11 +241,11 @@ def test_probe_sweep_records_a_batch_larger_than_one_statement(
 ) -> None:
     """The sweep reads its batch's phones a part at a time (500; 16 here): a batch of 40 records every phone's
     outcome (all unreachable: nothing listens on their loopback addresses), none lost at the parts' boundaries."""
-    from certmgr.phones import sweep
+    from certmgr.db import inlist
     from certmgr.simulator.ports import free_port
     from tests.integration.fake_phone import address_block
 
-    monkeypatch.setattr(sweep, "READ_PART", 16)
+    monkeypatch.setattr(inlist, "IN_PART", 16)
     block = address_block()
     rt = runtime
     rt.settings = rt.settings.model_copy(
