@@ -12,9 +12,21 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from sqlalchemy import make_url
 
-from bench.fleet_year import START, Faults, Options, Results, run_case
+from bench.fleet_year import (
+    START,
+    Faults,
+    Options,
+    Results,
+    floor_issuance,
+    ip_of,
+    open_bench_runtime,
+    run_case,
+)
+from certmgr.clock import ManualClock
+from certmgr.pki.pkcs12 import open_pkcs12
 from tests.pg import PostgresServer
 
 #: A fleet small enough for ``make test``, an hourly limit scaled down with it (default: 2,000/h for 100,000).
@@ -97,3 +109,25 @@ def test_a_ca_rotation_converges_on_postgresql(tmp_path: Path, pg_server: Postgr
         pg_server.drop_database(name)
     _assert_kept_valid(r)
     _assert_converged(r, opts)
+
+
+def test_the_floors_issuance_is_what_a_phone_takes(tmp_path: Path) -> None:
+    """The cryptographic floor does the work a renewal cannot skip — a fresh key, a certificate for the phone's IP
+    signed by certmgr's issuing CA, a PKCS#12 the phone opens — so the ratio to it means something."""
+    clock = ManualClock(START - timedelta(days=400))
+    rt = open_bench_runtime(tmp_path, None, clock, key="ec-p256", ca_key="ec-p256")
+    try:
+        clock.set(START)
+        issuer = rt.issuer()
+        first = floor_issuance(issuer.cert, issuer.key, 5, START)
+        key, cert, chain = open_pkcs12(first, None)
+        cert.verify_directly_issued_by(issuer.cert)
+        assert chain == [issuer.cert]
+        assert key.public_key() == cert.public_key()
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == [ip_of(6)]
+        assert cert.not_valid_before_utc <= START < cert.not_valid_after_utc
+        second_key, _cert, _chain = open_pkcs12(floor_issuance(issuer.cert, issuer.key, 5, START), None)
+        assert second_key.public_key() != key.public_key(), "every renewal's floor generates its own key"
+    finally:
+        rt.close()
