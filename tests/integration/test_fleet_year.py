@@ -10,14 +10,18 @@ from __future__ import annotations
 import math
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import make_url
 
+from bench import fleet_year
 from bench.fleet_year import (
     START,
     Faults,
+    Floor,
     Options,
     Results,
     floor_issuance,
@@ -111,23 +115,46 @@ def test_a_ca_rotation_converges_on_postgresql(tmp_path: Path, pg_server: Postgr
     _assert_converged(r, opts)
 
 
-def test_the_floors_issuance_is_what_a_phone_takes(tmp_path: Path) -> None:
-    """The cryptographic floor does the work a renewal cannot skip — a fresh key, a certificate for the phone's IP
-    signed by certmgr's issuing CA, a PKCS#12 the phone opens — so the ratio to it means something."""
+@pytest.mark.parametrize(("key_name", "ca_key", "kind"), [("ec-p256", "ec-p256", ec.EllipticCurvePrivateKey),
+                                                     ("rsa-2048", None, rsa.RSAPrivateKey)])  # fmt: skip
+def test_the_floors_issuance_is_what_a_phone_takes(
+    tmp_path: Path, key_name: str, ca_key: str | None, kind: type, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cryptographic floor does the work a renewal cannot skip — a fresh key of the policy's type, a certificate
+    for the phone's IP signed by certmgr's issuing CA, a PKCS#12 the phone opens — and the floor counts it, so the
+    ratio to it means something."""
     clock = ManualClock(START - timedelta(days=400))
-    rt = open_bench_runtime(tmp_path, None, clock, key="ec-p256", ca_key="ec-p256")
+    rt = open_bench_runtime(tmp_path, None, clock, key=key_name, ca_key=ca_key)
     try:
         clock.set(START)
         issuer = rt.issuer()
-        first = floor_issuance(issuer.cert, issuer.key, 5, START)
+        key_type = rt.policies.get("default").key_type
+        first = floor_issuance(issuer.cert, issuer.key, key_type, 5, START)
         key, cert, chain = open_pkcs12(first, None)
+        assert isinstance(key, kind)
         cert.verify_directly_issued_by(issuer.cert)
         assert chain == [issuer.cert]
         assert key.public_key() == cert.public_key()
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == [ip_of(6)]
         assert cert.not_valid_before_utc <= START < cert.not_valid_after_utc
-        second_key, _cert, _chain = open_pkcs12(floor_issuance(issuer.cert, issuer.key, 5, START), None)
+        second_key, _cert, _chain = open_pkcs12(floor_issuance(issuer.cert, issuer.key, key_type, 5, START), None)
         assert second_key.public_key() != key.public_key(), "every renewal's floor generates its own key"
+        made: list[int] = []
+        real = fleet_year.floor_issuance
+
+        def counted(*args: Any) -> bytes:
+            made.append(args[3])
+            return real(*args)
+
+        monkeypatch.setattr(fleet_year, "floor_issuance", counted)
+        assert fleet_year.floor_crypto(rt, 3, START) > 0
+        assert made == [0, 1, 2]
     finally:
         rt.close()
+
+
+def test_the_floor_adds_the_cryptography_to_every_renewal() -> None:
+    floor = Floor(scan_s=1.0, rows_s=2.0, sample=10, crypto_s=3.0)
+    assert floor.total(runs=2, renewals=5) == 2 * 1.0 + 5 * (2.0 + 3.0)
+    assert floor.storage(runs=2, renewals=5) == 2 * 1.0 + 5 * 2.0
