@@ -51,6 +51,8 @@ def ensure_utc(value: datetime) -> datetime:
     Raises:
         ValueError: if ``value`` is naive (no tzinfo): certmgr never guesses a time zone.
     """
+    if value.tzinfo is UTC:
+        return value  # already what is asked for: the common case, on every planner step
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"naive datetime {value.isoformat()} where an aware UTC datetime is required")
     return value.astimezone(UTC)

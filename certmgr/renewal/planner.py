@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -161,7 +161,14 @@ def base_time(inp: RenewalInput) -> datetime:
 
 def latest_time(inp: RenewalInput) -> datetime:
     """``not_after`` minus :data:`SAFETY_FRACTION` of the renewal window: no jitter or window goes later."""
-    return inp.not_after - (inp.not_after - base_time(inp)) * SAFETY_FRACTION
+    return _latest(inp, base_time(inp))
+
+
+def _latest(inp: RenewalInput, base: datetime) -> datetime:
+    return inp.not_after - (inp.not_after - base) * SAFETY_FRACTION
+
+
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def jitter_offset(inp: RenewalInput) -> timedelta:
@@ -169,9 +176,13 @@ def jitter_offset(inp: RenewalInput) -> timedelta:
 
     Zero when the span is zero; otherwise strictly less than the span.
     """
-    window = inp.not_after - base_time(inp)
+    return _jitter(inp, base_time(inp))
+
+
+def _jitter(inp: RenewalInput, base: datetime) -> timedelta:
+    window = inp.not_after - base
     span = min(inp.jitter, window * (1 - SAFETY_FRACTION))
-    span_us = span // timedelta(microseconds=1)
+    span_us = span // _MICROSECOND
     if span_us <= 0:
         return timedelta(0)
     return timedelta(microseconds=int(span_us * jitter_fraction(inp.device_key)))
@@ -185,7 +196,8 @@ def plan_renewal(inp: RenewalInput, now: datetime) -> RenewalPlan:
     """
     now = ensure_utc(now)
     windows = inp.windows
-    latest = latest_time(inp)
+    base = base_time(inp)  # once: the latest time and the jitter are both measured from it
+    latest = _latest(inp, base)
 
     def plan(due: datetime, reason: PlanReason) -> RenewalPlan:
         return RenewalPlan(
@@ -200,8 +212,7 @@ def plan_renewal(inp: RenewalInput, now: datetime) -> RenewalPlan:
 
     if inp.not_after <= now:
         return plan(now, "expired")
-    base = base_time(inp)
-    planned = base + jitter_offset(inp)
+    planned = base + _jitter(inp, base)
     if planned <= now:
         opening = next_window_start(windows, now, latest) if windows else None
         return plan(opening or now, "overdue")
@@ -294,10 +305,26 @@ def spread(plans: Sequence[RenewalPlan], per_hour_limit: int, now: datetime) -> 
         placed = _place(plan, desired, slots) if desired < plan.latest else None
         if placed is None:
             slots.take(_hour_index(desired))
-            result.append(replace(plan, due_at=desired, over_limit=True, in_window=window_open(plan.windows, desired)))
+            result.append(_moved(plan, desired, True))
         else:
-            result.append(replace(plan, due_at=placed, in_window=window_open(plan.windows, placed)))
+            result.append(_moved(plan, placed, plan.over_limit))
     return result
+
+
+def _moved(plan: RenewalPlan, due_at: datetime, over_limit: bool) -> RenewalPlan:
+    """``plan`` due at ``due_at`` (``in_window`` recomputed): what ``dataclasses.replace`` gives, built directly —
+    :func:`spread` makes one per plan, and ``replace`` inspects the fields each time (``tests/unit/
+    test_renewal_spread.py`` checks that every field is carried over)."""
+    return RenewalPlan(
+        cert_id=plan.cert_id,
+        due_at=due_at,
+        reason=plan.reason,
+        in_window=window_open(plan.windows, due_at),
+        not_after=plan.not_after,
+        latest=plan.latest,
+        windows=plan.windows,
+        over_limit=over_limit,
+    )
 
 
 def _place(plan: RenewalPlan, desired: datetime, slots: _HourSlots) -> datetime | None:

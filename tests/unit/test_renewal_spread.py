@@ -142,3 +142,30 @@ def test_spread_properties(scenario_list: list[tuple[RenewalInput, datetime]], l
                 assert window_open(plan.windows, plan.due_at)
         else:
             assert plan.due_at == max(original[plan.cert_id].due_at, now)
+
+
+def test_a_moved_plan_carries_every_other_field() -> None:
+    """spread() builds its re-timed plans directly, not through dataclasses.replace: every field must be carried
+    over (a field added to RenewalPlan and forgotten there makes this fail)."""
+    from dataclasses import fields
+
+    from certmgr.renewal.planner import _moved
+
+    night = (MaintenanceWindow.parse("*", "22-05", "UTC"),)
+    plan = RenewalPlan(
+        cert_id=42,
+        due_at=DAY + timedelta(hours=3),
+        reason="window-moved",
+        in_window=True,
+        not_after=DAY + timedelta(days=30),
+        latest=DAY + timedelta(days=27),
+        windows=night,
+        over_limit=False,
+    )
+    assert {f.name for f in fields(RenewalPlan)} == {
+        "cert_id", "due_at", "reason", "in_window", "not_after", "latest", "windows", "over_limit",
+    }  # fmt: skip
+    for due, over in [(DAY + timedelta(hours=12), True), (DAY + timedelta(days=1, hours=23), False)]:
+        moved = _moved(plan, due, over)
+        assert moved == replace(plan, due_at=due, in_window=window_open(night, due), over_limit=over)
+        assert moved.windows is night
