@@ -3,6 +3,8 @@
 Invariants:
 
 * ``due_at >= now``;
+* ``due_at >= base``: jitter and windows only delay (the renewal scan's first pass drops a row whose base time lies
+  beyond its look-ahead on this ground);
 * ``due_at < not_after`` for every certificate not yet expired: a reachable phone's renewal is always
   attempted before expiry;
 * if any window opens in ``[max(base, now), latest)``, ``due_at`` lies in a window;
@@ -103,6 +105,13 @@ def test_due_at_is_in_a_window_whenever_one_opens_in_time(scenario: tuple[Renewa
         assert window_open(inp.windows, plan.due_at), plan
         assert plan.in_window
     assert plan.in_window == window_open(inp.windows, plan.due_at)
+
+
+@PROPERTY_SETTINGS
+@given(scenarios())
+def test_a_plan_is_never_due_before_its_base_time(scenario: tuple[RenewalInput, datetime]) -> None:
+    inp, now = scenario
+    assert plan_renewal(inp, now).due_at >= base_time(inp)
 
 
 @PROPERTY_SETTINGS
