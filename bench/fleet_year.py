@@ -73,9 +73,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.serialization import pkcs12
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import NameOID
 from sqlalchemy import func, insert, select, text
 from sqlmodel import col
 
@@ -109,10 +108,10 @@ from certmgr.operations.ca import initialise_ca  # noqa: E402
 from certmgr.phones.hub import _entry as transcript_entry  # noqa: E402
 from certmgr.phones.proofs import prove_address  # noqa: E402
 from certmgr.phones.sweep import ProbeSweep, _Target  # noqa: E402
-from certmgr.pki.ca import load_ca_definition  # noqa: E402
-from certmgr.pki.keys import PrivateKey, generate_private_key  # noqa: E402
-from certmgr.pki.pkcs12 import open_pkcs12  # noqa: E402
-from certmgr.pki.types import KeyType  # noqa: E402
+from certmgr.pki.ca import Issuer, load_ca_definition  # noqa: E402
+from certmgr.pki.leaf import LeafSpec, issue_key_and_leaf  # noqa: E402
+from certmgr.pki.pkcs12 import build_pkcs12, open_pkcs12  # noqa: E402
+from certmgr.pki.types import KeyType, Pkcs12Profile  # noqa: E402
 from certmgr.policy.windows import window_open  # noqa: E402
 from certmgr.renewal.planner import RenewalInput, base_time  # noqa: E402
 from certmgr.renewal.service import RenewalReport, reconcile_renewals  # noqa: E402
@@ -1225,31 +1224,22 @@ def floor_rows(rt: Runtime, count: int, now: datetime) -> float:
     return time.perf_counter() - t0
 
 
-def floor_issuance(
-    issuer_cert: x509.Certificate, issuer_key: PrivateKey, key_type: KeyType, n: int, now: datetime
-) -> bytes:
-    """The cryptography one renewal cannot do without, with ``cryptography`` alone: a key of ``key_type`` (the bench
-    policy's: EC P-256, or RSA-2048 with ``--rsa``), a server certificate for phone ``n``'s IP (the extensions a
-    phone's WBM certificate carries) signed by the issuing CA, and the PKCS#12 of key, certificate and issuing CA in
-    the policy's profile (``plain``, as the bench's phones take it). Returns the PKCS#12 (DER)."""
-    key = generate_private_key(key_type)
-    public = key.public_key()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ip_of(n + 1))]))
-        .issuer_name(issuer_cert.subject)
-        .public_key(public)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=397))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip_of(n + 1)))]), False)
-        .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-        .sign(issuer_key, hashes.SHA256())
+def floor_issuance(issuer: Issuer, key_type: KeyType, n: int, now: datetime) -> bytes:
+    """The cryptography one renewal cannot do without: a key of ``key_type`` (the bench policy's: EC P-256, or
+    RSA-2048 with ``--rsa``), a server certificate for phone ``n``'s IP signed by the issuing CA, and the PKCS#12 of
+    key, certificate and chain in the policy's profile (``plain``, as the bench's phones take it) — through
+    certmgr's own thin builders (:func:`~certmgr.pki.leaf.issue_key_and_leaf`, the one home of what a phone's
+    certificate carries, and :func:`~certmgr.pki.pkcs12.build_pkcs12`), without the policy, identity, templates,
+    database and audit around them. Returns the PKCS#12 (DER)."""
+    ip = ip_of(n + 1)
+    spec = LeafSpec(
+        subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ip)]),
+        dns_names=(),
+        ip_addresses=(ipaddress.ip_address(ip),),
+        validity=timedelta(days=397),
     )
-    return pkcs12.serialize_key_and_certificates(b"WBM", key, cert, [issuer_cert], serialization.NoEncryption())
+    key, cert = issue_key_and_leaf(spec, key_type, issuer, now)
+    return build_pkcs12(key, cert, issuer.chain, Pkcs12Profile.PLAIN, None, b"WBM")
 
 
 #: Bare issuances the cryptographic floor times at most (RSA-2048 keys take ~40 ms each).
@@ -1263,7 +1253,7 @@ def floor_crypto(rt: Runtime, count: int, now: datetime) -> float:
     key_type = rt.policies.get("default").key_type
     t0 = time.perf_counter()
     for k in range(count):
-        floor_issuance(issuer.cert, issuer.key, key_type, k, now)
+        floor_issuance(issuer, key_type, k, now)
     return time.perf_counter() - t0
 
 
@@ -1275,7 +1265,7 @@ class Floor:
     crypto_s: float = 0.0  # per renewal: key, certificate and PKCS#12 (floor_issuance)
 
     def total(self, runs: int, renewals: int) -> float:
-        return self.scan_s * runs + (self.rows_s + self.crypto_s) * renewals
+        return self.storage(runs, renewals) + self.crypto_s * renewals
 
     def storage(self, runs: int, renewals: int) -> float:
         """The database part alone (the floor before the cryptography was added to it)."""

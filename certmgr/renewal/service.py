@@ -199,21 +199,27 @@ def _current_row(r: Any) -> CurrentRow:
     return CurrentRow._make(values)
 
 
+def _read_current(session: Session, *where: Any, limit: int | None = None) -> Sequence[Any]:
+    """The :data:`_COLUMNS` of the phones matching ``where`` joined to their current certificate, by device id.
+    Run as Core on the transaction's connection: the statement selects columns, not entities, and the ORM's loading
+    step over them was a fifth of planning a fleet whose every row is due."""
+    statement = (
+        select(*_COLUMNS)
+        .join(Certificate, col(Certificate.id) == col(Device.current_certificate_id))
+        .where(*where)
+        .order_by(col(Device.id))
+        .limit(limit)
+    )
+    return session.connection().execute(statement).all()
+
+
 def scan_current(session: Session, batch: int) -> Iterator[list[CurrentRow]]:
     """Yield the approved phones with a current certificate in batches of ``batch``, ordered by device id
     (keyset pagination: each batch is one indexed range query; nothing else is held between batches)."""
     after = 0
     while True:
-        rows = (
-            session.connection()  # Core rows: columns only, no ORM loading step (see load_current)
-            .execute(
-                select(*_COLUMNS)
-                .join(Certificate, col(Certificate.id) == col(Device.current_certificate_id))
-                .where(col(Device.id) > after, col(Device.enrollment) == Enrollment.APPROVED.value)
-                .order_by(col(Device.id))
-                .limit(batch)
-            )
-            .all()
+        rows = _read_current(
+            session, col(Device.id) > after, col(Device.enrollment) == Enrollment.APPROVED.value, limit=batch
         )
         if not rows:
             return
@@ -388,18 +394,7 @@ def load_current(session: Session, device_ids: Sequence[int]) -> list[CurrentRow
     # parsing cost more than the read).
     dense = len(device_ids) * 2 >= hi - lo + 1
     wanted = set(device_ids) if dense else None
-    # Run as Core on the transaction's connection: the statement selects columns, not entities, and the ORM's
-    # loading step over them was a fifth of planning a fleet whose every row is due.
-    rows = (
-        session.connection()
-        .execute(
-            select(*_COLUMNS)
-            .join(Certificate, col(Certificate.id) == col(Device.current_certificate_id))
-            .where(col(Device.id).between(lo, hi) if dense else col(Device.id).in_(list(device_ids)))
-            .order_by(col(Device.id))
-        )
-        .all()
-    )
+    rows = _read_current(session, col(Device.id).between(lo, hi) if dense else col(Device.id).in_(list(device_ids)))
     return [_current_row(r) for r in rows if wanted is None or r[0] in wanted]
 
 

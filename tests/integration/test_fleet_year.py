@@ -129,7 +129,7 @@ def test_the_floors_issuance_is_what_a_phone_takes(
         clock.set(START)
         issuer = rt.issuer()
         key_type = rt.policies.get("default").key_type
-        first = floor_issuance(issuer.cert, issuer.key, key_type, 5, START)
+        first = floor_issuance(issuer, key_type, 5, START)
         key, cert, chain = open_pkcs12(first, None)
         assert isinstance(key, kind)
         cert.verify_directly_issued_by(issuer.cert)
@@ -138,13 +138,13 @@ def test_the_floors_issuance_is_what_a_phone_takes(
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == [ip_of(6)]
         assert cert.not_valid_before_utc <= START < cert.not_valid_after_utc
-        second_key, _cert, _chain = open_pkcs12(floor_issuance(issuer.cert, issuer.key, key_type, 5, START), None)
+        second_key, _cert, _chain = open_pkcs12(floor_issuance(issuer, key_type, 5, START), None)
         assert second_key.public_key() != key.public_key(), "every renewal's floor generates its own key"
         made: list[int] = []
         real = fleet_year.floor_issuance
 
         def counted(*args: Any) -> bytes:
-            made.append(args[3])
+            made.append(args[2])
             return real(*args)
 
         monkeypatch.setattr(fleet_year, "floor_issuance", counted)
