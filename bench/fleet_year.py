@@ -75,7 +75,8 @@ from zoneinfo import ZoneInfo
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import event, func, insert, select, text
+from sqlalchemy.engine import Engine
 from sqlmodel import col
 
 REPO = Path(__file__).resolve().parent.parent
@@ -333,6 +334,8 @@ class Results:
     wall_s: float = 0.0
     seed_s: float = 0.0
     timers: dict[str, float] = field(default_factory=dict)
+    statements: dict[str, int] = field(default_factory=dict)  # with --statements: per timed section
+    commits: dict[str, int] = field(default_factory=dict)
     memory: list[MemorySample] = field(default_factory=list)
     db_expired: int = 0  # expired before a verified successor, from the database's own records
     db_current_expired: int = 0
@@ -577,6 +580,31 @@ class ModelSweep(ProbeSweep):
         return target, seen, None if seen is not None else f"{target.ip}: connection refused"
 
 
+class StatementCensus:
+    """The statements and commits the database driver ran, counted under the innermost running timed section of
+    :class:`Simulation` (``--statements``; "other" outside every section), from SQLAlchemy's engine events on the
+    case's engine. An ``executemany`` (one statement, several parameter sets) counts once."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.sections: list[str] = ["other"]
+        self.statements: Counter[str] = Counter()
+        self.commits: Counter[str] = Counter()
+        event.listen(engine, "before_cursor_execute", self._statement)
+        event.listen(engine, "commit", self._commit)
+
+    def _statement(self, *_args: Any) -> None:
+        self.statements[self.sections[-1]] += 1
+
+    def _commit(self, *_args: Any) -> None:
+        self.commits[self.sections[-1]] += 1
+
+    def close(self) -> None:
+        """Stop counting (before the floor is measured on the same engine)."""
+        event.remove(self.engine, "before_cursor_execute", self._statement)
+        event.remove(self.engine, "commit", self._commit)
+
+
 # --- the simulation ------------------------------------------------------------------------------------------------
 RENEWAL, DISPATCH, SWEEP, OFFLINE, ONLINE, MOVE, RESET, CALLBACK, WINDOW_CLOSE = range(9)
 #: Regular renewal runs happen at this minute of the hour (see :meth:`Simulation._next_regular`).
@@ -599,8 +627,10 @@ class Simulation:
         out: Callable[[str], None] = print,
         rss_every: int = 50,
         malloc_trim: bool = False,
+        statements: bool = False,
     ) -> None:
         self.rt = rt
+        self.census = StatementCensus(rt.engine) if statements else None
         self.rss_every = rss_every
         self.malloc_trim = malloc_trim
         self.clock = clock
@@ -634,11 +664,16 @@ class Simulation:
     # -- timing --
     @contextmanager
     def timed(self, name: str) -> Iterator[None]:
+        census = self.census
+        if census is not None:
+            census.sections.append(name)
         t0 = time.perf_counter()
         try:
             yield
         finally:
             self.results.timers[name] = self.results.timers.get(name, 0.0) + time.perf_counter() - t0
+            if census is not None:
+                census.sections.pop()
 
     # -- the fleet --
     def add_phones(self, specs: list[tuple[int, str, str, datetime, datetime]]) -> None:
@@ -837,6 +872,10 @@ class Simulation:
         self.results.done_at = self.clock.now()
         self.results.renewed = self.renewed
         self.results.wall_s = time.perf_counter() - wall
+        if self.census is not None:
+            self.census.close()
+            self.results.statements = dict(self.census.statements)
+            self.results.commits = dict(self.census.commits)
         return self.results
 
     def _expire_until(self, until: datetime) -> None:
@@ -1300,6 +1339,7 @@ class Options:
     floor_sample: int = 5000
     rss_every: int = 50  # nights between RSS samples
     malloc_trim: bool = False  # at each RSS sample, also the RSS after malloc_trim (changes what follows)
+    statements: bool = False  # count the statements and commits of each timed section (StatementCensus)
     settings: dict[str, Any] = field(default_factory=dict)  # overrides (the tests' shorter sweep)
 
 
@@ -1340,6 +1380,7 @@ def run_case(
         sim = Simulation(
             rt, clock, name, faults=opts.faults, seed=opts.seed + 1, renewal_every=opts.renewal_every,
             quiet=opts.quiet, out=out, rss_every=opts.rss_every, malloc_trim=opts.malloc_trim,
+            statements=opts.statements,
         )  # fmt: skip
         sim.add_phones(specs)
         del specs
@@ -1367,6 +1408,22 @@ def run_case(
 # --- reporting ---------------------------------------------------------------------------------------------------
 def _mib(value: float | None, digits: int = 0) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def census_lines(r: Results) -> list[str]:
+    """The ``--statements`` lines: statements (commits) per timed section, and certmgr's sections (not the bench's
+    own queries, not "other") per certificate issued."""
+    order = sorted(r.statements, key=lambda k: -r.statements[k])
+    parts = ", ".join(f"{k} {r.statements[k]:,} ({r.commits.get(k, 0):,})" for k in order)
+    ours = [k for k in order if not k.startswith("bench.") and k != "other"]
+    statements = sum(r.statements[k] for k in ours)
+    commits = sum(r.commits.get(k, 0) for k in ours)
+    per = r.certificates_issued or 1
+    return [
+        f"  statements (commits) the database ran, per section: {parts}",
+        f"  in certmgr's functions {statements:,} statements and {commits:,} commits = {statements / per:.1f} "
+        f"statements and {commits / per:.1f} commits per certificate issued ({r.certificates_issued})",
+    ]
 
 
 def summary(run: CaseRun, backend: str) -> list[str]:
@@ -1415,6 +1472,8 @@ def summary(run: CaseRun, backend: str) -> list[str]:
     certmgr_s = sum(v for k, v in r.timers.items() if not k.startswith("bench."))
     parts = ", ".join(f"{k} {v:.1f}" for k, v in sorted(r.timers.items(), key=lambda kv: -kv[1]))
     lines.append(f"  time in certmgr's functions {certmgr_s:.1f} s of {r.wall_s:.1f} s: {parts}")
+    if r.statements:
+        lines.extend(census_lines(r))
     lines.append(
         "  memory at nights " + f"{[m.night for m in r.memory]} — RSS (MiB) / after malloc_trim (MiB, with "
         "--malloc-trim) / Python blocks (thousands) / anonymous (MiB) / mapped files (MiB) / the SQLite library's "
@@ -1469,6 +1528,11 @@ def main() -> int:
     )
     parser.add_argument("--profile", type=Path, help="write a cProfile of the first case here")
     parser.add_argument(
+        "--statements",
+        action="store_true",
+        help="count the statements and commits the database ran in each timed section, and per certificate issued",
+    )
+    parser.add_argument(
         "--scale-limits",
         action="store_true",
         help="scale the per-fleet settings (renewal_max_per_hour, renewal_max_per_run, probe_sweep_batch) by "
@@ -1489,6 +1553,7 @@ def main() -> int:
         quiet=args.quiet,
         rss_every=args.rss_every,
         malloc_trim=args.malloc_trim,
+        statements=args.statements,
         settings=scaled_limits(args.phones) if args.scale_limits else {},
     )
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]

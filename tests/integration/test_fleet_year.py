@@ -8,6 +8,7 @@ as 100,000 phones do at the default limit)."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from sqlalchemy import make_url
+from sqlalchemy import create_engine, make_url, text
 
 from bench import fleet_year
 from bench.fleet_year import (
@@ -24,6 +25,7 @@ from bench.fleet_year import (
     Floor,
     Options,
     Results,
+    StatementCensus,
     floor_issuance,
     ip_of,
     open_bench_runtime,
@@ -79,9 +81,13 @@ def _assert_converged(r: Results, opts: Options) -> None:
 
 
 def test_a_year_of_a_small_fleet_keeps_every_certificate_valid(tmp_path: Path) -> None:
-    opts = _options()
+    opts = replace(_options(), statements=True)
     r = run_case("year", tmp_path, None, opts, floor=False).results
     _assert_kept_valid(r)
+    # The statement census (--statements) counts under certmgr's own sections, each of which writes.
+    for section in ("renewal", "dispatch", "hub.admit", "hub.effects", "hub.verify"):
+        assert r.statements.get(section, 0) > r.commits.get(section, 0) > 0, (section, r.statements, r.commits)
+    assert r.statements.get("other", 0) < r.statements["renewal"]
     assert r.renewed == r.phones, f"{r.phones - r.renewed} phones never renewed in 400 days"
     assert r.expired_offline == []
     assert r.reasons.get("renewal", 0) >= PHONES
@@ -158,3 +164,27 @@ def test_the_floor_adds_the_cryptography_to_every_renewal() -> None:
     floor = Floor(scan_s=1.0, rows_s=2.0, sample=10, crypto_s=3.0)
     assert floor.total(runs=2, renewals=5) == 2 * 1.0 + 5 * (2.0 + 3.0)
     assert floor.storage(runs=2, renewals=5) == 2 * 1.0 + 5 * 2.0
+
+
+def test_the_statement_census_counts_under_the_running_section_and_stops_when_closed() -> None:
+    engine = create_engine("sqlite://")
+    census = StatementCensus(engine)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("CREATE TABLE t (x INTEGER)"))
+            census.sections.append("work")
+            conn.execute(text("INSERT INTO t VALUES (:x)"), [{"x": 1}, {"x": 2}, {"x": 3}])  # executemany: once
+            conn.execute(text("SELECT count(*) FROM t")).scalar_one()
+            census.sections.pop()
+        census.sections.append("work")
+        with engine.begin() as conn:
+            conn.execute(text("SELECT 1"))
+        census.sections.pop()
+        assert census.statements == {"other": 1, "work": 3}
+        assert census.commits == {"other": 1, "work": 1}
+        census.close()
+        with engine.begin() as conn:
+            conn.execute(text("SELECT 2"))
+        assert census.statements == {"other": 1, "work": 3}, "still counting after close()"
+    finally:
+        engine.dispose()
