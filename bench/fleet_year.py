@@ -9,14 +9,17 @@ driven by a :class:`~certmgr.clock.ManualClock`:
 * the renewal reconcile (:func:`certmgr.renewal.service.reconcile_renewals`: the planner with jitter, maintenance
   windows and the spread, the reissue triggers, the hourly and per-run rate limits, issuance and
   :func:`~certmgr.deploy.queue.issue_and_queue`);
-* the dispatcher's steps (:func:`~certmgr.deploy.recovery.expire_stale`, :func:`~certmgr.deploy.queue.claim_due`
-  with the concurrency limit, contact gap and windows, :func:`~certmgr.deploy.queue.contact_result`, backoff
-  through :func:`~certmgr.deploy.queue.retry_or_fail`);
+* the dispatcher's steps, in the dispatcher's order: the reconciler (:class:`certmgr.deploy.reconcile.Reconciler`:
+  the phones the hub saw since the last tick — every report of a trusted phone, every proven move — then the next
+  slice of the fleet; a moved phone gets its certificate for the new address here, as in the service),
+  :func:`~certmgr.deploy.recovery.expire_stale`, :func:`~certmgr.deploy.queue.claim_due` with the concurrency limit,
+  contact gap and windows, :func:`~certmgr.deploy.queue.contact_result`, backoff through
+  :func:`~certmgr.deploy.queue.retry_or_fail`;
 * the WPI hub's sequence for every phone message, in the hub's order but without HTTP
   (:class:`ModelHub`): D10 admission (:func:`certmgr.deploy.admission.admit`) → the pure state machine
   (:mod:`certmgr.wpi.interaction`) → effects (:func:`certmgr.deploy.effects.apply_effects`) → the probe
   (:func:`~certmgr.deploy.verification.probe_target` / :func:`~certmgr.deploy.verification.finish_verification`)
-  and address proofs (:func:`certmgr.phones.hub.prove_address` → ``resolve_claim``);
+  and address proofs (:func:`certmgr.phones.proofs.prove_address` → ``resolve_claim``);
 * the probe sweep (:class:`certmgr.phones.sweep.ProbeSweep`, its TLS probe answered by the model phone).
 
 The phones are models in memory (:class:`Phone`): no sockets. A phone answers certmgr's messages at once, opens
@@ -30,9 +33,12 @@ or the next renewal puts certmgr's back).
 Time: the bench is event driven. The renewal reconcile runs every ``--renewal-every`` virtual minutes, and at
 the service's own interval (60 s) while the rate limit holds renewals back and budget is left, or at the moment
 the hourly budget frees; the dispatcher ticks every second while it has work and is woken when a deployment
-becomes claimable (next attempt, window opening, contact gap); the probe sweep runs hourly. Nothing skipped
-could have changed the outcome except the cadence of the renewal runs (a renewal issued up to
-``--renewal-every`` later than a 60-s job would: conservative for the margins).
+becomes claimable (next attempt, window opening, contact gap) and a second after a proven move (the reconciler
+issues the certificate for the new address); the probe sweep runs hourly. Nothing skipped could have changed the
+outcome except the cadence of the renewal runs (a renewal issued up to ``--renewal-every`` later than a 60-s job
+would: conservative for the margins) and of the reconciler, which runs — the phones the hub marked, then its
+slice of the fleet — on the bench's ticks only, not every second (a phone marked by a report waits for the next
+tick there is anyway: never earlier than in the service, so again conservative).
 
 Cases: **year** (phones with certificates issued uniformly over the year before; 400 days), **mass** (every
 phone enrolled in one night; the run starts shortly before their renewal is due) and **rotation** (the CA is
@@ -101,10 +107,12 @@ from certmgr.db.models import (  # noqa: E402
 from certmgr.deploy.admission import admit  # noqa: E402
 from certmgr.deploy.effects import apply_effects  # noqa: E402
 from certmgr.deploy.queue import claim_due, confirm_written, contact_result  # noqa: E402
+from certmgr.deploy.reconcile import Reconciler  # noqa: E402
 from certmgr.deploy.recovery import expire_stale  # noqa: E402
 from certmgr.deploy.verdict import Verdict  # noqa: E402
 from certmgr.deploy.verification import finish_verification, probe_target  # noqa: E402
 from certmgr.inventory.enrollment import AddressClaim  # noqa: E402
+from certmgr.issuance.service import BuiltCertificate  # noqa: E402
 from certmgr.operations.ca import initialise_ca  # noqa: E402
 from certmgr.phones.hub import _entry as transcript_entry  # noqa: E402
 from certmgr.phones.proofs import prove_address  # noqa: E402
@@ -274,7 +282,7 @@ class Phone:
 class Counters:
     """What one night (or the whole case) saw."""
 
-    issued: int = 0  # renewal-reconcile issuances (every reason)
+    issued: int = 0  # certificates issued (every reason): by renewal runs and by the dispatcher's reconciler
     scheduled: int = 0  # ... of which scheduled (not immediate: held by the hourly limit, or past it by urgency)
     delivered: int = 0  # successors verified
     waiting: int = 0  # at the window's close: due (renewal time reached, or CA rotated), no verified successor
@@ -342,6 +350,8 @@ class Results:
     done_at: datetime | None = None
     started_at: datetime | None = None
     certificates_issued: int = 0
+    reconciled: int = 0  # of which the dispatcher's reconciler recorded (a new address, or no valid one left)
+    reconciled_reasons: dict[str, int] = field(default_factory=dict)
     deliveries: int = 0
     contacts_outside_window: int = 0  # contact-me sent while the phone's maintenance window was shut (target 0)
     max_limited_per_hour: int = 0  # most issuances under the hourly budget in the hour up to a renewal run
@@ -537,6 +547,10 @@ class ModelHub:
             self.probe(applied.probe_deployment_id)
         for claim in applied.claims:
             self.prove(claim)
+        if trusted:  # the hub's on_device_seen for every report of a trusted phone: the reconciler looks at it
+            for effect in effects:
+                if isinstance(effect, wi.PhoneReported) and effect.mac is not None:
+                    self.sim.seen(effect.mac)
 
     def probe(self, deployment_id: int) -> None:
         """The hub's ``_probe``: the probe sees what the phone at the address serves."""
@@ -565,7 +579,7 @@ class ModelHub:
             outcome = prove_address(rt, claim, seen, error, now)
         self.sim.results.moves[outcome] = self.sim.results.moves.get(outcome, 0) + 1
         if outcome == "moved":
-            self.sim.wake_renewal(now)  # the hub's on_device_seen: the phone needs a certificate for its address
+            self.sim.seen(claim.mac, wake=True)  # the proofs' on_moved (the hub's on_device_seen)
 
 
 class ModelSweep(ProbeSweep):
@@ -578,6 +592,20 @@ class ModelSweep(ProbeSweep):
     def _probe(self, target: _Target) -> tuple[_Target, str | None, str | None]:
         seen = self.sim.served_at(target.ip)
         return target, seen, None if seen is not None else f"{target.ip}: connection refused"
+
+
+class ModelReconciler(Reconciler):
+    """The dispatcher's reconciler, telling the simulation what it recorded (the only override)."""
+
+    def __init__(self, runtime: Runtime, sim: Simulation) -> None:
+        super().__init__(runtime)
+        self.sim = sim
+
+    def _record(self, cand: Any, built: BuiltCertificate, now: datetime) -> bool:  # cand: reconcile._Candidate
+        recorded = super()._record(cand, built, now)
+        if recorded:
+            self.sim.reconciled(cand.mac, cand.reason)
+        return recorded
 
 
 class StatementCensus:
@@ -645,6 +673,7 @@ class Simulation:
         self.by_mac: dict[str, Phone] = {}
         self.hub = ModelHub(self)
         self.sweep = ModelSweep(rt, self)
+        self.reconciler = ModelReconciler(rt, self)
         self.policy = rt.policies.get("default")
         self.windows = self.policy.windows
         self.tz = ZoneInfo(TIMEZONE)
@@ -653,7 +682,7 @@ class Simulation:
         self._expiry: list[tuple[datetime, int, int]] = []  # (not_after, phone, gen)
         self._next_renewal: datetime | None = None
         self._next_dispatch: datetime | None = None
-        self._budget: deque[tuple[datetime, int]] = deque()  # (run time, budget-counted issuances)
+        self._budget: deque[tuple[datetime, int]] = deque()  # (run or tick time, budget-counted issuances)
         self._limited: deque[tuple[datetime, int]] = deque()  # (run time, issuances the hourly limit holds back)
         self._spare_ip = 0
         self._nights_seen = 0
@@ -902,6 +931,26 @@ class Simulation:
         self.wake_renewal(self._next_renewal_time(report, now))
         return False
 
+    def seen(self, mac: str, *, wake: bool = False) -> None:
+        """The hub's ``on_device_seen``: the dispatcher's reconciler looks at ``mac`` on its next tick — with
+        ``wake`` (a proven move: the phone needs a certificate for its new address) the service's next tick, a
+        second from now; otherwise the bench's next tick, whenever the dispatcher has work (module docstring)."""
+        self.reconciler.mark(mac)
+        if wake:
+            self.wake_dispatch(self.clock.now() + timedelta(seconds=self.rt.settings.dispatch_tick_seconds))
+
+    def reconciled(self, mac: str, why: IssueReason) -> None:
+        """The reconciler recorded a certificate for ``mac`` (a new address, or none valid left)."""
+        now = self.clock.now()
+        self.night_now().issued += 1
+        self.by_mac[mac].issued = True
+        self.results.certificates_issued += 1
+        self.results.reconciled += 1
+        self.results.reconciled_reasons[why.value] = self.results.reconciled_reasons.get(why.value, 0) + 1
+        self.results.reasons[why.value] = self.results.reasons.get(why.value, 0) + 1
+        if why is not IssueReason.ENROLLMENT:
+            self._budget.append((now, 1))  # the renewal run's hourly budget counts it (certificates of the hour)
+
     def _account(self, report: RenewalReport, now: datetime) -> None:
         night = self.night_now()
         night.issued += len(report.issued)
@@ -958,6 +1007,8 @@ class Simulation:
         self._next_dispatch = None
         rt = self.rt
         self.results.dispatch_ticks += 1
+        with self.timed("reconcile"):
+            self.reconciler.run(now)  # the phones the hub saw first, then the next slice of the fleet
         with self.timed("dispatch"):
             expire_stale(rt, now, active_deployments=frozenset())
             tasks = claim_due(rt, now, exclude_macs=frozenset())
@@ -1434,7 +1485,8 @@ def summary(run: CaseRun, backend: str) -> list[str]:
     busiest = max(nights, key=lambda kv: kv[1].issued, default=None)
     lines.append(
         f"  renewal runs {r.renewal_runs}, dispatcher ticks {r.dispatch_ticks}, probe sweeps {r.sweeps}; "
-        f"certificates issued {r.certificates_issued} {dict(sorted(r.reasons.items()))}; verified {r.deliveries}"
+        f"certificates issued {r.certificates_issued} {dict(sorted(r.reasons.items()))} ({r.reconciled} by the "
+        f"dispatcher's reconciler, the rest by renewal runs); verified {r.deliveries}"
     )
     lines.append(
         f"  expired before a verified successor: {len(r.expired)} (database: {r.db_expired} late successors, "
