@@ -154,7 +154,10 @@ def _admit(
         move(dep, S.AWAITING_CALLBACK, now)
         dep.contacted_at = dep.contacted_at or now
     hold(settings, dep, interaction_lease(settings, now))
-    job = Job.verify(dep.id, device.mac) if not facts.write_pending else _write_job(runtime, session, dep, device)
+    # The deployment's changes are written once, at the end: flushed before the job's reads, they were a second
+    # UPDATE of the row, and on SQLite the write lock was held while the PKCS#12 was being built.
+    with session.no_autoflush:
+        job = Job.verify(dep.id, device.mac) if not facts.write_pending else _write_job(runtime, session, dep, device)
     if job is None:
         events.append(deployment_event("deployment.failed", dep, device.mac, reason="no PKCS#12 profile left"))
         move(dep, S.FAILED, now, error="no PKCS#12 profile left")

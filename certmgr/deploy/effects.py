@@ -174,8 +174,6 @@ def _phone_reported(step: _Step, effect: PhoneReported) -> None:
         step.claims.append(result.claim)
     if step.device is not None and result.device is not None and result.device.id == step.device.id:
         step.device = result.device
-    if step.dep is not None:
-        step.session.refresh(step.dep)
 
 
 def _mac(step: _Step) -> str:
@@ -266,9 +264,9 @@ def _certificate_info(step: _Step, effect: CertificateInfoReceived) -> None:
     if live is None:
         return
     dep, device = live
-    dep.info_raw = effect.raw
-    cert_row = step.session.get(Certificate, dep.certificate_id)
+    cert_row = step.session.get(Certificate, dep.certificate_id)  # before the changes: one UPDATE of the row, not two
     assert cert_row is not None
+    dep.info_raw = effect.raw
     expected = ExpectedCert.from_certificate(x509.load_pem_x509_certificate(cert_row.cert_pem.encode()))
     verdict = (
         judge_certificate_info(parse_certificate_info(effect.raw), expected) if effect.raw else InfoVerdict.UNDECIDED

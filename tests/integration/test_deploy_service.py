@@ -23,15 +23,18 @@ from certmgr.db.models import (
     IssueReason,
 )
 from certmgr.deploy import admission, queue, recovery
+from certmgr.deploy.effects import apply_effects
 from certmgr.deploy.reconcile import Reconciler
 from certmgr.errors import NotFoundError
 from certmgr.inventory.enrollment import ReportResult, approve_device, record_report, resolve_claim
 from certmgr.runtime import Runtime, open_runtime
 from certmgr.settings import Settings
+from certmgr.wpi.effects import CertificateInfoReceived, Effect, PhoneReported, WriteAccepted, WriteSent
 from certmgr.wpi.interaction import JobMode
 from certmgr.wpi.jobs import Defer, Refuse, Serve
-from certmgr.wpi.messages import Reason
+from certmgr.wpi.messages import Item, Reason
 from tests.conftest import REPO
+from tests.integration.sql_support import statements, updates_of
 
 MAC = "00:1A:E8:00:00:01"
 IP = "10.1.2.3"
@@ -194,6 +197,43 @@ def test_d10_admission(runtime: Runtime, clock: ManualClock) -> None:
     later = now + timedelta(seconds=61)
     adm = admission.admit(runtime, mac=MAC, peer=IP, reason=Reason.SOLICITED, now=later, busy_until=None).admission
     assert not isinstance(adm, Serve)
+
+
+def test_each_step_of_a_delivery_writes_its_deployment_row_once(runtime: Runtime, clock: ManualClock) -> None:
+    """Counted by the year bench's statement census: admission wrote the deployment row twice (the lease was flushed
+    before the job's reads, then the profile — on SQLite holding the write lock while the PKCS#12 was built), so did
+    the certificate-info step (the info before the certificate's read, then the state), and the phone's report
+    re-read the deployment its step had just loaded."""
+    dep = _ready(runtime)
+    assert dep.id is not None
+    now = clock.now()
+    with statements(runtime.engine) as seen:
+        adm = admission.admit(runtime, mac=MAC, peer=IP, reason=Reason.SOLICITED, now=now, busy_until=None).admission
+    assert isinstance(adm, Serve)
+    assert adm.job.mode is JobMode.WRITE
+    assert updates_of(seen, "deployment") == 1, seen
+
+    def step(effects: list[Effect]) -> None:
+        apply_effects(runtime, effects=effects, deployment_id=dep.id, authorised=True, peer=IP, now=now, transcript=[])
+
+    report = PhoneReported(Reason.SOLICITED, MAC, tuple(Item(k, v) for k, v in _items().items()))
+    with statements(runtime.engine) as seen:
+        step([report, WriteSent(dep.id)])
+    assert updates_of(seen, "deployment") == 1, seen
+    assert sum(1 for s in seen if "FROM deployment" in s) == 1, seen  # loaded once, not again after the report
+    with statements(runtime.engine) as seen:
+        step([WriteAccepted(dep.id)])
+    assert updates_of(seen, "deployment") == 1, seen
+    with statements(runtime.engine) as seen:
+        step([CertificateInfoReceived(dep.id, "not a certificate info", None)])  # undecided, but stored
+    assert updates_of(seen, "deployment") == 1, seen
+    after = _dep(runtime)
+    assert after.state is DeploymentState.VERIFYING
+    assert after.write_sent_at is not None
+    assert after.written_at is not None
+    assert after.lease_until is not None
+    assert after.profile_used is not None
+    assert after.info_raw == "not a certificate info"
 
 
 def test_contact_gap_and_concurrency(runtime: Runtime, clock: ManualClock) -> None:

@@ -7,33 +7,15 @@ phones, growing with the fleet. The slice is now checked with one query (:func:`
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-from sqlalchemy import event
 
 from certmgr.clock import ManualClock, SystemClock
 from certmgr.deploy.reconcile import Reconciler
 from certmgr.settings import Settings
 from tests.integration.renewal_support import enroll_verified, open_test_runtime, report
+from tests.integration.sql_support import statements
 
 PHONES = 40
-
-
-@contextmanager
-def statements(engine: Any) -> Iterator[list[str]]:
-    seen: list[str] = []
-
-    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        seen.append(statement)
-
-    event.listen(engine, "before_cursor_execute", count)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
 
 
 def test_a_sweep_over_a_covered_fleet_costs_the_same_few_statements_at_any_size(
