@@ -264,7 +264,8 @@ def _certificate_info(step: _Step, effect: CertificateInfoReceived) -> None:
     if live is None:
         return
     dep, device = live
-    cert_row = step.session.get(Certificate, dep.certificate_id)  # before the changes: one UPDATE of the row, not two
+    with step.session.no_autoflush:  # the step's changes (a WriteAccepted's too) are written once, at the end
+        cert_row = step.session.get(Certificate, dep.certificate_id)
     assert cert_row is not None
     dep.info_raw = effect.raw
     expected = ExpectedCert.from_certificate(x509.load_pem_x509_certificate(cert_row.cert_pem.encode()))

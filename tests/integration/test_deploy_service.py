@@ -6,8 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy.orm.exc import StaleDataError
 from sqlmodel import col, select
 
 from certmgr.clock import ManualClock
@@ -27,6 +29,7 @@ from certmgr.deploy.effects import apply_effects
 from certmgr.deploy.reconcile import Reconciler
 from certmgr.errors import NotFoundError
 from certmgr.inventory.enrollment import ReportResult, approve_device, record_report, resolve_claim
+from certmgr.issuance import packaging
 from certmgr.runtime import Runtime, open_runtime
 from certmgr.settings import Settings
 from certmgr.wpi.effects import CertificateInfoReceived, Effect, PhoneReported, WriteAccepted, WriteSent
@@ -234,6 +237,52 @@ def test_each_step_of_a_delivery_writes_its_deployment_row_once(runtime: Runtime
     assert after.lease_until is not None
     assert after.profile_used is not None
     assert after.info_raw == "not a certificate info"
+
+
+def test_a_check_first_step_writes_its_deployment_row_once(runtime: Runtime, clock: ManualClock) -> None:
+    """An earlier WriteItems' answer never came and the phone already serves the certificate: one step carries the
+    write's confirmation and the certificate info — one UPDATE of the row for both."""
+    dep = _ready(runtime)
+    assert dep.id is not None
+    now = clock.now()
+    admission.admit(runtime, mac=MAC, peer=IP, reason=Reason.SOLICITED, now=now, busy_until=None)
+    apply_effects(runtime, effects=[WriteSent(dep.id)], deployment_id=dep.id, authorised=True, peer=IP, now=now,
+                  transcript=[])  # fmt: skip
+    effects: list[Effect] = [WriteAccepted(dep.id, already_present=True), CertificateInfoReceived(dep.id, "x", None)]
+    with statements(runtime.engine) as seen:
+        apply_effects(runtime, effects=effects, deployment_id=dep.id, authorised=True, peer=IP, now=now, transcript=[])
+    assert updates_of(seen, "deployment") == 1, seen
+    after = _dep(runtime)
+    assert after.state is DeploymentState.VERIFYING
+    assert after.written_at is not None
+
+
+def test_an_admission_that_loses_a_race_for_its_deployment_serves_nothing(
+    runtime: Runtime, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Admission writes the deployment once, at its commit, so the row is not locked while the PKCS#12 is built:
+    another transaction that changes the deployment meanwhile wins, and this admission fails on the row's version
+    (nothing committed, no job returned; the caller's retry decides again on fresh data)."""
+    dep = _ready(runtime)
+    now = clock.now()
+    build = packaging.package
+    lease = now + timedelta(seconds=999)
+
+    def racing(*args: Any, **kwargs: Any) -> Any:
+        with session_scope(runtime.engine) as other:  # another node takes the deployment while this one packages
+            row = other.get(Deployment, dep.id)
+            assert row is not None
+            row.lease_owner, row.lease_until = "other-node", lease
+            other.add(row)
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(admission, "package", racing)
+    with pytest.raises(StaleDataError):
+        admission.admit(runtime, mac=MAC, peer=IP, reason=Reason.SOLICITED, now=now, busy_until=None)
+    after = _dep(runtime)
+    assert after.lease_owner == "other-node"
+    assert after.lease_until == lease
+    assert after.profile_used is None  # the losing admission's changes are not there
 
 
 def test_contact_gap_and_concurrency(runtime: Runtime, clock: ManualClock) -> None:
