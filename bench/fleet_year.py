@@ -1009,6 +1009,8 @@ class Simulation:
         self.results.dispatch_ticks += 1
         with self.timed("reconcile"):
             self.reconciler.run(now)  # the phones the hub saw first, then the next slice of the fleet
+        if self.reconciler.marked:  # more marked phones than a call looks at: the service's next tick takes them
+            self.wake_dispatch(now + timedelta(seconds=rt.settings.dispatch_tick_seconds))
         with self.timed("dispatch"):
             expire_stale(rt, now, active_deployments=frozenset())
             tasks = claim_due(rt, now, exclude_macs=frozenset())

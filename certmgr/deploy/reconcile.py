@@ -110,11 +110,16 @@ class Reconciler:
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
         self._cursor = 0
-        self._urgent: set[str] = set()
+        self._urgent: dict[str, None] = {}  # the phones marked, in the order they were marked (first looked at first)
 
     def mark(self, mac: str) -> None:
         """Look at ``mac`` first on the next call (a new phone, an IP change, an approval)."""
-        self._urgent.add(mac)
+        self._urgent[mac] = None
+
+    @property
+    def marked(self) -> int:
+        """How many marked phones the next calls have yet to look at (at most ``reconcile_scan_batch`` a call)."""
+        return len(self._urgent)
 
     def run(self, now: datetime) -> int:
         """One bounded pass; returns the number of deployments created.
@@ -162,7 +167,8 @@ class Reconciler:
             rows: list[tuple[int | None, str | None]] = []
             if self._urgent:
                 urgent = list(self._urgent)[:scan]
-                self._urgent.difference_update(urgent)
+                for mac in urgent:
+                    del self._urgent[mac]
                 rows.extend(
                     session.exec(select(col(Device.id), col(Device.ip)).where(col(Device.mac).in_(urgent), *approved))
                 )
