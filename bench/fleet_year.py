@@ -70,7 +70,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -350,14 +350,18 @@ class Results:
     done_at: datetime | None = None
     started_at: datetime | None = None
     certificates_issued: int = 0
-    reconciled: int = 0  # of which the dispatcher's reconciler recorded (a new address, or no valid one left)
-    reconciled_reasons: dict[str, int] = field(default_factory=dict)
+    reconciled_reasons: dict[str, int] = field(default_factory=dict)  # what the dispatcher's reconciler recorded
     deliveries: int = 0
     contacts_outside_window: int = 0  # contact-me sent while the phone's maintenance window was shut (target 0)
     max_limited_per_hour: int = 0  # most issuances under the hourly budget in the hour up to a renewal run
     over_limit: int = 0  # scheduled issuances past the budget (no hour with room before their latest time)
     limit_per_hour: int = 0  # renewal_max_per_hour
     renewed: int = 0  # phones with a successor verified since the case started (at the end)
+
+    @property
+    def reconciled(self) -> int:
+        """Certificates the dispatcher's reconciler recorded (a new address, or no valid one left)."""
+        return sum(self.reconciled_reasons.values())
 
     def night(self, key: date) -> Counters:
         found = self.nights.get(key)
@@ -941,27 +945,26 @@ class Simulation:
 
     def reconciled(self, mac: str, why: IssueReason) -> None:
         """The reconciler recorded a certificate for ``mac`` (a new address, or none valid left)."""
-        now = self.clock.now()
-        self.night_now().issued += 1
-        self.by_mac[mac].issued = True
-        self.results.certificates_issued += 1
-        self.results.reconciled += 1
         self.results.reconciled_reasons[why.value] = self.results.reconciled_reasons.get(why.value, 0) + 1
-        self.results.reasons[why.value] = self.results.reasons.get(why.value, 0) + 1
-        if why is not IssueReason.ENROLLMENT:
-            self._budget.append((now, 1))  # the renewal run's hourly budget counts it (certificates of the hour)
+        self._count_issued([mac], {why.value: 1}, self.clock.now())
 
-    def _account(self, report: RenewalReport, now: datetime) -> None:
-        night = self.night_now()
-        night.issued += len(report.issued)
-        for mac in report.issued:
+    def _count_issued(self, macs: Sequence[str], reasons: Mapping[str, int], now: datetime) -> None:
+        """Certificates issued for ``macs``, counted by reason in ``reasons``, by a renewal run or the reconciler: the
+        night's and the case's counts, and the model of the hourly budget (every reason but a first enrollment, as
+        certmgr counts it)."""
+        self.night_now().issued += len(macs)
+        for mac in macs:
             self.by_mac[mac].issued = True
-        self.results.certificates_issued += len(report.issued)
-        for why, count in report.reasons.items():
+        self.results.certificates_issued += len(macs)
+        for why, count in reasons.items():
             self.results.reasons[why] = self.results.reasons.get(why, 0) + count
-        budgeted = sum(c for why, c in report.reasons.items() if why != IssueReason.ENROLLMENT.value)
+        budgeted = sum(c for why, c in reasons.items() if why != IssueReason.ENROLLMENT.value)
         if budgeted:
             self._budget.append((now, budgeted))
+
+    def _account(self, report: RenewalReport, now: datetime) -> None:
+        self._count_issued(report.issued, report.reasons, now)
+        night = self.night_now()
         limited = report.issued_within_budget
         night.scheduled += limited + report.issued_over_limit
         self.results.over_limit += report.issued_over_limit

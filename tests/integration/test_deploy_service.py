@@ -202,6 +202,12 @@ def test_d10_admission(runtime: Runtime, clock: ManualClock) -> None:
     assert not isinstance(adm, Serve)
 
 
+def _step(rt: Runtime, dep: Deployment, effects: list[Effect]) -> None:
+    """One authorised phone message's effects on ``dep``, from the phone's address (no transcript)."""
+    now = rt.clock.now()
+    apply_effects(rt, effects=effects, deployment_id=dep.id, authorised=True, peer=IP, now=now, transcript=[])
+
+
 def test_each_step_of_a_delivery_writes_its_deployment_row_once(runtime: Runtime, clock: ManualClock) -> None:
     """Counted by the year bench's statement census: admission wrote the deployment row twice (the lease was flushed
     before the job's reads, then the profile — on SQLite holding the write lock while the PKCS#12 was built), so did
@@ -215,20 +221,16 @@ def test_each_step_of_a_delivery_writes_its_deployment_row_once(runtime: Runtime
     assert isinstance(adm, Serve)
     assert adm.job.mode is JobMode.WRITE
     assert updates_of(seen, "deployment") == 1, seen
-
-    def step(effects: list[Effect]) -> None:
-        apply_effects(runtime, effects=effects, deployment_id=dep.id, authorised=True, peer=IP, now=now, transcript=[])
-
     report = PhoneReported(Reason.SOLICITED, MAC, tuple(Item(k, v) for k, v in _items().items()))
     with statements(runtime.engine) as seen:
-        step([report, WriteSent(dep.id)])
+        _step(runtime, dep, [report, WriteSent(dep.id)])
     assert updates_of(seen, "deployment") == 1, seen
     assert sum(1 for s in seen if "FROM deployment" in s) == 1, seen  # loaded once, not again after the report
     with statements(runtime.engine) as seen:
-        step([WriteAccepted(dep.id)])
+        _step(runtime, dep, [WriteAccepted(dep.id)])
     assert updates_of(seen, "deployment") == 1, seen
     with statements(runtime.engine) as seen:
-        step([CertificateInfoReceived(dep.id, "not a certificate info", None)])  # undecided, but stored
+        _step(runtime, dep, [CertificateInfoReceived(dep.id, "not a certificate info", None)])  # undecided, but stored
     assert updates_of(seen, "deployment") == 1, seen
     after = _dep(runtime)
     assert after.state is DeploymentState.VERIFYING
@@ -246,11 +248,10 @@ def test_a_check_first_step_writes_its_deployment_row_once(runtime: Runtime, clo
     assert dep.id is not None
     now = clock.now()
     admission.admit(runtime, mac=MAC, peer=IP, reason=Reason.SOLICITED, now=now, busy_until=None)
-    apply_effects(runtime, effects=[WriteSent(dep.id)], deployment_id=dep.id, authorised=True, peer=IP, now=now,
-                  transcript=[])  # fmt: skip
+    _step(runtime, dep, [WriteSent(dep.id)])
     effects: list[Effect] = [WriteAccepted(dep.id, already_present=True), CertificateInfoReceived(dep.id, "x", None)]
     with statements(runtime.engine) as seen:
-        apply_effects(runtime, effects=effects, deployment_id=dep.id, authorised=True, peer=IP, now=now, transcript=[])
+        _step(runtime, dep, effects)
     assert updates_of(seen, "deployment") == 1, seen
     after = _dep(runtime)
     assert after.state is DeploymentState.VERIFYING
