@@ -184,6 +184,29 @@ def _merge(first: str | None, second: str | None, what: str) -> str | None:
     return first if first is not None else second
 
 
+def _message(
+    body: bytes, max_body: int, root_name: str, head: str
+) -> tuple[Element, str, Element, dict[str, list[Element]]]:
+    """The envelope both directions share: ``<root><Message nonce=…><head/>[<ItemList/>]</Message></root>``.
+
+    Returns the ``Message`` element, its nonce, the ``head`` element (``ReasonForContact`` or ``Action``, which
+    holds text only) and the ``Message``'s children by name.
+
+    Raises:
+        ProtocolError: as :func:`_parse_root`, or if the envelope is not exactly that shape.
+    """
+    root = _parse_root(body, max_body, root_name)
+    message = _one(_children(root, root_name, {"Message"}), "Message", root_name, required=True)
+    assert message is not None
+    nonce = _nonce(message)
+    found = _children(message, "Message", {head, "ItemList"})
+    head_el = _one(found, head, "Message", required=True)
+    assert head_el is not None
+    if len(head_el):
+        raise ProtocolError(f"{head} must not contain elements")
+    return message, nonce, head_el, found
+
+
 def parse_workpoint(body: bytes, *, max_body: int = MAX_BODY) -> WorkpointMessage:
     """Parse a phone's ``WorkpointMessage`` (§4.2).
 
@@ -192,15 +215,7 @@ def parse_workpoint(body: bytes, *, max_body: int = MAX_BODY) -> WorkpointMessag
             (or declares an unknown or non-text encoding), uses a DTD or entities, is not in the DLS namespace,
             lacks a non-empty nonce or a ``ReasonForContact``, or has invalid attribute values.
     """
-    root = _parse_root(body, max_body, "WorkpointMessage")
-    message = _one(_children(root, "WorkpointMessage", {"Message"}), "Message", "WorkpointMessage", required=True)
-    assert message is not None
-    nonce = _nonce(message)
-    found = _children(message, "Message", {"ReasonForContact", "ItemList"})
-    rfc = _one(found, "ReasonForContact", "Message", required=True)
-    assert rfc is not None
-    if len(rfc):
-        raise ProtocolError("ReasonForContact must not contain elements")
+    message, nonce, rfc, found = _message(body, max_body, "WorkpointMessage", "ReasonForContact")
     reason = parse_reason(rfc.text or "")
 
     max_items = _int_attr(_merge(message.get("maxItems"), rfc.get("maxItems"), "maxItems"), "maxItems")
@@ -246,15 +261,7 @@ def parse_dls(body: bytes, *, max_body: int = MAX_BODY) -> DLSMessage:
             (or declares an unknown or non-text encoding), uses a DTD or entities, is not in the DLS namespace,
             lacks a non-empty nonce or exactly one non-empty ``Action``.
     """
-    root = _parse_root(body, max_body, "DLSMessage")
-    message = _one(_children(root, "DLSMessage", {"Message"}), "Message", "DLSMessage", required=True)
-    assert message is not None
-    nonce = _nonce(message)
-    found = _children(message, "Message", {"Action", "ItemList"})
-    action_el = _one(found, "Action", "Message", required=True)
-    assert action_el is not None
-    if len(action_el):
-        raise ProtocolError("Action must not contain elements")
+    _, nonce, action_el, found = _message(body, max_body, "DLSMessage", "Action")
     action = parse_action(action_el.text or "")
     return DLSMessage(
         nonce=nonce, action=action, items=_parse_items(_one(found, "ItemList", "Message", required=False))
