@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import socket
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,7 @@ class Runtime:
     _passphrase: SecretStr | None = None
     _issuer: Issuer | None = None
     _issuer_fp: str | None = None
+    _issuer_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _node_slot: int | None = None
     _key_pool: KeyPool | None = None
 
@@ -81,7 +83,17 @@ class Runtime:
             if self._issuer is not None and self._issuer_fp == fingerprint:
                 return self._issuer
             material = (row.chain_pem, row.key_pem) if row is not None else (None, None)
-        chain_pem, key_pem = material
+        with self._issuer_lock:  # threads that see the change together load (and tell) the new CA once
+            if self._issuer is not None and self._issuer_fp == fingerprint:
+                return self._issuer
+            return self._load_issuer(fingerprint, *material)
+
+    def _load_issuer(self, fingerprint: str | None, chain_pem: str | None, key_pem: str | None) -> Issuer:
+        """Decrypt and keep the issuing CA the database names (``issuer``'s slow path, under its lock).
+
+        Raises:
+            CANotInitialisedError, CAPassphraseError, CACorruptError: as :meth:`issuer`.
+        """
         secret = self.passphrase().get_secret_value().encode()
         if chain_pem and key_pem:
             issuer = issuer_from_pem(chain_pem.encode(), key_pem.encode(), secret)

@@ -132,6 +132,7 @@ class ServiceProcess:
     log_file: Path
     role: str = "wpi"
     values: dict[str, object] = field(default_factory=dict)  # its settings (what the config file says)
+    env: dict[str, str] = field(default_factory=dict)  # added to its environment (``CERTMGR_…`` settings too)
     proc: subprocess.Popen[str] | None = None
     starts: int = 0
     _lines: queue.Queue[str | None] = field(default_factory=queue.Queue)
@@ -141,7 +142,7 @@ class ServiceProcess:
         and announces nothing: it is only checked to be running)."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         env = {k: v for k, v in os.environ.items() if not k.startswith("CERTMGR_")}
-        env.update(CERTMGR_CONFIG=str(self.config_file), PYTHONUNBUFFERED="1")
+        env.update(CERTMGR_CONFIG=str(self.config_file), PYTHONUNBUFFERED="1", **self.env)
         self.starts += 1
         log: IO[str] = self.log_file.open("a", encoding="utf-8")
         log.write(f"\n===== start {self.starts} =====\n")

@@ -9,6 +9,7 @@ old CA, the trigger fired again on the next run, and each phone got another cert
 
 from __future__ import annotations
 
+import json
 import ssl
 from collections import Counter
 from collections.abc import Callable
@@ -18,6 +19,7 @@ import httpx
 import pytest
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
 from sqlmodel import col, select
 
 from certmgr.db.engine import session_scope
@@ -86,6 +88,7 @@ def test_ca_rotated_by_the_cli_under_a_running_service(e2e_factory: Callable[...
     world = e2e_factory(PHONES, settings={"scheduler_enabled": True, "renewal_interval_seconds": RENEWAL_INTERVAL_S})
     _ec_policy(world)
     world.service.role = "all"
+    world.service.env = {"CERTMGR_LOG_FORMAT": "json"}  # as a log shipper wants it: one JSON object a line
     world.service.start()
     fleet = Fleet(
         PHONES,
@@ -118,4 +121,18 @@ def test_ca_rotated_by_the_cli_under_a_running_service(e2e_factory: Callable[...
     assert set(per_phone.values()) == {2}, per_phone  # enrollment + exactly one for the rotation
     rotated = [c for c in world.certificates().values() if c.reason is IssueReason.CA_ROTATION]
     assert len(rotated) == PHONES
+    # The log tells each phone's story, and the rotation: JSON records carrying the action and the MAC or CA.
+    records = [json.loads(line) for line in world.service.log().splitlines() if line.startswith("{")]
+    assert records
+    assert all(r["level"] and r["ts"] and r["logger"] for r in records)
+    rotation = [r for r in records if r["message"].startswith("CA rotation: issuing with")]
+    assert len(rotation) == 1, rotation  # told once, however many threads saw the new CA at the same moment
+    assert rotation[0]["ca"] == new_ca.fingerprint(hashes.SHA256()).hex()
+    story = [r for r in records if r["logger"] == "certmgr.story" and r["level"] == "INFO"]
+    for phone in fleet.phones:
+        told = Counter(r["action"] for r in story if r.get("mac") == phone.config.mac)
+        assert told["device.discovered"] == 1, (phone.config.mac, told)
+        assert told["certificate.issued"] == 2, (phone.config.mac, told)
+        assert told["deployment.written"] >= 2, (phone.config.mac, told)
+        assert told["deployment.verified"] >= 2, (phone.config.mac, told)
     assert "Traceback" not in world.service.log()
