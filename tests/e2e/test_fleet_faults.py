@@ -220,6 +220,7 @@ def test_fifty_phones_every_fault(e2e_factory: Callable[..., E2E]) -> None:
     # Nothing secret in any transcript, audit event or the service log.
     assert leaked_secrets(transcripts_and_events_text(world)) == []
     assert leaked_secrets(world.service.log()) == []
+    assert " DEBUG " in world.service.log()  # the scan above read a log written at DEBUG
     assert "Traceback" not in world.service.log()
     assert [line for line in world.service.log().splitlines() if " ERROR " in line] == []
     print(f"\n50 phones converged in {elapsed:.1f}s")
