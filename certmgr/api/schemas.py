@@ -10,16 +10,18 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar
 
 from cryptography import x509
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from certmgr.audit.tokens import TokenInfo
 from certmgr.db.models import (
     CertificateStatus,
     DeploymentState,
+    Device,
     DeviceStatus,
     Enrollment,
     IssueReason,
 )
+from certmgr.inventory.enrollment import awaits_approval
 from certmgr.inventory.phones import PolicySource
 from certmgr.pki.crl import RevocationReason
 from certmgr.pki.keys import fingerprint_sha256
@@ -63,8 +65,24 @@ class DevicePublic(BaseModel):
     last_contact_me_at: datetime | None
     last_verified_at: datetime | None
     current_certificate_id: int | None
+    pending_ip: str | None = Field(
+        default=None, description="A move to this address is held until an operator approves (no proof of possession)."
+    )
+    pending_since: datetime | None = None
+    awaiting_approval: bool = Field(
+        default=False, description="Pending enrollment or a held address move: POST …/approve ends either."
+    )
     created_at: datetime
     updated_at: datetime
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_device(cls, data: Any) -> Any:
+        """A ``Device`` row: its columns, and whether it awaits an operator (the inventory's rule)."""
+        if not isinstance(data, Device):
+            return data
+        values = {name: getattr(data, name) for name in cls.model_fields if name != "awaiting_approval"}
+        return {**values, "awaiting_approval": awaits_approval(data)}
 
 
 class CertificatePublic(BaseModel):

@@ -20,6 +20,7 @@ from sqlmodel import Session, col
 
 from certmgr.db.models import Certificate, Deployment, DeploymentState, Device, Enrollment
 from certmgr.errors import CertmgrError
+from certmgr.inventory.enrollment import awaits_approval_clause, held_move_clause
 from certmgr.inventory.phones import phone_policy
 
 if TYPE_CHECKING:
@@ -50,6 +51,16 @@ class Failure:
     error: str
 
 
+@dataclass(frozen=True)
+class HeldMove:
+    """A phone's address move held for an operator (the new address gave no proof of possession)."""
+
+    mac: str
+    ip: str | None
+    pending_ip: str
+    since: datetime | None
+
+
 @dataclass
 class FleetStatus:
     """What ``certmgr status`` shows."""
@@ -61,6 +72,7 @@ class FleetStatus:
     deployments: dict[str, int] = field(default_factory=dict)
     next_renewals: list[NextRenewal] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+    held_moves: list[HeldMove] = field(default_factory=list)
     earliest_expiry: tuple[str, datetime] | None = None
     expired: int = 0
 
@@ -77,10 +89,15 @@ def fleet_status(runtime: Runtime, session: Session, now: datetime, limit: int =
     for value, count in session.execute(select(col(Device.status), func.count()).group_by(col(Device.status))):
         status.devices[str(getattr(value, "value", value))] = int(count)
     status.pending_approval = int(
-        session.execute(
-            select(func.count()).select_from(Device).where(col(Device.enrollment) == Enrollment.PENDING.value)
-        ).scalar_one()
+        session.execute(select(func.count()).select_from(Device).where(awaits_approval_clause())).scalar_one()
     )
+    for mac, ip, pending_ip, since in session.execute(
+        select(col(Device.mac), col(Device.ip), col(Device.pending_ip), col(Device.pending_since))
+        .where(held_move_clause())
+        .order_by(col(Device.pending_since), col(Device.mac))
+        .limit(limit)
+    ):
+        status.held_moves.append(HeldMove(mac, ip, pending_ip, since))
     status.drift = int(
         session.execute(select(func.count()).select_from(Device).where(col(Device.drift).is_(True))).scalar_one()
     )
@@ -154,7 +171,7 @@ def render(status: FleetStatus, console: Console) -> None:
     devices.add_column("count", justify="right")
     for name, count in sorted(status.devices.items()):
         devices.add_row(name, str(count))
-    devices.add_row("awaiting approval", str(status.pending_approval))
+    devices.add_row("awaiting approval (enrollment or a held move)", str(status.pending_approval))
     devices.add_row("drift flagged", str(status.drift))
     console.print(devices)
     deps = Table(title="Deployments by state")
@@ -180,6 +197,13 @@ def render(status: FleetStatus, console: Console) -> None:
     for f in status.failures:
         fails.add_row(f.mac, str(f.deployment_id), _ts(f.at), f.error)
     console.print(fails)
+    if status.held_moves:
+        held = Table(title="Address moves held for approval (certmgr device approve MAC)")
+        for name in ("phone", "known address", "claimed address", "since"):
+            held.add_column(name)
+        for m in status.held_moves:
+            held.add_row(m.mac, m.ip or "-", m.pending_ip, _ts(m.since))
+        console.print(held)
 
 
 def status_command(

@@ -31,6 +31,7 @@ from certmgr.db.models import (
     Enrollment,
 )
 from certmgr.errors import CertmgrError, ConflictError, NotFoundError
+from certmgr.inventory.enrollment import awaits_approval
 
 if TYPE_CHECKING:
     from certmgr.console.fleet import PhoneRow
@@ -96,7 +97,7 @@ def _retry(runtime: Runtime, device: Device, actor: str) -> str:
 
 
 def _approve(runtime: Runtime, device: Device, actor: str) -> str:
-    if device.enrollment is not Enrollment.PENDING:
+    if not awaits_approval(device):  # a pending enrollment or a held address move
         raise Skip(f"not awaiting approval ({device.enrollment.value})")
     assert device.id is not None
     operations.approve(runtime, device.id, actor)

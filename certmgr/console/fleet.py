@@ -2,8 +2,9 @@
 
 A filter is the query string of ``/ui/phones`` (bookmarkable; the back button works): ``q`` (a prefix of the MAC,
 number, IP address or host name), ``status``, ``policy``, ``model``, ``firmware``, ``expiring`` (within N days,
-expired ones included), ``drift``, ``pending`` (awaiting approval), ``sort`` and ``cursor``. Nothing a browser
-sends fails the page: a value that does not parse is dropped with a message saying why.
+expired ones included), ``drift``, ``pending`` (awaiting approval: a pending enrollment or a held address move),
+``sort`` and ``cursor``. Nothing a browser sends fails the page: a value that does not parse is dropped with a
+message saying why.
 
 Sorting and pagination are keyset-based (never ``OFFSET``), so every page costs the same at 100,000 phones:
 
@@ -28,6 +29,7 @@ from sqlalchemy import ColumnElement, and_, false, func, or_, select
 from sqlmodel import Session, col
 
 from certmgr.db.models import Certificate, Device, DeviceStatus, Enrollment
+from certmgr.inventory.enrollment import awaits_approval, awaits_approval_clause
 
 PAGE_SIZE = 50
 MAX_Q = 64
@@ -216,6 +218,12 @@ class PhoneRow:
     drift: bool
     last_seen_at: datetime | None
     not_after: datetime | None
+    pending_ip: str | None = None
+
+    @property
+    def awaiting_approval(self) -> bool:
+        """Pending enrollment or a held address move (the inventory's rule)."""
+        return awaits_approval(self)
 
 
 @dataclass
@@ -240,6 +248,7 @@ _COLUMNS = (
     col(Device.drift),
     col(Device.last_seen_at),
     col(Certificate.not_after),
+    col(Device.pending_ip),
 )
 
 
@@ -276,7 +285,7 @@ def conditions(flt: PhoneFilter, now: datetime, dialect: str) -> list[ColumnElem
     if flt.drift:
         where.append(col(Device.drift).is_(True))
     if flt.pending:
-        where.append(col(Device.enrollment) == Enrollment.PENDING.value)
+        where.append(awaits_approval_clause())
     if flt.expiring is not None:
         where.append(col(Certificate.not_after) <= now + timedelta(days=flt.expiring))
     return where
@@ -312,6 +321,7 @@ def _row(r: Any) -> PhoneRow:
         drift=bool(r[10]),
         last_seen_at=r[11],
         not_after=r[12],
+        pending_ip=r[13],
     )
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Integer, and_, cast, exists, func, literal, not_, or_, select
+from sqlalchemy import ColumnElement, Integer, and_, case, cast, exists, func, literal, not_, or_, select
 from sqlmodel import Session, col
 
 from certmgr.db.models import (
@@ -27,6 +27,7 @@ from certmgr.db.models import (
     Enrollment,
 )
 from certmgr.db.types import UTCDateTime
+from certmgr.inventory.enrollment import awaits_approval_clause
 
 FORECAST_WEEKS = 26
 WEEK_SECONDS = 7 * 24 * 3600
@@ -157,15 +158,16 @@ def overview(session: Session, now: datetime) -> Overview:
     """The overview's figures (a handful of aggregate queries)."""
     out = Overview()
     approved = col(Device.enrollment) == Enrollment.APPROVED.value
-    for status, enrollment, drift, count in session.execute(  # one scan for every count of the device table
-        select(col(Device.status), col(Device.enrollment), col(Device.drift), func.count()).group_by(
+    waiting = func.count(case((awaits_approval_clause(), 1)))  # pending enrollments and held address moves
+    for status, enrollment, drift, count, awaiting in session.execute(  # one scan for every count of the table
+        select(col(Device.status), col(Device.enrollment), col(Device.drift), func.count(), waiting).group_by(
             col(Device.status), col(Device.enrollment), col(Device.drift)
         )
     ):
         name = str(getattr(status, "value", status))
         out.by_status[name] = out.by_status.get(name, 0) + int(count)
         kind = str(getattr(enrollment, "value", enrollment))
-        out.pending += int(count) if kind == Enrollment.PENDING.value else 0
+        out.pending += int(awaiting)
         out.enrolled += int(count) if kind == Enrollment.APPROVED.value else 0
         out.drift += int(count) if drift else 0
     out.total = sum(out.by_status.values())

@@ -31,6 +31,7 @@ from certmgr.db.models import (
 )
 from certmgr.errors import CertmgrError, NotFoundError
 from certmgr.identity import normalize_mac
+from certmgr.inventory.enrollment import awaits_approval
 from certmgr.inventory.phones import PolicyChoice, identity_of, policy_for
 from certmgr.policy import PolicySet
 
@@ -153,6 +154,11 @@ class PhoneDetail:
         newest = self.deployments[0] if self.deployments else None
         ok = (DeploymentState.QUEUED, DeploymentState.FAILED, DeploymentState.CANCELLED)
         return newest if newest is not None and newest.state in ok else None
+
+    @property
+    def awaiting_approval(self) -> bool:
+        """Whether an operator's approval is what the phone waits for (enrollment or a held address move)."""
+        return awaits_approval(self.device)
 
     @property
     def renewable(self) -> bool:

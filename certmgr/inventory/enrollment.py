@@ -30,7 +30,9 @@ import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
+from sqlalchemy import ColumnElement, and_, or_
 from sqlmodel import Session, col, select
 
 from certmgr.audit.log import NewEvent, append_events
@@ -306,6 +308,34 @@ def move_device(session: Session, device: Device, ip: str, contact_me_uri: str |
     events = [NewEvent(ACTOR, "device.ip-changed", "device", device.mac, {"old": old, "new": ip})]
     events.extend(supersede_unfinished(session, device, now, "ip-change"))
     return events
+
+
+class _Waiting(Protocol):
+    @property
+    def enrollment(self) -> Enrollment: ...
+    @property
+    def pending_ip(self) -> str | None: ...
+
+
+def awaits_approval(device: _Waiting) -> bool:
+    """Whether ``device`` (a ``Device`` row or anything with its ``enrollment`` and ``pending_ip``) waits for an
+    operator: its enrollment is pending, or a move of its address is held because the new address gave no proof
+    of possession (module docstring). :func:`approve_device` ends both; :func:`awaits_approval_clause` is the
+    same rule in SQL.
+    """
+    if device.enrollment is Enrollment.DECOMMISSIONED:
+        return False
+    return device.enrollment is Enrollment.PENDING or device.pending_ip is not None
+
+
+def held_move_clause() -> ColumnElement[bool]:
+    """SQL condition on ``Device``: a move of the phone's address is held for an operator."""
+    return and_(col(Device.pending_ip).is_not(None), col(Device.enrollment) != Enrollment.DECOMMISSIONED.value)
+
+
+def awaits_approval_clause() -> ColumnElement[bool]:
+    """:func:`awaits_approval` as a SQL condition on ``Device`` (counts and filters over the whole fleet)."""
+    return or_(col(Device.enrollment) == Enrollment.PENDING.value, held_move_clause())
 
 
 def approve_device(session: Session, mac: str, now: datetime, actor: str) -> Device:

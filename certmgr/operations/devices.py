@@ -179,6 +179,7 @@ def decommission_device(runtime: Runtime, device_id: int, actor: str) -> Decommi
             revoked.append(cert.id)
         device.enrollment = Enrollment.DECOMMISSIONED
         device.status = DeviceStatus.DECOMMISSIONED
+        device.pending_ip = device.pending_contact_me_uri = device.pending_since = None  # a held move ends too
         device.updated_at = now
         session.add(device)
         append_events(session, now, events)

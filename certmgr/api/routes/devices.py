@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from sqlalchemy import or_, select
+from sqlalchemy import not_, or_, select
 from sqlmodel import col
 
 from certmgr import operations as actions
@@ -37,6 +37,7 @@ from certmgr.api.schemas import (
     PolicySummary,
 )
 from certmgr.db.models import Certificate, Deployment, Device, DeviceStatus
+from certmgr.inventory.enrollment import awaits_approval_clause
 from certmgr.inventory.phones import identity_of, policy_for
 from certmgr.policy.templates import render_leaf_names
 
@@ -55,6 +56,9 @@ def devices_list(
     model: Text = None,
     firmware: Text = None,
     expiring_within: ExpiringWithin = None,
+    awaiting_approval: Annotated[
+        bool | None, Query(description="Only phones awaiting an operator (pending enrollment or a held move).")
+    ] = None,
     q: Annotated[
         str | None, Query(max_length=64, pattern=r"^[^\x00]*$", description="Part of MAC, E.164 or IP.")
     ] = None,
@@ -76,6 +80,9 @@ def devices_list(
         query = query.join(Certificate, col(Certificate.id) == col(Device.current_certificate_id)).where(
             col(Certificate.not_after) <= limit_at
         )
+    if awaiting_approval is not None:
+        waiting = awaits_approval_clause()
+        query = query.where(waiting if awaiting_approval else not_(waiting))
     if q:
         pattern = like_pattern(q)
         query = query.where(
@@ -162,7 +169,7 @@ def device_register(body: DeviceCreate, who: Operator, rt: RuntimeDep) -> Device
 
 @router.post("/devices/{device_id}/approve", response_model=DevicePublic, responses=ERRORS, tags=["actions"])
 def device_approve(device_id: IdPath, who: Operator, rt: RuntimeDep) -> DevicePublic:
-    """Approve a pending phone's enrollment (operator); idempotent.
+    """Approve a pending phone's enrollment, or its address move held for want of proof (operator); idempotent.
 
     Raises:
         NotFoundError: 404. ConflictError: 409 for a decommissioned phone.
