@@ -26,7 +26,6 @@ literal, the protocol's contact-me path.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,7 +38,7 @@ from certmgr.audit.log import NewEvent, append_events
 from certmgr.db.deployments import UNFINISHED_STATES, move
 from certmgr.db.models import Certificate, Deployment, DeploymentState, Device, DeviceStatus, Enrollment
 from certmgr.errors import ConflictError, InputError, NotFoundError, PolicyError, ProtocolError
-from certmgr.identity import DeviceIdentity, normalize_mac
+from certmgr.identity import normalize_mac
 from certmgr.inventory.addresses import (
     canonical_ip,
     contact_me_target,
@@ -207,32 +206,25 @@ def _new_device(
     policies: PolicySet,
     events: list[NewEvent],
 ) -> Device:
-    identity = DeviceIdentity(
-        mac=mac,
-        ips=(ipaddress.ip_address(address),) if address else (),
-        e164=_clip(items.get(ITEM_E164), 32),
-        model=_clip(items.get(ITEM_DEVICE_TYPE), 64),
-        firmware=_clip(items.get(ITEM_SOFTWARE_VERSION), 64),
-    )
-    try:
-        policy = policy_for(policies, None, identity).policy
-    except PolicyError:
-        policy = None
-    approved = policy is not None and policy.enrollment == "auto"
     device = Device(
         mac=mac,
         ip=address,
         contact_me_uri=uri,
-        e164=identity.e164,
-        device_type=identity.model,
-        software_version=identity.firmware,
-        policy_name=policy.name if policy is not None else None,
-        enrollment=Enrollment.APPROVED if approved else Enrollment.PENDING,
-        status=DeviceStatus.ENROLLED if approved else DeviceStatus.NEW,
+        e164=_clip(items.get(ITEM_E164), 32),
+        device_type=_clip(items.get(ITEM_DEVICE_TYPE), 64),
+        software_version=_clip(items.get(ITEM_SOFTWARE_VERSION), 64),
         last_seen_at=now,
         created_at=now,
         updated_at=now,
     )
+    try:
+        policy = policy_for(policies, None, identity_of(device)).policy
+    except PolicyError:
+        policy = None
+    approved = policy is not None and policy.enrollment == "auto"
+    device.policy_name = policy.name if policy is not None else None
+    device.enrollment = Enrollment.APPROVED if approved else Enrollment.PENDING
+    device.status = DeviceStatus.ENROLLED if approved else DeviceStatus.NEW
     session.add(device)
     session.flush()
     details = {"reason": reason, "policy": device.policy_name, "enrollment": device.enrollment.value, "ip": address}
