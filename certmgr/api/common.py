@@ -18,13 +18,14 @@ from sqlmodel import Session, SQLModel
 
 from certmgr.api.schemas import NO_NUL, Page
 from certmgr.clock import ensure_utc
+from certmgr.db.models import MAX_ID
 from certmgr.errors import InputError, NotFoundError
 
 T = TypeVar("T")
 P = TypeVar("P", bound=BaseModel)
 M = TypeVar("M", bound=SQLModel)
 
-MAX_INT32 = 2_147_483_647
+MAX_INT32 = MAX_ID
 MAX_INT64 = 9_223_372_036_854_775_807
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 500

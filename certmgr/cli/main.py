@@ -12,6 +12,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from certmgr.cli.actions import (
+    certificate_app,
+    deployment_app,
+    device_approve,
+    device_decommission,
+    device_register,
+    device_renew,
+)
 from certmgr.cli.audit import audit_app
 from certmgr.cli.exitcodes import USAGE, exit_code_for
 from certmgr.cli.notify import notify_app
@@ -32,11 +40,13 @@ app = typer.Typer(
 ca_app = typer.Typer(help="The certificate authority: create, import, show.", no_args_is_help=True)
 policy_app = typer.Typer(help="Certificate policies (policies/*.toml).", no_args_is_help=True)
 db_app = typer.Typer(help="The database.", no_args_is_help=True)
-device_app = typer.Typer(help="Phones: inventory and enrollment approval.", no_args_is_help=True)
+device_app = typer.Typer(help="Phones: inventory; register, approve, decommission, renew now.", no_args_is_help=True)
 app.add_typer(ca_app, name="ca")
 app.add_typer(policy_app, name="policy")
 app.add_typer(db_app, name="db")
 app.add_typer(device_app, name="device")
+app.add_typer(certificate_app, name="certificate")
+app.add_typer(deployment_app, name="deployment")
 app.add_typer(token_app, name="token")
 app.add_typer(audit_app, name="audit")
 app.add_typer(report_app, name="report")
@@ -259,18 +269,11 @@ def device_list(
     out.print(table)
 
 
-@device_app.command("approve")
-def device_approve(mac: Annotated[str, typer.Argument(help="The phone's MAC address.")]) -> None:
-    """Approve a pending phone (policy enrollment = approve) so that certmgr deploys to it."""
-    from certmgr.operations import approve_mac
-    from certmgr.runtime import open_runtime
-
-    runtime = open_runtime(_settings())
-    try:
-        device = approve_mac(runtime, mac, actor="cli")
-    finally:
-        runtime.close()
-    out.print(f"approved {device.mac} (policy {device.policy_name or '-'})")
+# The operator use cases on phones live in certmgr/cli/actions.py (thin wrappers over certmgr.operations).
+device_app.command("register")(device_register)
+device_app.command("approve")(device_approve)
+device_app.command("decommission")(device_decommission)
+device_app.command("renew")(device_renew)
 
 
 # --- crl ------------------------------------------------------------------------------------------------------

@@ -51,6 +51,10 @@ from certmgr.db.enums import (
 from certmgr.db.types import StrEnumType, UTCDateTime
 from certmgr.pki.types import KeyType, Pkcs12Profile
 
+#: The largest id of a device, certificate or deployment row (INTEGER columns: 32-bit on PostgreSQL). A number
+#: outside 1..MAX_ID names no row; callers answer "not found" (or 422) without asking the database.
+MAX_ID = 2_147_483_647
+
 NAMING_CONVENTION: dict[str, str] = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -352,6 +356,7 @@ class ConsoleJob(SQLModel, table=True):
 __all__ = [
     "BIG_ID",
     "HEX_SHA256",
+    "MAX_ID",
     "NAME_LEN",
     "NAMING_CONVENTION",
     "SERIAL_LEN",

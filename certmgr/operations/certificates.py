@@ -27,6 +27,7 @@ from certmgr.operations.common import (
     LIVE_CERTS,
     build_for,
     get_device,
+    get_device_by_mac,
     lock_certificate,
     refresh_crl_quietly,
     transaction,
@@ -177,4 +178,20 @@ def renew_certificate(runtime: Runtime, certificate_id: int, actor: str) -> Rene
         return RenewResult(queued.certificate.id, queued.deployment.id, queued.certificate.serial)
 
 
-__all__ = ["RenewResult", "RevokeResult", "renew_certificate", "revoke_certificate"]
+def renew_mac(runtime: Runtime, mac: str, actor: str) -> RenewResult:
+    """:func:`renew_certificate` for the current certificate of the phone with MAC ``mac`` (the CLI names phones
+    by MAC).
+
+    Raises:
+        InputError: invalid MAC. NotFoundError: unknown phone. ConflictError: the phone has no current
+        certificate yet, or :func:`renew_certificate` refuses. IssuanceError / CAError: as there.
+    """
+    with transaction(runtime) as session:
+        device = get_device_by_mac(session, mac)
+        current, normalised = device.current_certificate_id, device.mac
+    if current is None:
+        raise ConflictError(f"phone {normalised} has no current certificate to renew yet", mac=normalised)
+    return renew_certificate(runtime, current, actor)
+
+
+__all__ = ["RenewResult", "RevokeResult", "renew_certificate", "renew_mac", "revoke_certificate"]

@@ -1,5 +1,6 @@
 """What every operator use case shares: one transaction with conflicts reported as such, row getters that
-answer 404, building a phone's next certificate, re-signing the CRL after a revocation."""
+answer 404 (by id, or a phone by MAC), building a phone's next certificate, re-signing the CRL after a
+revocation."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from sqlalchemy.orm.exc import StaleDataError
 from sqlmodel import Session, col, select
 
 from certmgr.db.engine import session_scope
-from certmgr.db.models import Certificate, CertificateStatus, Deployment, Device
+from certmgr.db.models import MAX_ID, Certificate, CertificateStatus, Deployment, Device
 from certmgr.errors import CertmgrError, ConflictError, NotFoundError
+from certmgr.identity import normalize_mac
 from certmgr.inventory.phones import phone_policy
 from certmgr.issuance.revocation import refresh_crl
 from certmgr.issuance.service import BuiltCertificate, build_certificate
@@ -40,14 +42,45 @@ def transaction(runtime: Runtime) -> Iterator[Session]:
         raise ConflictError("the change conflicts with another (a duplicate?); try again") from None
 
 
+def _check_id(ident: int, what: str) -> None:
+    """An id no row can have (0, negative, beyond the INTEGER column) is unknown, asked of no database."""
+    if not 1 <= ident <= MAX_ID:
+        raise NotFoundError(f"no {what} with id {ident}", id=ident)
+
+
 def get_device(session: Session, device_id: int) -> Device:
+    """The phone with id ``device_id``.
+
+    Raises:
+        NotFoundError: no such phone.
+    """
+    _check_id(device_id, "device")
     row = session.get(Device, device_id)
     if row is None:
         raise NotFoundError(f"no device with id {device_id}", id=device_id)
     return row
 
 
+def get_device_by_mac(session: Session, mac: str) -> Device:
+    """The phone with MAC ``mac`` (any spelling :func:`~certmgr.identity.normalize_mac` accepts).
+
+    Raises:
+        InputError: ``mac`` is not a MAC address. NotFoundError: no phone has it.
+    """
+    normalised = normalize_mac(mac)
+    row = session.exec(select(Device).where(col(Device.mac) == normalised)).first()
+    if row is None:
+        raise NotFoundError(f"no phone with MAC {normalised}", mac=normalised)
+    return row
+
+
 def lock_certificate(session: Session, certificate_id: int) -> Certificate:
+    """The certificate with id ``certificate_id``, its row locked for the transaction.
+
+    Raises:
+        NotFoundError: no such certificate.
+    """
+    _check_id(certificate_id, "certificate")
     row = session.exec(select(Certificate).where(col(Certificate.id) == certificate_id).with_for_update()).first()
     if row is None:
         raise NotFoundError(f"no certificate with id {certificate_id}", id=certificate_id)
@@ -55,6 +88,12 @@ def lock_certificate(session: Session, certificate_id: int) -> Certificate:
 
 
 def get_deployment(session: Session, deployment_id: int) -> Deployment:
+    """The deployment with id ``deployment_id``.
+
+    Raises:
+        NotFoundError: no such deployment.
+    """
+    _check_id(deployment_id, "deployment")
     row = session.get(Deployment, deployment_id)
     if row is None:
         raise NotFoundError(f"no deployment with id {deployment_id}", id=deployment_id)
@@ -85,6 +124,7 @@ __all__ = [
     "build_for",
     "get_deployment",
     "get_device",
+    "get_device_by_mac",
     "lock_certificate",
     "refresh_crl_quietly",
     "transaction",

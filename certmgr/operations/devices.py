@@ -29,7 +29,7 @@ from certmgr.identity import DeviceIdentity
 from certmgr.inventory.enrollment import approve_device
 from certmgr.inventory.phones import policy_for
 from certmgr.issuance.revocation import revoke_in_session
-from certmgr.operations.common import LIVE_CERTS, get_device, refresh_crl_quietly, transaction
+from certmgr.operations.common import LIVE_CERTS, get_device, get_device_by_mac, refresh_crl_quietly, transaction
 from certmgr.pki.crl import RevocationReason
 
 if TYPE_CHECKING:
@@ -187,4 +187,23 @@ def decommission_device(runtime: Runtime, device_id: int, actor: str) -> Decommi
     return DecommissionResult(device, tuple(cancelled), tuple(revoked), crl_number)
 
 
-__all__ = ["DecommissionResult", "approve", "approve_mac", "decommission_device", "register_device"]
+def decommission_mac(runtime: Runtime, mac: str, actor: str) -> DecommissionResult:
+    """:func:`decommission_device` for the phone with MAC ``mac`` (the CLI names phones by MAC).
+
+    Raises:
+        InputError: invalid MAC. NotFoundError: unknown phone. ConflictError: already decommissioned.
+    """
+    with transaction(runtime) as session:
+        device_id = get_device_by_mac(session, mac).id
+    assert device_id is not None
+    return decommission_device(runtime, device_id, actor)
+
+
+__all__ = [
+    "DecommissionResult",
+    "approve",
+    "approve_mac",
+    "decommission_device",
+    "decommission_mac",
+    "register_device",
+]

@@ -87,11 +87,37 @@ def test_the_session_cookie(ui: TestClient, rt: Runtime, tokens: dict[str, str])
 
 
 def test_plain_http_on_loopback_uses_the_unprefixed_cookie(rt: Runtime, tokens: dict[str, str]) -> None:
+    """Over plain HTTP (loopback only) the ``__Host-`` prefix cannot be used: the login form's cookie and the
+    session cookie are ``certmgr_login`` and ``certmgr_session``, with the same attributes. (Cookies are sent by
+    hand: a client's jar keeps ``Secure`` cookies off plain HTTP, browsers allow them on loopback.)"""
     with TestClient(new_client(rt).app, base_url="http://127.0.0.1:8000", follow_redirects=False) as plain:
         page = plain.get("/ui/login")
         cookie = page.headers["set-cookie"]
         assert cookie.startswith("certmgr_login=")
         assert "Secure" in cookie
+        nonce = cookie.split(";")[0].split("=", 1)[1]
+        plain.cookies.clear()
+        answer = plain.post(
+            "/ui/login",
+            data={"token": tokens["operator"], "login_nonce": nonce, "next": "/ui/phones"},
+            headers={
+                "Origin": "http://127.0.0.1:8000",
+                "Sec-Fetch-Site": "same-origin",
+                "Cookie": f"certmgr_login={nonce}",
+            },
+        )
+        assert answer.status_code == 303, answer.text
+        assert answer.headers["location"] == "/ui/phones"
+        set_cookies = answer.headers.get_list("set-cookie")
+        session = next(c for c in set_cookies if c.startswith("certmgr_session="))
+        assert not any(c.startswith("__Host-") for c in set_cookies)
+        attributes = {part.strip().lower() for part in session.split(";")[1:]}
+        assert {"httponly", "secure", "samesite=strict", "path=/"} <= attributes
+        value = session.split(";")[0].split("=", 1)[1]
+        plain.cookies.clear()
+        assert plain.get("/ui/phones", headers={"Cookie": f"certmgr_session={value}"}).status_code == 200
+        refused = plain.get("/ui/phones", headers={"Cookie": f"__Host-certmgr_session={value}"})
+        assert refused.status_code == 303  # the HTTPS name is not read over plain HTTP: back to the login
 
 
 def test_idle_and_absolute_expiry_use_the_injected_clock(

@@ -31,9 +31,10 @@ def int_id(value: str, what: str) -> int:
     Raises:
         NotFoundError: if ``value`` is not one (the page answers 404).
     """
+    from certmgr.db.models import MAX_ID
     from certmgr.errors import NotFoundError
 
-    if not value.isdigit() or len(value) > 10 or not 1 <= int(value) <= 2_147_483_647:
+    if not value.isdigit() or len(value) > 10 or not 1 <= int(value) <= MAX_ID:
         raise NotFoundError(f"no {what} {value[:32]!r}")
     return int(value)
 
