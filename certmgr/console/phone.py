@@ -29,9 +29,8 @@ from certmgr.db.models import (
     Device,
     Enrollment,
 )
-from certmgr.errors import CertmgrError, NotFoundError
-from certmgr.identity import normalize_mac
-from certmgr.inventory.enrollment import awaits_approval
+from certmgr.errors import CertmgrError, InputError, NotFoundError
+from certmgr.inventory.enrollment import awaits_approval, phone_by_mac
 from certmgr.inventory.phones import PolicyChoice, identity_of, policy_for
 from certmgr.policy import PolicySet
 
@@ -177,13 +176,9 @@ def find_device(session: Session, mac: str) -> Device:
         NotFoundError: if ``mac`` is not a MAC or no phone has it.
     """
     try:
-        normalised = normalize_mac(mac[:64])
-    except CertmgrError:
+        return phone_by_mac(session, mac[:64])
+    except InputError:  # not a MAC: no such page
         raise NotFoundError(f"no phone with MAC {mac[:64]!r}") from None
-    device: Device | None = session.execute(select(Device).where(col(Device.mac) == normalised)).scalars().first()
-    if device is None:
-        raise NotFoundError(f"no phone with MAC {normalised}", mac=normalised)
-    return device
 
 
 def _served(session: Session, device: Device, cert: Certificate, written: Deployment | None) -> Served | None:

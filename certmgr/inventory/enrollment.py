@@ -330,6 +330,19 @@ def awaits_approval_clause() -> ColumnElement[bool]:
     return or_(col(Device.enrollment) == Enrollment.PENDING.value, held_move_clause())
 
 
+def phone_by_mac(session: Session, mac: str) -> Device:
+    """The phone with MAC ``mac`` (any spelling :func:`~certmgr.identity.normalize_mac` accepts).
+
+    Raises:
+        InputError: ``mac`` is not a MAC address. NotFoundError: no phone has it.
+    """
+    normalised = normalize_mac(mac)
+    device = session.exec(select(Device).where(col(Device.mac) == normalised)).first()
+    if device is None:
+        raise NotFoundError(f"no phone with MAC {normalised}", mac=normalised)
+    return device
+
+
 def approve_device(session: Session, mac: str, now: datetime, actor: str) -> Device:
     """Approve a pending phone so that certmgr deploys to it, and a held address move (the phone gets the new
     address; a certificate for it is issued and deployed there).
@@ -337,13 +350,8 @@ def approve_device(session: Session, mac: str, now: datetime, actor: str) -> Dev
     Raises:
         InputError: invalid MAC. NotFoundError: unknown phone. ConflictError: decommissioned phone.
     """
-    try:
-        mac = normalize_mac(mac)
-    except InputError:
-        raise
-    device = session.exec(select(Device).where(col(Device.mac) == mac)).first()
-    if device is None:
-        raise NotFoundError(f"no phone with MAC {mac}", mac=mac)
+    device = phone_by_mac(session, mac)
+    mac = device.mac
     if device.enrollment is Enrollment.DECOMMISSIONED:
         raise ConflictError(f"phone {mac} is decommissioned", mac=mac)
     if device.pending_ip is not None:  # a held address move: the operator vouches for the new address

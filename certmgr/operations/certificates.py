@@ -21,13 +21,13 @@ from certmgr.deploy.queue import issue_and_queue
 from certmgr.deploy.reconcile import needs_certificate
 from certmgr.errors import CertmgrError, ConflictError
 from certmgr.identity import parse_ip
+from certmgr.inventory.enrollment import phone_by_mac
 from certmgr.issuance.revocation import revoke_in_session
 from certmgr.issuance.service import BuiltCertificate
 from certmgr.operations.common import (
     LIVE_CERTS,
     build_for,
     get_device,
-    get_device_by_mac,
     lock_certificate,
     refresh_crl_quietly,
     transaction,
@@ -187,7 +187,7 @@ def renew_mac(runtime: Runtime, mac: str, actor: str) -> RenewResult:
         certificate yet, or :func:`renew_certificate` refuses. IssuanceError / CAError: as there.
     """
     with transaction(runtime) as session:
-        device = get_device_by_mac(session, mac)
+        device = phone_by_mac(session, mac)
         current, normalised = device.current_certificate_id, device.mac
     if current is None:
         raise ConflictError(f"phone {normalised} has no current certificate to renew yet", mac=normalised)

@@ -17,7 +17,6 @@ from sqlmodel import Session, col, select
 from certmgr.db.engine import session_scope
 from certmgr.db.models import MAX_ID, Certificate, CertificateStatus, Deployment, Device
 from certmgr.errors import CertmgrError, ConflictError, NotFoundError
-from certmgr.identity import normalize_mac
 from certmgr.inventory.phones import phone_policy
 from certmgr.issuance.revocation import refresh_crl
 from certmgr.issuance.service import BuiltCertificate, build_certificate
@@ -58,19 +57,6 @@ def get_device(session: Session, device_id: int) -> Device:
     row = session.get(Device, device_id)
     if row is None:
         raise NotFoundError(f"no device with id {device_id}", id=device_id)
-    return row
-
-
-def get_device_by_mac(session: Session, mac: str) -> Device:
-    """The phone with MAC ``mac`` (any spelling :func:`~certmgr.identity.normalize_mac` accepts).
-
-    Raises:
-        InputError: ``mac`` is not a MAC address. NotFoundError: no phone has it.
-    """
-    normalised = normalize_mac(mac)
-    row = session.exec(select(Device).where(col(Device.mac) == normalised)).first()
-    if row is None:
-        raise NotFoundError(f"no phone with MAC {normalised}", mac=normalised)
     return row
 
 
@@ -124,7 +110,6 @@ __all__ = [
     "build_for",
     "get_deployment",
     "get_device",
-    "get_device_by_mac",
     "lock_certificate",
     "refresh_crl_quietly",
     "transaction",

@@ -26,10 +26,10 @@ from certmgr.db.models import (
 )
 from certmgr.errors import ConflictError, PolicyError
 from certmgr.identity import DeviceIdentity
-from certmgr.inventory.enrollment import approve_device
+from certmgr.inventory.enrollment import approve_device, phone_by_mac
 from certmgr.inventory.phones import policy_for
 from certmgr.issuance.revocation import revoke_in_session
-from certmgr.operations.common import LIVE_CERTS, get_device, get_device_by_mac, refresh_crl_quietly, transaction
+from certmgr.operations.common import LIVE_CERTS, get_device, refresh_crl_quietly, transaction
 from certmgr.pki.crl import RevocationReason
 
 if TYPE_CHECKING:
@@ -194,7 +194,7 @@ def decommission_mac(runtime: Runtime, mac: str, actor: str) -> DecommissionResu
         InputError: invalid MAC. NotFoundError: unknown phone. ConflictError: already decommissioned.
     """
     with transaction(runtime) as session:
-        device_id = get_device_by_mac(session, mac).id
+        device_id = phone_by_mac(session, mac).id
     assert device_id is not None
     return decommission_device(runtime, device_id, actor)
 

@@ -76,8 +76,9 @@ from certmgr.db.models import (
 )
 from certmgr.db.types import UTCDateTime
 from certmgr.deploy.queue import issue_and_queue
-from certmgr.errors import CertmgrError, NotFoundError
-from certmgr.identity import DeviceIdentity, ip_address, normalize_mac
+from certmgr.errors import CertmgrError
+from certmgr.identity import DeviceIdentity, ip_address
+from certmgr.inventory.enrollment import phone_by_mac
 from certmgr.inventory.phones import assigned_policy, identity_of, phone_policy, policy_for
 from certmgr.issuance.service import BuiltCertificate, build_certificate
 from certmgr.pki.keys import PrivateKey, key_type_of
@@ -798,10 +799,8 @@ def request_renewal(session: Session, mac: str, now: datetime, actor: str, note:
     Raises:
         InputError: invalid MAC. NotFoundError: unknown phone.
     """
-    mac = normalize_mac(mac)
-    device: Device | None = session.execute(select(Device).where(col(Device.mac) == mac)).scalar_one_or_none()
-    if device is None:
-        raise NotFoundError(f"no phone {mac}")
+    device = phone_by_mac(session, mac)
+    mac = device.mac
     append_event(
         session,
         at=now,
