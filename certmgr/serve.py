@@ -266,6 +266,7 @@ def build_listeners(runtime: Runtime, role: Role) -> tuple[list[Listener], list[
             settings.api_host,
             settings.api_port,
             request_timeout=settings.request_timeout_seconds,
+            timeout_keep_alive=settings.keep_alive_timeout_seconds,
             proxy_headers=False,
             **ssl,
         )
@@ -279,10 +280,10 @@ def build_listeners(runtime: Runtime, role: Role) -> tuple[list[Listener], list[
 
         cert_file, key_file = ensure_wpi_tls(runtime)
         hub = DeploymentHub(runtime)
-        # Phone-facing listeners: HTTP/1.1 (h11), keep-alive 10 s (§3.2), and never trust X-Forwarded-For:
-        # the TCP peer address is what D10 checks.
+        # Phone-facing listeners: HTTP/1.1 (h11), keep-alive 10 s by default (§3.2), and never trust
+        # X-Forwarded-For: the TCP peer address is what D10 checks.
         phone: dict[str, Any] = {
-            "timeout_keep_alive": 10,
+            "timeout_keep_alive": settings.keep_alive_timeout_seconds,
             "proxy_headers": False,
             "server_header": False,
             "request_timeout": settings.request_timeout_seconds,
