@@ -3,6 +3,11 @@ and the API — which share one connection-limits home: :class:`certmgr.serve.De
 deadline ``request_timeout_seconds``) and uvicorn's keep-alive timer (``keep_alive_timeout_seconds``), both set in
 :func:`certmgr.serve.build_listeners`.
 
+* A slowloris client sends header bytes steadily, one byte every 0.1 s — ten times inside the 1 s deadline — on a
+  fresh connection and on a kept-alive one after a complete request. The server must close the connection about
+  the deadline after the request's first byte, not keep it open for as long as bytes keep coming. The test waits
+  for the close (``recv`` returns ``b""`` or the connection is reset) within 15 s, while the trickle would run
+  100 s; a deadline that restarts on every byte is never reached and the test fails at its bound.
 * An idle kept-alive connection after one complete request is closed after the keep-alive timeout (1 s here; the
   read deadline is set to 60 s so that it cannot be what closes it).
 
@@ -148,6 +153,27 @@ def _wait_for_close(conns: dict[str, socket.socket], trickle: bytes = b"") -> se
                 closed.add(name)
                 del still_open[name]
     return closed
+
+
+def test_a_slowloris_client_is_closed_at_the_read_deadline_on_every_listener(
+    deadline_1s: tuple[Runtime, Stack],
+) -> None:
+    """Pins the read deadline of ``DeadlineH11Protocol``: it runs from a request's first byte, whatever comes
+    after — on a fresh connection and on a kept-alive one after a complete request. Tried: re-arming the
+    deadline on every received byte keeps all six connections open until the test's bound, and it fails."""
+    runtime, _stack = deadline_1s
+    fresh = _connect(runtime)
+    kept = _connect(runtime)
+    try:
+        for name, sock in kept.items():
+            _complete_exchange(name, sock)
+        conns = {f"{name} (fresh)": sock for name, sock in fresh.items()}
+        conns |= {f"{name} (kept alive)": sock for name, sock in kept.items()}
+        closed = _wait_for_close(conns, SLOW_REQUEST)
+        assert sorted(closed) == sorted(conns), f"still open while trickling: {sorted(set(conns) - closed)}"
+    finally:
+        for sock in (*fresh.values(), *kept.values()):
+            sock.close()
 
 
 def test_an_idle_kept_alive_connection_is_closed_after_the_keep_alive_timeout_on_every_listener(
