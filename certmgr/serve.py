@@ -62,13 +62,18 @@ class DeadlineH11Protocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        #: The exchange before the request being read (``None``: the connection's first). uvicorn keeps a finished
+        #: exchange as ``self.cycle`` until the next request's headers are in: only a newer one is that request.
+        self._previous: object = None
         self._deadline: asyncio.TimerHandle | None = self.loop.call_later(self.request_timeout, self._too_slow)
 
     def data_received(self, data: bytes) -> None:
         if self._deadline is None and (self.cycle is None or self.cycle.response_complete):
-            self._deadline = self.loop.call_later(self.request_timeout, self._too_slow)  # the next request begins
+            # The next request begins with this byte: its deadline runs from here, not from each byte that follows.
+            self._previous = self.cycle
+            self._deadline = self.loop.call_later(self.request_timeout, self._too_slow)
         super().data_received(data)
-        if self.cycle is not None and not self.cycle.more_body and self._deadline is not None:
+        if self._deadline is not None and self.cycle is not self._previous and not self.cycle.more_body:
             self._deadline.cancel()  # the whole request is in
             self._deadline = None
 
@@ -266,6 +271,7 @@ def build_listeners(runtime: Runtime, role: Role) -> tuple[list[Listener], list[
             settings.api_host,
             settings.api_port,
             request_timeout=settings.request_timeout_seconds,
+            timeout_keep_alive=settings.keep_alive_timeout_seconds,
             proxy_headers=False,
             **ssl,
         )
@@ -279,10 +285,10 @@ def build_listeners(runtime: Runtime, role: Role) -> tuple[list[Listener], list[
 
         cert_file, key_file = ensure_wpi_tls(runtime)
         hub = DeploymentHub(runtime)
-        # Phone-facing listeners: HTTP/1.1 (h11), keep-alive 10 s (§3.2), and never trust X-Forwarded-For:
-        # the TCP peer address is what D10 checks.
+        # Phone-facing listeners: HTTP/1.1 (h11), keep-alive 10 s by default (§3.2), and never trust
+        # X-Forwarded-For: the TCP peer address is what D10 checks.
         phone: dict[str, Any] = {
-            "timeout_keep_alive": 10,
+            "timeout_keep_alive": settings.keep_alive_timeout_seconds,
             "proxy_headers": False,
             "server_header": False,
             "request_timeout": settings.request_timeout_seconds,

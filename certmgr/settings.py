@@ -109,6 +109,13 @@ class Settings(BaseSettings):
     request_timeout_seconds: float = Field(
         default=10.0, gt=0, le=120, description="Deadline to receive a request's headers and body (every listener)."
     )
+    keep_alive_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=120,
+        description="An idle kept-alive connection is closed after this (every listener; the Guide asks 10 s of the "
+        "phone-facing ones).",
+    )
     wpi_untrusted_timeout_seconds: float = Field(
         default=10.0, gt=0, le=300, description="Idle expiry of an interaction from an address no phone is known at."
     )

@@ -18,7 +18,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +25,7 @@ import pytest
 from certmgr.db.models import DeploymentState, DeviceStatus
 from certmgr.simulator.phone import SimPhone
 from certmgr.wpi.messages import Action
+from tests import processes
 from tests.e2e.conftest import E2E, leaked_secrets, served_sha256, transcripts_and_events_text, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -168,27 +168,6 @@ def test_kill_and_restart_at_each_step(step: str, e2e_factory: Callable[..., E2E
     print(f"\n{step}: killed with {HELD} phones held there; all verified {recovered_in:.1f}s after the kill")
 
 
-def _children(pid: int) -> set[int]:
-    """PIDs whose parent is ``pid`` (from /proc)."""
-    found: set[int] = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.add(int(stat.parent.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def test_key_workers_die_with_the_service(e2e_factory: Callable[..., E2E]) -> None:
     """kill -9 the service while its key-generation worker processes are up: none of them outlives it (each
     watches its parent and exits once re-parented)."""
@@ -196,6 +175,6 @@ def test_key_workers_die_with_the_service(e2e_factory: Callable[..., E2E]) -> No
     world.service.start()
     world.start_phones(world.add_phones([""] * 4))
     service = world.service.pid
-    workers = wait_until(lambda: _children(service), 60, 0.1, "key-generation workers started")
+    workers = wait_until(lambda: processes.descendants(service), 60, 0.1, "key-generation workers started")
     world.service.kill()
-    wait_until(lambda: not any(_alive(pid) for pid in workers), 5.0, 0.1, "no worker left 5 s after kill -9")
+    wait_until(lambda: not any(processes.alive(pid) for pid in workers), 5.0, 0.1, "no worker left 5 s after kill -9")

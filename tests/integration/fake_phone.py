@@ -321,13 +321,14 @@ class FakePhone:
 
 
 class Stack:
-    """certmgr's WPI role (TLS listener, poll listener, dispatcher) running in a thread with its own loop."""
+    """certmgr's WPI role (TLS listener, poll listener, dispatcher) running in a thread with its own loop; with
+    ``role="all"``, every listener of ``certmgr serve`` (the API too) and its background work."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, role: str = "wpi") -> None:
         from certmgr.serve import Role, build_listeners, run_forever
 
         self.runtime = runtime
-        listeners, background = build_listeners(runtime, Role.WPI)
+        listeners, background = build_listeners(runtime, Role(role))
         self._ready = threading.Event()
         self._loop = asyncio.new_event_loop()
         self._stop: asyncio.Event | None = None
@@ -350,7 +351,8 @@ class Stack:
         s = runtime.settings
         self.wpi_url = f"https://127.0.0.1:{s.wpi_port}"
         self.poll_url = f"http://127.0.0.1:{s.wpi_poll_port}"
-        wait_for(lambda: _connectable("127.0.0.1", s.wpi_port) and _connectable("127.0.0.1", s.wpi_poll_port), 15)
+        ports = [listener.server.config.port for listener in listeners]
+        wait_for(lambda: all(_connectable("127.0.0.1", port) for port in ports), 15)
 
     def close(self) -> None:
         if self._stop is not None:

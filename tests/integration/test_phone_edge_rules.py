@@ -122,12 +122,12 @@ def test_forwarding_headers_are_ignored_on_the_wpi_listener(
 
 
 def test_forwarding_headers_are_ignored_on_the_poll_listener(settings: Settings, tmp_path: Path, block: int) -> None:
-    """The poll listener is built with the same ``proxy_headers: False``. Two phones with a pending job poll
-    from a foreign peer, one claiming its own address in the forwarding headers: both get the same answer.
-
-    (Today the poll is not bound to the phone's address at all — issue 9 item 5, the lead's part — so both get
-    202 and this test cannot yet tell a believed header from an ignored one; once polls are bound to the known
-    address it pins the header rule for this listener too.)"""
+    """Pins ``proxy_headers: False`` of the poll listener in ``certmgr.serve.build_listeners``. Polls are bound to
+    the phone's known address (``deploy.queue.poll``): two phones with a pending job are polled for from a foreign
+    peer — 127.0.0.1, which uvicorn would trust as a proxy by default — one claiming its own address in
+    ``X-Forwarded-For``, ``Forwarded`` and ``X-Real-IP``: both get the idle answer (200, nothing pending). The
+    control: the phone polling from its own address gets the pending answer (202). With ``proxy_headers=True`` on
+    the poll listener the claim is believed and the test fails (202 != 200)."""
     runtime = _runtime(settings, tmp_path, block, approve=True, contact_gap_seconds=3600, callback_timeout_seconds=30)
     stack = Stack(runtime)
     c = _phone(stack, runtime, tmp_path, block, 3, callback=False)
@@ -149,8 +149,9 @@ def test_forwarding_headers_are_ignored_on_the_poll_listener(settings: Settings,
             claim = {"X-Forwarded-For": c.ip, "Forwarded": f"for={c.ip}", "X-Real-IP": c.ip}
             with_claim = client.get(url, params={"device-id": c.mac}, headers=claim).status_code
             without = client.get(url, params={"device-id": d.mac}).status_code
-        assert with_claim == without
-        assert with_claim in (runtime.settings.poll_idle_status, runtime.settings.poll_pending_status)
+        assert (with_claim, without) == (runtime.settings.poll_idle_status, runtime.settings.poll_idle_status)
+        with httpx.Client(transport=httpx.HTTPTransport(local_address=c.ip), timeout=10) as own:
+            assert own.get(url, params={"device-id": c.mac}).status_code == runtime.settings.poll_pending_status
     finally:
         c.close()
         d.close()
