@@ -25,7 +25,7 @@ from certmgr.cli.exitcodes import USAGE, exit_code_for
 from certmgr.cli.notify import notify_app
 from certmgr.cli.report import report_app
 from certmgr.cli.status import status_command
-from certmgr.cli.token import token_app
+from certmgr.cli.token import CLI_ACTOR, token_app
 from certmgr.errors import CertmgrError, InputError
 from certmgr.settings import Settings, load_settings
 from certmgr.simulator.cli import simulate_command
@@ -106,7 +106,7 @@ def ca_init(
         passphrase, note = ca_passphrase(settings, generate=True)
         if note:
             err.print(note)
-        info = initialise_ca(runtime, definition, passphrase.get_secret_value().encode(), actor="cli", force=force)
+        info = initialise_ca(runtime, definition, passphrase.get_secret_value().encode(), actor=CLI_ACTOR, force=force)
         out.print(f"created CA in {runtime.ca_store.ca_dir}")
         _print_ca(info, now=runtime.clock.now())
     finally:
@@ -154,12 +154,14 @@ def ca_import(
             err.print(note)
         pp = passphrase.get_secret_value().encode()
         if p12 is not None:
-            info = import_ca(runtime, pp, actor="cli", p12=_read_input(p12, "PKCS#12"), password=password, force=force)
+            info = import_ca(
+                runtime, pp, actor=CLI_ACTOR, p12=_read_input(p12, "PKCS#12"), password=password, force=force
+            )
         else:
             assert key is not None
             assert chain is not None
             key_pem, chain_pem = _read_input(key, "key"), _read_input(chain, "chain")
-            info = import_ca(runtime, pp, actor="cli", key=key_pem, chain=chain_pem, password=password, force=force)
+            info = import_ca(runtime, pp, actor=CLI_ACTOR, key=key_pem, chain=chain_pem, password=password, force=force)
         out.print(f"imported CA into {runtime.ca_store.ca_dir}")
         _print_ca(info, now=runtime.clock.now())
     finally:
@@ -336,6 +338,7 @@ def issue(
             hostname=hostname,
             policy_name=policy,
             out_dir=out_dir,
+            actor=CLI_ACTOR,
         )
     finally:
         runtime.close()

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
+from certmgr.cli.token import CLI_ACTOR
+
 if TYPE_CHECKING:
     from certmgr.settings import Settings
 
@@ -16,7 +18,7 @@ report_app = typer.Typer(help="Audit evidence: signed report exports (CSV, JSON,
 _out = Console(highlight=False, soft_wrap=True)
 _err = Console(stderr=True, highlight=False, soft_wrap=True)
 EXPORT_BROKEN = 1
-ACTOR = "cli"  # how the CLI appears in audit events and report evidence
+ACTOR = CLI_ACTOR  # how the CLI appears in audit events and report evidence
 
 FormatOpt = Annotated[str, typer.Option("--format", help="csv | json | pdf")]
 OutOpt = Annotated[Path, typer.Option("--out", help="File to write; FILE.manifest.json is written beside it.")]

@@ -10,7 +10,7 @@ from rich.table import Table
 
 token_app = typer.Typer(help="API bearer tokens: create (shown once), list, revoke.", no_args_is_help=True)
 _out = Console(highlight=False, soft_wrap=True)
-CLI_ACTOR = "cli"
+CLI_ACTOR = "cli"  # how the CLI appears in audit events and report evidence
 
 
 @token_app.command("create")

@@ -317,8 +317,10 @@ def issue_to_files(
     model: str | None = None,
     hostname: str | None = None,
     policy_name: str | None = None,
+    actor: str,
 ) -> IssueResult:
-    """Issue for one phone, record it, and write ``<mac>.pem``, ``<mac>.p12`` and ``chain.pem`` to ``out_dir``.
+    """Issue for one phone, record it (audited as ``actor``), and write ``<mac>.pem``, ``<mac>.p12`` and
+    ``chain.pem`` to ``out_dir``.
 
     The database row and the files appear together or not at all: the files are written (atomically) inside
     the transaction, which is rolled back if writing fails; if the commit fails the files are removed.
@@ -360,7 +362,7 @@ def issue_to_files(
                 runtime.vault,
                 now=now,
                 reason=IssueReason.MANUAL,
-                actor="cli",
+                actor=actor,
                 status=CertificateStatus.ACTIVE,
             )
             atomic_write_many(files, mode=0o600)

@@ -48,7 +48,13 @@ def runtime(settings: Settings, db_url: str, template_ca: Path, clock: ManualClo
 
 
 def _issue(runtime: Runtime, out_dir: Path, **kw: object) -> IssueResult:
-    args: dict[str, object] = {"mac": MAC, "ips": ["10.1.2.3"], "dns_names": [], "out_dir": out_dir} | kw
+    args: dict[str, object] = {
+        "mac": MAC,
+        "ips": ["10.1.2.3"],
+        "dns_names": [],
+        "out_dir": out_dir,
+        "actor": "cli",
+    } | kw
     return issue_to_files(runtime, **args)  # type: ignore[arg-type]
 
 
@@ -62,7 +68,7 @@ def _counts(runtime: Runtime) -> tuple[int, int]:
 def test_issue_writes_files_records_row_and_audit_event(runtime: Runtime, tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = issue_to_files(
-        runtime, mac="00-1a-e8-12-34-56", ips=["10.1.2.3"], dns_names=["phone1.example.net"], out_dir=out
+        runtime, mac="00-1a-e8-12-34-56", ips=["10.1.2.3"], dns_names=["phone1.example.net"], out_dir=out, actor="cli"
     )
     token = "001ae8123456"
     assert sorted(p.name for p in out.iterdir()) == sorted([f"{token}.pem", f"{token}.p12", "chain.pem"])

@@ -138,7 +138,9 @@ def test_deployed_container_is_named_like_the_cli_names_it(
         served = _serve_write_job(rt)
         item = served.job.write_items[-1]
         deployed = _friendly_name(base64.b64decode(item.value or ""))
-        result = issue_to_files(rt, mac=MAC, ips=[IP], dns_names=[], hostname=HOST, out_dir=tmp_path / "out")
+        result = issue_to_files(
+            rt, mac=MAC, ips=[IP], dns_names=[], hostname=HOST, out_dir=tmp_path / "out", actor="cli"
+        )
         p12_file = next(p for p in result.files if p.endswith(".p12"))
         cli = _friendly_name(Path(p12_file).read_bytes())
     finally:
