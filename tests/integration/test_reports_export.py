@@ -21,9 +21,13 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from pypdf import PdfReader
+from sqlalchemy import update
+from sqlmodel import Session, col
 
 from certmgr.audit.checkpoint import key_paths
 from certmgr.cli.main import main
+from certmgr.db.engine import session_scope
+from certmgr.db.models import Certificate
 from certmgr.reports.manifest import MANIFEST_SUFFIX, manifest_path, openssl_commands
 from certmgr.reports.queries import (
     AUDIT_COLUMNS,
@@ -31,7 +35,12 @@ from certmgr.reports.queries import (
     DEPLOYMENT_COLUMNS,
     EXPIRY_COLUMNS,
     INVENTORY_COLUMNS,
+    MAX_MONTHS,
+    ReportKind,
+    ReportParams,
+    build_report,
 )
+from certmgr.reports.summary import Summary
 from certmgr.runtime import Runtime
 from tests.conftest import T0
 from tests.integration.test_api_support import (  # noqa: F401 - fixtures
@@ -152,6 +161,51 @@ def test_expiry_pdf_has_a_chart(rt: Runtime, fleet: Fleet, tmp_path: Path, capsy
     assert counts["W1"] == 1
     assert counts["later"] == 1
     assert sum(counts.values()) == 3
+
+
+def _forecast(rt: Runtime) -> tuple[dict[str, int], Summary]:
+    """The default (monthly) expiry forecast as of ``T0`` in UTC: {period: certificates}, and its summary."""
+    spec = build_report(ReportKind.EXPIRY, ReportParams(), T0)
+    with Session(rt.engine) as s:
+        run = spec.open(s)
+        counts = {str(row[0]): int(row[3] or 0) for row in run}
+    return counts, run.summary(UTC)
+
+
+def test_expiry_forecast_by_default_shows_a_397_day_fleet_month_by_month(rt: Runtime, fleet: Fleet) -> None:
+    """Certificates 14 and 15 months out (397-day certificates, as CAs issue them) get months of their own,
+    however far past the 13 months shown at least; nothing lands in "later" while months up to the maximum
+    are available. A certificate beyond the maximum makes the forecast MAX_MONTHS long, with it in "later"."""
+    with session_scope(rt.engine) as s:
+        for key, days in (("ok", 397), ("soon", 460)):  # T0 = 2026-11-26: 2027-12-28 and 2028-02-29
+            s.execute(
+                update(Certificate)
+                .where(col(Certificate.id) == fleet.certificates[key])
+                .values(not_after=T0 + timedelta(days=days))
+            )
+    counts, summary = _forecast(rt)
+    periods = list(counts)
+    months = periods[1:-1]
+    assert (periods[0], periods[-1]) == ("expired", "later")
+    assert months[0] == "2026-11"
+    assert months[-1] == "2028-02"  # 16 months: through the month of the furthest certificate
+    assert len(months) == 16
+    assert counts["2027-12"] == 1
+    assert counts["2028-02"] == 1
+    assert counts["later"] == 0
+    assert counts["expired"] == 1
+    assert dict(summary.chart.bars if summary.chart else ())["2027-12"] == 1
+
+    with session_scope(rt.engine) as s:  # beyond the maximum: MAX_MONTHS months, the rest "later"
+        s.execute(
+            update(Certificate)
+            .where(col(Certificate.id) == fleet.certificates["soon"])
+            .values(not_after=T0 + timedelta(days=31 * (MAX_MONTHS + 2)))
+        )
+    counts, _summary = _forecast(rt)
+    assert len(counts) == MAX_MONTHS + 2
+    assert counts["2027-12"] == 1
+    assert counts["later"] == 1
 
 
 def test_tampering_with_export_or_manifest_is_detected(
