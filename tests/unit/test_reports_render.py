@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -18,7 +19,17 @@ from pypdf.generic import ContentStream
 from certmgr.errors import ConfigError, InputError
 from certmgr.reports.evidence import CheckpointRef, Evidence
 from certmgr.reports.fonts import FontChain, default_font_set, font_set, visual_order
-from certmgr.reports.pdfstream import BAR_RGB, FLUSH_BYTES, fit_lines
+from certmgr.reports.pdfstream import (
+    BAR_RGB,
+    FLUSH_BYTES,
+    MARGIN,
+    PAD,
+    PAGE_W,
+    _Fonts,
+    column_widths,
+    fit_lines,
+    header_width,
+)
 from certmgr.reports.queries import (
     INVENTORY_COLUMNS,
     TIME_COLUMNS,
@@ -345,6 +356,58 @@ def test_a_chart_of_many_periods_thins_its_labels() -> None:
     assert "W5" in first
     assert "W2 " not in first.replace("\n", " ")
     assert "12" in first  # the scale's maximum
+
+
+def test_a_short_or_empty_column_keeps_its_whole_name() -> None:
+    """The inventory with nothing in "last verified at" and "last seen at": their names are drawn whole (on two
+    lines), not cut to "last verifi…" / "last se…", and the table still fits the page."""
+    rows: list[Row] = [
+        (
+            f"00:1A:E8:00:00:{i:02X}",
+            f"phone-{i}.floor{i % 7}.example.com",
+            f"+49891000{i:02d}",
+            f"10.0.0.{i}",
+            "OpenStage 60",
+            "V3 R5.1",
+            "default",
+            "verified",
+            f"a{i:x}0",
+            (T0 + timedelta(days=i)).isoformat(),
+            i,
+            "active",
+            None,
+            None,
+        )
+        for i in range(40)
+    ]
+    spec = replace(_spec(rows, INVENTORY_COLUMNS), time_columns=TIME_COLUMNS & frozenset(INVENTORY_COLUMNS))
+    data = _bytes(spec)
+    table = PdfReader(io.BytesIO(data)).pages[1].extract_text()
+    assert "…" not in table
+    header = pdftotext(data)[1].splitlines()[3:5]  # the two lines of column names under the page header
+    words = " ".join(header).split()
+    for column in INVENTORY_COLUMNS:
+        for word in column.split("_"):
+            assert word in words, (column, header)
+    assert "verified at" in header[1]
+    assert "seen at" in header[1]
+    fonts = _Fonts(default_font_set())
+    texts = [["" if v is None else str(v) for v in row] for row in rows]
+    widths = column_widths(fonts, INVENTORY_COLUMNS, texts, PAGE_W - 2 * MARGIN)
+    assert sum(widths) == pytest.approx(PAGE_W - 2 * MARGIN)
+    for column, width in zip(INVENTORY_COLUMNS, widths, strict=True):
+        name = column.replace("_", " ")
+        lines = fit_lines(fonts.bold, name, width - 2 * PAD, 8.0, 2)
+        assert " ".join(lines) == name, (column, lines)
+
+
+def test_header_width_is_the_narrowest_two_line_fit() -> None:
+    fonts = _Fonts(default_font_set())
+    for column in ("last_verified_at", "last_seen_at", "certificate_status", "mac", "days_left"):
+        width = header_width(fonts, column)
+        name = column.replace("_", " ")
+        assert " ".join(fit_lines(fonts.bold, name, width, 8.0, 2)) == name
+        assert " ".join(fit_lines(fonts.bold, name, width - 1.0, 8.0, 2)) != name  # the narrowest
 
 
 def test_no_text_is_set_below_8_points() -> None:
