@@ -369,7 +369,9 @@ def _chart(fonts: _Fonts, chart: Chart, x0: float, y0: float, w: float, h: float
         bar_w = slot * 0.7
         ops.append(b"0 G 0.5 w %.2f %.2f m %.2f %.2f l S" % (left, base, x0 + w, base))
         widest = max(_width(fonts, label) for label, _ in bars) + 4.0
-        every = max(1, math.ceil(widest / slot))  # too many bars for their labels: label every n-th
+        every = max(1, math.ceil(widest / slot))  # too many bars for their labels: label every n-th ...
+        last = len(bars) - 1  # ... and always the last ("later"), dropping a label too close before it
+        labelled = {i for i in range(0, last, every) if last - i >= every or i == 0} | {last}
         counts = _width(fonts, format_count(peak)) + 2.0 <= slot
         if not counts:  # no room for a count above each bar: a scale instead
             ops.append(b"0 G 0.5 w %.2f %.2f m %.2f %.2f l S" % (left, base, left, base + height))
@@ -383,7 +385,7 @@ def _chart(fonts: _Fonts, chart: Chart, x0: float, y0: float, w: float, h: float
             if counts:
                 count = format_count(n)
                 text.show(middle - _width(fonts, count) / 2, base + bar_h + 2.5, count)
-            if i % every == 0:
+            if i in labelled:
                 text.show(middle - _width(fonts, label) / 2, base - 10.0, label)
     else:
         row_h = min(16.0, (top - y0) / len(bars))
