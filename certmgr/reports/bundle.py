@@ -40,7 +40,7 @@ from certmgr.db.engine import session_scope
 from certmgr.errors import StorageError
 from certmgr.fsutil import atomic_stream, ensure_private_dir
 from certmgr.reports.generate import export_record, record_exports, report_context
-from certmgr.reports.manifest import MANIFEST_SUFFIX, export_report
+from certmgr.reports.manifest import MANIFEST_SUFFIX, SIGNATURE_LINE, SIGNED_SUFFIX, export_report
 from certmgr.reports.queries import ReportKind, ReportParams, build_report
 from certmgr.reports.render import ReportFormat
 from certmgr.reports.summary import format_time
@@ -106,6 +106,12 @@ def _readme(
         "2. Each report with its manifest (REPORT is one of the report files below):",
         f"     jq -r .signature REPORT{MANIFEST_SUFFIX} | openssl base64 -d -A > REPORT.sig",
         f"     openssl dgst -sha256 -verify {KEY_FILE} -signature REPORT.sig REPORT   # Verified OK",
+        "   The manifest's own signature (its second line) covers the rest of the manifest, byte for byte:",
+        f"     grep -v '^{SIGNATURE_LINE.decode('ascii')}' REPORT{MANIFEST_SUFFIX} > REPORT{SIGNED_SUFFIX}",
+        f"     jq -r .manifest_signature REPORT{MANIFEST_SUFFIX} | openssl base64 -d -A > REPORT{MANIFEST_SUFFIX}.sig",
+        f"     openssl dgst -sha256 -verify {KEY_FILE} -signature REPORT{MANIFEST_SUFFIX}.sig REPORT{SIGNED_SUFFIX}"
+        "   # Verified OK",
+        f"   and read the manifest's fields from REPORT{SIGNED_SUFFIX}.",
         f"   or, with certmgr: certmgr report verify REPORT --public-key {KEY_FILE}",
         "   The manifest also states the summary, who generated the report, the audit log's verification at",
         "   that moment, the last audit event the report reflects (seq and hash) and the last signed checkpoint.",

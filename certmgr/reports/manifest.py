@@ -3,7 +3,8 @@
 Every export ``FILE`` gets ``FILE.manifest.json``::
 
     {
-      "manifest_version": 2,
+      "manifest_signature": "<base64 DER ECDSA signature over the bytes of this file without this line>",
+      "manifest_version": 3,
       "file": "inventory.csv", "size": 1234, "sha256": "<hex>",
       "kind": "inventory", "format": "csv", "rows": 42, "params": {...},
       "generated_at": "2026-11-26T09:00:00+00:00", "generated_by": "token:alice", "via": "api",
@@ -14,16 +15,19 @@ Every export ``FILE`` gets ``FILE.manifest.json``::
       "signature_algorithm": "ecdsa-p256-sha256",
       "signature": "<base64 DER ECDSA signature over the bytes of FILE>",
       "public_key_pem": "-----BEGIN PUBLIC KEY-----...", "public_key_sha256": "<hex of the DER key>",
-      "manifest_signature": "<base64 DER ECDSA signature over the canonical JSON of every other field>",
       "verify_with_openssl": ["..."]
     }
 
 ``signature`` signs the export file itself, so ``openssl dgst -sha256 -verify`` checks it directly (commands in
-``verify_with_openssl`` and ``docs/reports.md``); ``manifest_signature`` additionally binds the metadata (kind,
-time, parameters, summary, evidence) and is checked by ``certmgr report verify`` (which also checks the recorded
-checkpoint's signature and, next to the database, the audit log: :mod:`certmgr.reports.evidence`). Version 1
-manifests (no summary, no evidence) still verify. Both are made by the audit key
-(:mod:`certmgr.audit.checkpoint`); pin its public key (``public_key_sha256``) to trust either.
+``verify_with_openssl`` and ``docs/reports.md``). ``manifest_signature`` additionally binds the metadata (kind,
+time, parameters, summary, evidence): it signs the exact bytes of the manifest file without its own line (the
+second), i.e. what ``grep -v '^  "manifest_signature": '`` prints (:func:`signed_part`) — so openssl checks it
+too, with no canonicalisation to reproduce, and what is left is the manifest as JSON, which the auditor then
+reads. ``certmgr report verify`` checks both (and the recorded checkpoint's signature and, next to the database,
+the audit log: :mod:`certmgr.reports.evidence`). Manifests of versions 1 (no summary, no evidence) and 2
+(``manifest_signature`` over the canonical JSON of every other field, which standard tools cannot rebuild: jq
+writes 0.0 as 0) still verify. Both signatures are made by the audit key (:mod:`certmgr.audit.checkpoint`); pin
+its public key (``public_key_sha256``) to trust either.
 """
 
 from __future__ import annotations
@@ -45,8 +49,11 @@ from certmgr.reports.render import ByteSink, RenderContext, ReportFormat, write_
 from certmgr.reports.summary import Summary
 
 MANIFEST_SUFFIX = ".manifest.json"
-MANIFEST_VERSION = 2
-KNOWN_VERSIONS = (1, 2)
+SIGNED_SUFFIX = ".manifest.signed.json"  # where the documented openssl check puts the signed part
+MANIFEST_VERSION = 3
+KNOWN_VERSIONS = (1, 2, 3)
+#: The start of the one line of a (version 3) manifest that its signature does not cover.
+SIGNATURE_LINE = b'  "manifest_signature": '
 MAX_MANIFEST_BYTES = 64 * 1024
 _HASH_CHUNK = 1024 * 1024
 
@@ -57,8 +64,11 @@ def manifest_path(export: Path) -> Path:
 
 
 def openssl_commands(file_name: str) -> list[str]:
-    """The shell commands that check an export with openssl alone (plus jq to pick fields out of the JSON)."""
+    """The shell commands that check an export and its manifest with openssl alone (plus jq to pick fields out of
+    the JSON and grep to drop the manifest's signature line)."""
     m = file_name + MANIFEST_SUFFIX
+    signed = file_name + SIGNED_SUFFIX
+    line = SIGNATURE_LINE.decode("ascii")
     return [
         f"jq -r .public_key_pem '{m}' > audit-key.pub.pem",
         f"jq -r .signature '{m}' | openssl base64 -d -A > '{file_name}.sig'",
@@ -66,10 +76,25 @@ def openssl_commands(file_name: str) -> list[str]:
         "openssl pkey -pubin -in audit-key.pub.pem -outform DER | openssl dgst -sha256"
         "   # must equal public_key_sha256 and the published audit key fingerprint",
         f"openssl dgst -sha256 '{file_name}'   # must equal sha256",
+        f"grep -v '^{line}' '{m}' > '{signed}'",
+        f"jq -r .manifest_signature '{m}' | openssl base64 -d -A > '{m}.sig'",
+        f"openssl dgst -sha256 -verify audit-key.pub.pem -signature '{m}.sig' '{signed}'"
+        f"   # Verified OK: read every field from {signed}",
     ]
 
 
+def signed_part(manifest: bytes) -> bytes:
+    """What the signature of a version 3 manifest covers: its bytes without the lines that start with
+    :data:`SIGNATURE_LINE` — exactly what ``grep -v '^  "manifest_signature": '`` prints (which ends an
+    unterminated last line with a newline)."""
+    lines = manifest.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    return b"".join(line + b"\n" for line in lines if not line.startswith(SIGNATURE_LINE))
+
+
 def _canonical(doc: dict[str, Any]) -> bytes:
+    """The version 2 signed form: canonical JSON (sorted keys, no spaces) of every field but the signature."""
     body = {k: v for k, v in doc.items() if k != "manifest_signature"}
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
@@ -122,7 +147,9 @@ def sign_manifest(
     rendered: Rendered,
     signer: AuditSigner,
 ) -> dict[str, Any]:
-    """The signed manifest of a file called ``file_name`` of ``size`` bytes whose SHA-256 is ``digest``."""
+    """The signed manifest of a file called ``file_name`` of ``size`` bytes whose SHA-256 is ``digest``; written
+    with :func:`manifest_bytes`, its ``manifest_signature`` (its first field, so the second line) signs the
+    rest of the file (:func:`signed_part`)."""
     evidence = rendered.ctx.evidence
     doc: dict[str, Any] = {
         "manifest_version": MANIFEST_VERSION,
@@ -145,12 +172,14 @@ def sign_manifest(
         "public_key_sha256": signer.fingerprint,
         "verify_with_openssl": openssl_commands(file_name),
     }
-    doc["manifest_signature"] = encode_signature(signer.sign(_canonical(doc)))
-    return doc
+    # manifest_bytes of {"manifest_signature": …, **doc} is manifest_bytes(doc) with the line
+    # '  "manifest_signature": "…",' inserted after the first: exactly the bytes signed_part gives back
+    return {"manifest_signature": encode_signature(signer.sign(manifest_bytes(doc))), **doc}
 
 
 def manifest_bytes(doc: dict[str, Any]) -> bytes:
-    """A manifest as written to ``FILE.manifest.json`` (indented UTF-8 JSON, final newline)."""
+    """A manifest as written to ``FILE.manifest.json`` (indented UTF-8 JSON, final newline, fields in the
+    order of ``doc``: a version 3 manifest's signature covers these exact bytes)."""
     return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
@@ -231,12 +260,20 @@ def load_manifest(path: Path) -> dict[str, Any]:
     Raises:
         InputError: if it is missing, too large or not a JSON object.
     """
+    return _parse(_read(path), path)
+
+
+def _read(path: Path) -> bytes:
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read the manifest {path}: {exc.strerror or exc}") from exc
     if len(data) > MAX_MANIFEST_BYTES:
         raise InputError(f"manifest {path} is larger than {MAX_MANIFEST_BYTES} bytes")
+    return data
+
+
+def _parse(data: bytes, path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -244,6 +281,23 @@ def load_manifest(path: Path) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise InputError(f"manifest {path} is not a JSON object")
     return doc
+
+
+def _manifest_signed(doc: dict[str, Any], raw: bytes, key: AuditVerifier) -> bool:
+    """Whether the manifest signature of ``doc`` (read from the bytes ``raw``) verifies: version 3 over
+    :func:`signed_part` of ``raw``, which must also say exactly what ``doc`` says (no field hidden in a dropped
+    line); versions 1 and 2 over the canonical JSON."""
+    signature = _b64(doc.get("manifest_signature"), "manifest_signature")
+    if doc.get("manifest_version") in (1, 2):
+        return key.verify(signature, _canonical(doc))
+    signed = signed_part(raw)
+    if not key.verify(signature, signed):
+        return False
+    try:
+        body = json.loads(signed)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(body, dict) and body == {k: v for k, v in doc.items() if k != "manifest_signature"}
 
 
 def verify_export(
@@ -255,7 +309,9 @@ def verify_export(
     Raises:
         InputError: if the export or manifest cannot be read, or the manifest is malformed.
     """
-    doc = load_manifest(manifest or manifest_path(export))
+    path = manifest or manifest_path(export)
+    raw = _read(path)
+    doc = _parse(raw, path)
     problems: list[str] = []
     try:
         digest, size = _sha256_file(export)
@@ -278,7 +334,7 @@ def verify_export(
         problems.append("sha256 of the file does not match the manifest (file modified)")
     if not key.verify_digest(_b64(doc.get("signature"), "signature"), digest):
         problems.append("the file signature does not verify")
-    if not key.verify(_b64(doc.get("manifest_signature"), "manifest_signature"), _canonical(doc)):
+    if not _manifest_signed(doc, raw, key):
         problems.append("the manifest signature does not verify (manifest modified)")
     if doc.get("public_key_sha256") != key.fingerprint:
         problems.append("public_key_sha256 does not match public_key_pem")
@@ -296,6 +352,8 @@ def verify_export(
 
 __all__ = [
     "MANIFEST_SUFFIX",
+    "SIGNATURE_LINE",
+    "SIGNED_SUFFIX",
     "HashingWriter",
     "ManifestVerdict",
     "Rendered",
@@ -307,5 +365,6 @@ __all__ = [
     "openssl_commands",
     "render_signed",
     "sign_manifest",
+    "signed_part",
     "verify_export",
 ]

@@ -52,6 +52,7 @@ BODY_SIZE = b"%.1f" % BODY
 LINE = 9.6  # line height of body text
 PAD = 2.5  # cell padding, left and right
 MAX_LINES = 3
+HEADER_LINES = 2  # a column name may take two lines
 SAMPLE_ROWS = 200
 MAX_COLUMN = 260.0
 MIN_WORD = 100.0
@@ -280,6 +281,23 @@ def _header_label(column: str) -> str:
     return column.replace("_", " ")
 
 
+def header_width(fonts: _Fonts, column: str) -> float:
+    """The narrowest width (points, no padding) in which the name of ``column`` is drawn whole on at most
+    :data:`HEADER_LINES` lines (broken between words, as :func:`fit_lines` breaks it)."""
+    label = _header_label(column)
+    words = label.split()
+    whole = _width(fonts, label, bold=True)
+    candidates = {whole}
+    for k in range(1, len(words)):  # the two lines of each break between words (fit_lines may need the space)
+        first, rest = " ".join(words[:k]), _width(fonts, " ".join(words[k:]), bold=True)
+        candidates.add(max(_width(fonts, first, bold=True), rest))
+        candidates.add(max(_width(fonts, first + " ", bold=True), rest))
+    for width in sorted(candidates):  # the narrowest in which fit_lines itself draws the name whole
+        if " ".join(fit_lines(fonts.bold, label, width, BODY, HEADER_LINES)) == label:
+            return width
+    return whole
+
+
 def column_widths(
     fonts: _Fonts,
     columns: tuple[str, ...],
@@ -290,13 +308,14 @@ def column_widths(
     """Widths (points, padding included) that fit ``available``: each column as wide as its widest sampled
     value (at most :data:`MAX_COLUMN`) when everything fits; otherwise the widest columns are capped at one
     level (their values wrap: a time breaks between date and time), but no column gets narrower than its
-    longest word (at most :data:`MIN_WORD`). The values of the columns in ``grow`` (mostly distinct ones: later
+    longest word (at most :data:`MIN_WORD`) nor than its name on :data:`HEADER_LINES` lines
+    (:func:`header_width`: an empty or short column keeps a readable header). Only if even these floors do not
+    fit are all columns shrunk alike. The values of the columns in ``grow`` (mostly distinct ones: later
     rows may hold longer values) get :data:`GROWTH` characters of room beyond the longest sampled one."""
     natural: list[float] = []
     floor: list[float] = []
     for i, column in enumerate(columns):
-        words = _header_label(column).split() or [""]
-        head = max(_width(fonts, w, bold=True) for w in words)
+        head = header_width(fonts, column)
         widest = max((_width(fonts, row[i]) for row in sample), default=0.0)
         if i in grow:  # later rows may be longer than the sampled ones (10.0.0.9, then 10.1.134.160)
             longest = max((len(row[i]) for row in sample), default=0)
@@ -350,7 +369,9 @@ def _chart(fonts: _Fonts, chart: Chart, x0: float, y0: float, w: float, h: float
         bar_w = slot * 0.7
         ops.append(b"0 G 0.5 w %.2f %.2f m %.2f %.2f l S" % (left, base, x0 + w, base))
         widest = max(_width(fonts, label) for label, _ in bars) + 4.0
-        every = max(1, math.ceil(widest / slot))  # too many bars for their labels: label every n-th
+        every = max(1, math.ceil(widest / slot))  # too many bars for their labels: label every n-th ...
+        last = len(bars) - 1  # ... and always the last ("later"), dropping a label too close before it
+        labelled = {i for i in range(0, last, every) if last - i >= every or i == 0} | {last}
         counts = _width(fonts, format_count(peak)) + 2.0 <= slot
         if not counts:  # no room for a count above each bar: a scale instead
             ops.append(b"0 G 0.5 w %.2f %.2f m %.2f %.2f l S" % (left, base, left, base + height))
@@ -364,7 +385,7 @@ def _chart(fonts: _Fonts, chart: Chart, x0: float, y0: float, w: float, h: float
             if counts:
                 count = format_count(n)
                 text.show(middle - _width(fonts, count) / 2, base + bar_h + 2.5, count)
-            if i % every == 0:
+            if i in labelled:
                 text.show(middle - _width(fonts, label) / 2, base - 10.0, label)
     else:
         row_h = min(16.0, (top - y0) / len(bars))
@@ -477,7 +498,8 @@ def iter_pdf(
     del texts
     lefts = [MARGIN + sum(widths[:i]) for i in range(len(widths))]
     headers = [
-        fit_lines(fonts.bold, _header_label(c), widths[i] - 2 * PAD, BODY, 2) for i, c in enumerate(spec.columns)
+        fit_lines(fonts.bold, _header_label(c), widths[i] - 2 * PAD, BODY, HEADER_LINES)
+        for i, c in enumerate(spec.columns)
     ]
     header_h = max((len(lines) for lines in headers), default=1) * LINE + 3.0
     bottom = MARGIN + 14.0

@@ -7,6 +7,7 @@ recorded checkpoint."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import subprocess
@@ -19,8 +20,9 @@ from pypdf import PdfReader
 from sqlalchemy import delete, insert, select, update
 from sqlmodel import Session, col
 
+from certmgr.audit.chain import ChainedEvent, event_hash
 from certmgr.audit.checkpoint import create_checkpoint, runtime_signer
-from certmgr.audit.log import append_event
+from certmgr.audit.log import append_event, verify_log
 from certmgr.db.engine import session_scope
 from certmgr.db.models import AuditEvent
 from certmgr.reports.manifest import manifest_path
@@ -140,6 +142,64 @@ def test_verify_detects_an_audit_log_changed_after_the_report(
     assert f"the audit log changed after the report: up to event {upto} it no longer verifies" in output
     code, output = _verify(capsys, out, "--no-audit-log")  # the file and its manifest alone are still fine
     assert code == 0, output
+
+
+def _rehash_from(s: Session, seq: int, upto: int) -> None:
+    """Rewrite events ``seq``..``upto``: ``seq`` gets new details, and each of them a recomputed hash and link, so
+    that the chain up to ``upto`` is consistent again (what a forger with database access would do)."""
+    prev_hash = s.execute(select(col(AuditEvent.prev_hash)).where(col(AuditEvent.seq) == seq)).scalar_one()
+    for n in range(seq, upto + 1):
+        row = s.execute(select(AuditEvent).where(col(AuditEvent.seq) == n)).scalar_one()
+        details = {"i": "forged"} if n == seq else dict(row.details)
+        event = ChainedEvent(n, row.at, row.actor, row.action, row.subject_type, row.subject_id, details)
+        digest = event_hash(prev_hash, event)
+        s.execute(
+            update(AuditEvent).where(col(AuditEvent.seq) == n).values(details=details, prev_hash=prev_hash, hash=digest)
+        )
+        prev_hash = digest
+
+
+def test_verify_detects_the_recorded_head_event_removed(
+    rt: Runtime, fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The event the report names as its last is deleted: the events before it still link up, so only the
+    recorded head (seq and hash) tells. No checkpoint, so that its own check cannot be what notices."""
+    _history(rt, checkpoint=False)
+    out = tmp_path / "inventory.csv"
+    doc = _export(capsys, out)
+    assert doc["evidence"]["last_checkpoint"] is None
+    upto = doc["evidence"]["last_event"]["seq"]
+    with session_scope(rt.engine) as s:
+        _remove(s, upto)
+    code, output = _verify(capsys, out)
+    assert code == 1
+    assert f"the audit log changed after the report: up to event {upto} it no longer verifies" in output
+    assert "no report.exported event" not in output  # the report's own event (after the head) is still there
+
+
+def test_verify_detects_a_rehashed_history_ending_in_another_hash(
+    rt: Runtime, fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Events up to and including the named one rewritten with recomputed hashes: every link up to it is
+    consistent, only its hash differs from the one in the signed manifest."""
+    _history(rt, checkpoint=False)
+    out = tmp_path / "compliance.json"
+    doc = _export(capsys, out)
+    assert doc["evidence"]["last_checkpoint"] is None
+    upto, recorded = doc["evidence"]["last_event"]["seq"], doc["evidence"]["last_event"]["hash"]
+    with session_scope(rt.engine) as s:
+        _rehash_from(s, upto - 2, upto)
+    with Session(rt.engine) as s:
+        assert verify_log(s, upto=(upto, recorded)).first_bad_seq == upto
+        rows = list(
+            s.execute(select(AuditEvent).where(col(AuditEvent.seq) <= upto).order_by(col(AuditEvent.seq))).scalars()
+        )
+    assert rows[-1].hash != recorded
+    assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(rows))  # the links are consistent
+    code, output = _verify(capsys, out)
+    assert code == 1
+    assert f"the audit log changed after the report: up to event {upto} it no longer verifies" in output
+    assert "chain head does not match the recorded head" in output
 
 
 def test_verify_needs_the_reports_own_audit_event(

@@ -14,24 +14,33 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from pypdf import PdfReader
+from sqlalchemy import update
+from sqlmodel import Session, col
 
 from certmgr.audit.checkpoint import key_paths
 from certmgr.cli.main import main
-from certmgr.reports.manifest import MANIFEST_SUFFIX, manifest_path, openssl_commands
+from certmgr.db.engine import session_scope
+from certmgr.db.models import Certificate
+from certmgr.reports.manifest import MANIFEST_SUFFIX, manifest_bytes, manifest_path, openssl_commands
 from certmgr.reports.queries import (
     AUDIT_COLUMNS,
     COMPLIANCE_COLUMNS,
     DEPLOYMENT_COLUMNS,
     EXPIRY_COLUMNS,
     INVENTORY_COLUMNS,
+    MAX_MONTHS,
+    ReportKind,
+    ReportParams,
+    build_report,
 )
+from certmgr.reports.summary import Summary
 from certmgr.runtime import Runtime
 from tests.conftest import T0
 from tests.integration.test_api_support import (  # noqa: F401 - fixtures
@@ -154,6 +163,51 @@ def test_expiry_pdf_has_a_chart(rt: Runtime, fleet: Fleet, tmp_path: Path, capsy
     assert sum(counts.values()) == 3
 
 
+def _forecast(rt: Runtime) -> tuple[dict[str, int], Summary]:
+    """The default (monthly) expiry forecast as of ``T0`` in UTC: {period: certificates}, and its summary."""
+    spec = build_report(ReportKind.EXPIRY, ReportParams(), T0)
+    with Session(rt.engine) as s:
+        run = spec.open(s)
+        counts = {str(row[0]): int(row[3] or 0) for row in run}
+    return counts, run.summary(UTC)
+
+
+def test_expiry_forecast_by_default_shows_a_397_day_fleet_month_by_month(rt: Runtime, fleet: Fleet) -> None:
+    """Certificates 14 and 15 months out (397-day certificates, as CAs issue them) get months of their own,
+    however far past the 13 months shown at least; nothing lands in "later" while months up to the maximum
+    are available. A certificate beyond the maximum makes the forecast MAX_MONTHS long, with it in "later"."""
+    with session_scope(rt.engine) as s:
+        for key, days in (("ok", 397), ("soon", 460)):  # T0 = 2026-11-26: 2027-12-28 and 2028-02-29
+            s.execute(
+                update(Certificate)
+                .where(col(Certificate.id) == fleet.certificates[key])
+                .values(not_after=T0 + timedelta(days=days))
+            )
+    counts, summary = _forecast(rt)
+    periods = list(counts)
+    months = periods[1:-1]
+    assert (periods[0], periods[-1]) == ("expired", "later")
+    assert months[0] == "2026-11"
+    assert months[-1] == "2028-02"  # 16 months: through the month of the furthest certificate
+    assert len(months) == 16
+    assert counts["2027-12"] == 1
+    assert counts["2028-02"] == 1
+    assert counts["later"] == 0
+    assert counts["expired"] == 1
+    assert dict(summary.chart.bars if summary.chart else ())["2027-12"] == 1
+
+    with session_scope(rt.engine) as s:  # beyond the maximum: MAX_MONTHS months, the rest "later"
+        s.execute(
+            update(Certificate)
+            .where(col(Certificate.id) == fleet.certificates["soon"])
+            .values(not_after=T0 + timedelta(days=31 * (MAX_MONTHS + 2)))
+        )
+    counts, _summary = _forecast(rt)
+    assert len(counts) == MAX_MONTHS + 2
+    assert counts["2027-12"] == 1
+    assert counts["later"] == 1
+
+
 def test_tampering_with_export_or_manifest_is_detected(
     rt: Runtime, fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -195,40 +249,148 @@ def test_manifest_signed_by_another_key_fails_against_the_pinned_key(
     spec = build_report(ReportKind.INVENTORY, ReportParams(), rt.clock.now())
     rendered = Rendered(5, FleetTally().summary(UTC), RenderContext())
     doc = build_manifest(out, spec, ReportFormat.CSV, rendered, runtime_signer(rt))
-    manifest_path(out).write_text(json.dumps(doc))
+    manifest_path(out).write_bytes(manifest_bytes(doc))
     code, output = _run(capsys, "report", "verify", str(out), "--public-key", str(pinned))
     assert code == 1
     assert "not the pinned audit key" in output
+    assert "does not verify" not in output  # the forger's signatures are fine: only the key gives it away
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None or shutil.which("jq") is None, reason="needs openssl and jq")
+OPENSSL = pytest.mark.skipif(
+    shutil.which("openssl") is None or shutil.which("jq") is None or shutil.which("grep") is None,
+    reason="needs openssl, jq and grep",
+)
+
+
+def _documented_openssl_commands() -> list[str]:
+    """The block of "Verifying with openssl (no certmgr needed)" in docs/reports.md, as written (for
+    ``inventory.csv``)."""
+    section = DOCS.read_text().split("## Verifying with openssl (no certmgr needed)", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def _run_all(commands: list[str], cwd: Path) -> list[str]:
+    outputs = []
+    for command in commands:
+        done = _sh(command, cwd)
+        assert done.returncode == 0, (command, done.stdout, done.stderr)
+        outputs.append(done.stdout)
+    return outputs
+
+
+@OPENSSL
 def test_openssl_verifies_the_documented_commands(
     rt: Runtime, fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out = tmp_path / "audit.json"
-    assert _run(capsys, "report", "audit", "--format", "json", "--out", str(out))[0] == 0
+    """The block of docs/reports.md as written, on a standalone CSV and its manifest, and the manifest's own
+    ``verify_with_openssl`` on a JSON export: the file, the key and the manifest's own signature check out with
+    openssl, and the signed bytes grep leaves are exactly the manifest without its signature."""
+    out = tmp_path / "inventory.csv"
+    assert _run(capsys, "report", "inventory", "--out", str(out))[0] == 0
     manifest = json.loads(manifest_path(out).read_text())
-    results = []
-    for command in openssl_commands(out.name):
-        done = subprocess.run(
-            ["/bin/sh", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=30, check=False
-        )
-        assert done.returncode == 0, (command, done.stderr)
-        results.append(done.stdout)
+    commands = _documented_openssl_commands()
+    assert [c.split("   #")[0] for c in openssl_commands(out.name)] == commands
+    assert manifest["verify_with_openssl"] == openssl_commands(out.name)
+    results = _run_all(commands, tmp_path)
     assert results[2].strip() == "Verified OK"
     assert manifest["public_key_sha256"] in results[3]
     assert manifest["sha256"] in results[4]
+    assert results[-1].strip() == "Verified OK"
+    signed = json.loads((tmp_path / "inventory.csv.manifest.signed.json").read_text())
+    assert signed == {k: v for k, v in manifest.items() if k != "manifest_signature"}
+    assert signed["summary"]["figures"]["compliance_percent"] == 50.0  # a float: jq -cS would write 50
+
+    out = tmp_path / "audit.json"
+    assert _run(capsys, "report", "audit", "--format", "json", "--out", str(out))[0] == 0
+    results = _run_all(openssl_commands(out.name), tmp_path)
+    assert (results[2].strip(), results[-1].strip()) == ("Verified OK", "Verified OK")
     (tmp_path / out.name).write_bytes(out.read_bytes() + b" ")
-    done = subprocess.run(
-        ["/bin/sh", "-c", openssl_commands(out.name)[2]],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    done = _sh(openssl_commands(out.name)[2], tmp_path)
     assert done.returncode != 0
     assert "Verification failure" in done.stdout + done.stderr
+
+
+def _figure_changed(text: str) -> str:
+    return text.replace('"compliance_percent": 50.0', '"compliance_percent": 100.0', 1)
+
+
+def _reformatted(text: str) -> str:
+    """The same fields, written again as jq writes them (0.0 becomes 0)."""
+    done = subprocess.run(["jq", "-S", "."], input=text, capture_output=True, text=True, timeout=30, check=True)
+    return done.stdout
+
+
+@OPENSSL
+@pytest.mark.parametrize(
+    "change",
+    [_figure_changed, _reformatted],
+    ids=["summary-figure", "reformatted-by-jq"],
+)
+def test_a_changed_manifest_fails_the_documented_check(
+    change: Callable[[str], str], rt: Runtime, fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "inventory.csv"
+    assert _run(capsys, "report", "inventory", "--out", str(out))[0] == 0
+    original = manifest_path(out).read_text()
+    changed = change(original)
+    assert changed != original
+    manifest_path(out).write_text(changed)
+    commands = _documented_openssl_commands()
+    assert _run_all(commands[:-1], tmp_path)[2].strip() == "Verified OK"  # the CSV itself is untouched
+    done = _sh(commands[-1], tmp_path)
+    assert done.returncode != 0
+    assert "Verification failure" in done.stdout + done.stderr
+    code, output = _run(capsys, "report", "verify", str(out))
+    assert code == 1
+    assert "the manifest signature does not verify" in output
+
+
+@OPENSSL
+def test_a_field_hidden_on_a_signature_line_is_caught_by_certmgr_and_not_read_by_the_auditor(
+    rt: Runtime, fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """grep drops every line that starts like the signature line, so a forger may add one that carries a field:
+    the signed bytes stay intact (openssl says Verified OK) and the auditor, reading the signed file as the docs
+    say, sees the true value; a reader of the whole file would see the forged one (the last duplicate wins),
+    so ``certmgr report verify`` insists the manifest say nothing its signed bytes do not."""
+    out = tmp_path / "inventory.csv"
+    assert _run(capsys, "report", "inventory", "--out", str(out))[0] == 0
+    text = manifest_path(out).read_text()
+    signature_line = text.split("\n")[1]
+    assert signature_line.startswith('  "manifest_signature": "')
+    forged = text.replace('  "rows": 4,\n', '  "rows": 4,\n' + signature_line[:-1] + ', "rows": 999,\n', 1)
+    assert json.loads(forged)["rows"] == 999
+    manifest_path(out).write_text(forged)
+    results = _run_all(_documented_openssl_commands(), tmp_path)
+    assert results[-1].strip() == "Verified OK"
+    assert json.loads((tmp_path / "inventory.csv.manifest.signed.json").read_text())["rows"] == 4
+    code, output = _run(capsys, "report", "verify", str(out))
+    assert code == 1
+    assert "the manifest signature does not verify" in output
+
+
+def test_a_version_2_manifest_still_verifies(
+    rt: Runtime, fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Manifests written before version 3 signed the canonical JSON of their fields: certmgr still checks them."""
+    from certmgr.audit.checkpoint import encode_signature, runtime_signer
+
+    out = tmp_path / "inventory.csv"
+    assert _run(capsys, "report", "inventory", "--out", str(out))[0] == 0
+    doc = json.loads(manifest_path(out).read_text())
+    del doc["manifest_signature"]
+    doc["manifest_version"] = 2
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    doc["manifest_signature"] = encode_signature(runtime_signer(rt).sign(canonical))
+    manifest_path(out).write_text(json.dumps(doc, indent=2, ensure_ascii=False))
+    code, output = _run(capsys, "report", "verify", str(out))
+    assert code == 0, output
+    doc["rows"] = 5
+    manifest_path(out).write_text(json.dumps(doc, indent=2, ensure_ascii=False))
+    code, output = _run(capsys, "report", "verify", str(out))
+    assert code == 1
+    assert "the manifest signature does not verify" in output
 
 
 def test_documented_commands_match_docs() -> None:
@@ -386,7 +548,8 @@ def test_api_bundle_verifies_with_the_documented_commands(
     kind: str, fmt: str, rt: Runtime, live_api: str, tokens: dict[str, str], fleet: Fleet, tmp_path: Path
 ) -> None:
     """docs/reports.md verbatim: curl downloads the bundle from a real listener, unzip unpacks it, then
-    ``certmgr report verify`` (the installed entry point) and the five openssl commands check it."""
+    ``certmgr report verify`` (the installed entry point) and the openssl commands check it (the manifest's own
+    signature too)."""
     work = tmp_path / "download"  # tmp_path also holds the database and the data dir
     work.mkdir()
     env = {**os.environ, "CERTMGR_URL": live_api, "CERTMGR_TOKEN": tokens["viewer"]}
@@ -411,6 +574,7 @@ def test_api_bundle_verifies_with_the_documented_commands(
     assert results[2].strip() == "Verified OK"
     assert manifest["public_key_sha256"] in results[3]
     assert manifest["sha256"] in results[4]
+    assert results[-1].strip() == "Verified OK"
     # a token is required: curl -f fails on the 401
     done = _sh(curl, work, {**env, "CERTMGR_TOKEN": "cmt_not-a-token"})
     assert done.returncode != 0

@@ -150,6 +150,30 @@ def test_deployment_and_audit_summaries(
     assert summary["figures"]["events"] == len(json.loads(out.read_text()))
 
 
+def test_non_latin_actor_names_in_the_audit_report(
+    rt: Runtime, fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Actor names in Japanese, Cyrillic and Arabic: drawn with the embedded fonts on page one (events by actor)
+    and in the table, read back by text extraction, never replaced by '?' or U+FFFD."""
+    actors = ("token:監査チーム", "token:аудитор", "token:مدقق")
+    with session_scope(rt.engine) as s:
+        for actor in actors:
+            append_event(s, at=T0 - timedelta(hours=1), actor=actor, action="report.exported", subject_type="report")
+    out = tmp_path / "audit.pdf"
+    code, output = _run(capsys, "report", "audit", "--format", "pdf", "--out", str(out))
+    assert code == 0, output
+    reader = PdfReader(out)
+    first = reader.pages[0].extract_text()
+    table = "\n".join(p.extract_text() for p in reader.pages[1:])
+    for actor in actors:
+        name = actor.split(":", 1)[1]
+        assert name in first, (name, first)
+        assert name in table, (name, table)
+    assert "?" not in first + table
+    assert "\ufffd" not in first + table
+    assert "could not be drawn" not in first
+
+
 def test_a_period_without_events_and_an_empty_fleet_say_none(
     rt: Runtime, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
+import re
 import subprocess
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -18,7 +21,17 @@ from pypdf.generic import ContentStream
 from certmgr.errors import ConfigError, InputError
 from certmgr.reports.evidence import CheckpointRef, Evidence
 from certmgr.reports.fonts import FontChain, default_font_set, font_set, visual_order
-from certmgr.reports.pdfstream import BAR_RGB, FLUSH_BYTES, fit_lines
+from certmgr.reports.pdfstream import (
+    BAR_RGB,
+    FLUSH_BYTES,
+    MARGIN,
+    PAD,
+    PAGE_W,
+    _Fonts,
+    column_widths,
+    fit_lines,
+    header_width,
+)
 from certmgr.reports.queries import (
     INVENTORY_COLUMNS,
     TIME_COLUMNS,
@@ -317,10 +330,8 @@ def test_inventory_columns_name_the_host() -> None:
     assert datetime.fromisoformat(T0.isoformat()) == T0
 
 
-def test_a_chart_of_many_periods_thins_its_labels() -> None:
-    """104 weekly bars: one rectangle per non-empty week, proportional; every n-th label and a scale instead of
-    a count above each bar."""
-    buckets = [("expired", 0)] + [(f"W{i + 1}", i % 7) for i in range(104)] + [("later", 12)]
+def _forecast_spec(buckets: list[tuple[str, int]]) -> ReportSpec:
+    """A weekly expiry forecast of ``buckets`` ("expired", W1…, "later")."""
 
     def produce(_session: object, tally: ExpiryTally) -> Iterator[Row]:
         tally.unit = "week"
@@ -328,16 +339,37 @@ def test_a_chart_of_many_periods_thins_its_labels() -> None:
         for label, n in buckets:
             yield (label, None, None, n)
 
-    spec = ReportSpec(
+    return ReportSpec(
         ReportKind.EXPIRY,
         "Forecast",
         ("period", "start", "end", "certificates"),
-        ReportParams(weeks=104),
+        ReportParams(weeks=len(buckets) - 2),
         T0,
         produce,
         ExpiryTally,
     )
-    reader = _pdf(spec)
+
+
+def chart_labels(data: bytes) -> list[tuple[float, float, str]]:
+    """(left, right, word) of the labels under the bars of page one's chart, left to right: the lowest line of
+    words above the footer, as poppler (``pdftotext -bbox``) places them."""
+    done = subprocess.run(
+        ["pdftotext", "-bbox", "-f", "1", "-l", "1", "-", "-"], input=data, capture_output=True, timeout=60, check=True
+    )
+    pattern = r'<word xMin="([0-9.]+)" yMin="([0-9.]+)" xMax="([0-9.]+)" yMax="([0-9.]+)">([^<]*)</word>'
+    found = re.findall(pattern, done.stdout.decode())
+    words = [(float(x0), float(y0), float(x1), float(y1), word) for x0, y0, x1, y1, word in found]
+    footer = max(y0 for _, y0, _, _, _ in words)
+    lowest = max(y0 for _, y0, _, y1, _ in words if y1 < footer)
+    return sorted((x0, x1, word) for x0, y0, x1, _, word in words if abs(y0 - lowest) < 0.5)
+
+
+def test_a_chart_of_many_periods_thins_its_labels() -> None:
+    """104 weekly bars: one rectangle per non-empty week, proportional; every n-th label and a scale instead of
+    a count above each bar."""
+    buckets = [("expired", 0)] + [(f"W{i + 1}", i % 7) for i in range(104)] + [("later", 12)]
+    data = _bytes(_forecast_spec(buckets))
+    reader = PdfReader(io.BytesIO(data), strict=True)
     drawn = bars(reader)
     assert len(drawn) == sum(1 for _, n in buckets if n)
     assert max(h for _, h in drawn) == pytest.approx(12 * min(h for _, h in drawn), rel=1e-3)
@@ -345,6 +377,74 @@ def test_a_chart_of_many_periods_thins_its_labels() -> None:
     assert "W5" in first
     assert "W2 " not in first.replace("\n", " ")
     assert "12" in first  # the scale's maximum
+    assert chart_labels(data)[-1][2] == "later"
+
+
+def test_the_last_bar_of_a_thinned_chart_is_always_labelled() -> None:
+    """26 weeks (28 bars, every second one labelled): "later", the 28th, is labelled too, and the label before
+    it that would crowd it (W26) is left out."""
+    buckets = [("expired", 1)] + [(f"W{i + 1}", i % 3) for i in range(26)] + [("later", 40)]
+    labels = chart_labels(_bytes(_forecast_spec(buckets)))
+    texts = [text for _, _, text in labels]
+    assert texts[0] == "expired"
+    assert "W2" in texts
+    assert "W3" not in texts  # thinned: every second label
+    assert texts[-1] == "later"
+    assert "W26" not in texts
+    for (_, right, _), (left, _, _) in itertools.pairwise(labels):
+        assert left - right > 4.0  # no label crowds another
+
+
+def test_a_short_or_empty_column_keeps_its_whole_name() -> None:
+    """The inventory with nothing in "last verified at" and "last seen at": their names are drawn whole (on two
+    lines), not cut to "last verifi…" / "last se…", and the table still fits the page."""
+    rows: list[Row] = [
+        (
+            f"00:1A:E8:00:00:{i:02X}",
+            f"phone-{i}.floor{i % 7}.example.com",
+            f"+49891000{i:02d}",
+            f"10.0.0.{i}",
+            "OpenStage 60",
+            "V3 R5.1",
+            "default",
+            "verified",
+            f"a{i:x}0",
+            (T0 + timedelta(days=i)).isoformat(),
+            i,
+            "active",
+            None,
+            None,
+        )
+        for i in range(40)
+    ]
+    spec = replace(_spec(rows, INVENTORY_COLUMNS), time_columns=TIME_COLUMNS & frozenset(INVENTORY_COLUMNS))
+    data = _bytes(spec)
+    table = PdfReader(io.BytesIO(data)).pages[1].extract_text()
+    assert "…" not in table
+    header = pdftotext(data)[1].splitlines()[3:5]  # the two lines of column names under the page header
+    words = " ".join(header).split()
+    for column in INVENTORY_COLUMNS:
+        for word in column.split("_"):
+            assert word in words, (column, header)
+    assert "verified at" in header[1]
+    assert "seen at" in header[1]
+    fonts = _Fonts(default_font_set())
+    texts = [["" if v is None else str(v) for v in row] for row in rows]
+    widths = column_widths(fonts, INVENTORY_COLUMNS, texts, PAGE_W - 2 * MARGIN)
+    assert sum(widths) == pytest.approx(PAGE_W - 2 * MARGIN)
+    for column, width in zip(INVENTORY_COLUMNS, widths, strict=True):
+        name = column.replace("_", " ")
+        lines = fit_lines(fonts.bold, name, width - 2 * PAD, 8.0, 2)
+        assert " ".join(lines) == name, (column, lines)
+
+
+def test_header_width_is_the_narrowest_two_line_fit() -> None:
+    fonts = _Fonts(default_font_set())
+    for column in ("last_verified_at", "last_seen_at", "certificate_status", "mac", "days_left"):
+        width = header_width(fonts, column)
+        name = column.replace("_", " ")
+        assert " ".join(fit_lines(fonts.bold, name, width, 8.0, 2)) == name
+        assert " ".join(fit_lines(fonts.bold, name, width - 1.0, 8.0, 2)) != name  # the narrowest
 
 
 def test_no_text_is_set_below_8_points() -> None:
