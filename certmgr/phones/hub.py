@@ -26,12 +26,9 @@ on the event loop, and a per-(address, phone) :class:`asyncio.Lock` serialises t
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import ctypes
 import logging
 import secrets
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -40,6 +37,7 @@ from certmgr.db.txretry import run_db
 from certmgr.deploy.admission import Admitted, admit
 from certmgr.deploy.effects import apply_effects
 from certmgr.errors import CertmgrError, DatabaseError, ProtocolError
+from certmgr.phones.keylocks import KeyLocks
 from certmgr.phones.proofs import AddressProofs
 from certmgr.phones.verifier import WbmProbes
 from certmgr.wpi import interaction as wi
@@ -59,12 +57,6 @@ MAX_INTERACTIONS = 10_000
 _AUDIT_EVERY = timedelta(seconds=10)
 #: Expired interactions holding at least this many bytes give freed memory back to the system (a flood's debris).
 RELEASE_TO_OS_BYTES = 1024 * 1024
-
-
-@dataclass
-class _KeyLock:
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    users: int = 0
 
 
 @dataclass
@@ -105,7 +97,7 @@ class DeploymentHub:
     _untrusted_per_peer: dict[str, int] = field(default_factory=dict)
     _buffered_per_peer: dict[str, int] = field(default_factory=dict)
     _busy_until: dict[str, datetime] = field(default_factory=dict)
-    _locks: dict[str, _KeyLock] = field(default_factory=dict)
+    _locks: KeyLocks = field(default_factory=KeyLocks)
     _audited: dict[str, tuple[datetime, int]] = field(default_factory=dict)
     on_device_seen: list[Any] = field(default_factory=list)
     probes: WbmProbes = field(init=False)
@@ -140,23 +132,6 @@ class DeploymentHub:
 
     def _now(self) -> datetime:
         return self.runtime.clock.now()
-
-    @contextlib.asynccontextmanager
-    async def _lock(self, key: str) -> AsyncIterator[None]:
-        """Serialise the messages of one (peer, phone). The entry lives while someone holds or awaits it: the
-        table holds the requests in flight, not every phone ever seen (it kept up to 10,000 idle locks, 1.4 KiB
-        of the service's memory per phone between 1,000 and 10,000 phones: docs/benchmarks.md)."""
-        entry = self._locks.get(key)
-        if entry is None:
-            entry = self._locks[key] = _KeyLock()
-        entry.users += 1
-        try:
-            async with entry.lock:
-                yield
-        finally:
-            entry.users -= 1
-            if entry.users == 0 and self._locks.get(key) is entry:
-                del self._locks[key]
 
     def _register(self, live: _Live) -> None:
         self._live[live.token] = live
@@ -230,7 +205,7 @@ class DeploymentHub:
             if candidate is not None and candidate.peer == peer:
                 live = candidate
         key = f"{peer}|{live.mac if live is not None and live.mac else msg.mac}"
-        async with self._lock(key):
+        async with self._locks.hold(key):  # the messages of one (peer, phone) one at a time
             if live is None or (opening and cookie is None):
                 return await self._open(msg, peer=peer, size=len(body))
             return await self._continue(live, msg, size=len(body))
