@@ -82,10 +82,15 @@ class Runtime:
             fingerprint = row.fingerprint_sha256 if row is not None else None
             if self._issuer is not None and self._issuer_fp == fingerprint:
                 return self._issuer
-            material = (row.chain_pem, row.key_pem) if row is not None else (None, None)
-        with self._issuer_lock:  # threads that see the change together load (and tell) the new CA once
+        # Another CA is active (or none is loaded yet). Threads that see the change together load (and tell) it
+        # once; the record is read again under the lock, so a thread whose first read predates a rotation that
+        # another thread has already loaded does not load the old CA back.
+        with self._issuer_lock, session_scope(self.engine) as session:
+            row = active_issuing_record(session)
+            fingerprint = row.fingerprint_sha256 if row is not None else None
             if self._issuer is not None and self._issuer_fp == fingerprint:
                 return self._issuer
+            material = (row.chain_pem, row.key_pem) if row is not None else (None, None)
             return self._load_issuer(fingerprint, *material)
 
     def _load_issuer(self, fingerprint: str | None, chain_pem: str | None, key_pem: str | None) -> Issuer:

@@ -70,18 +70,25 @@ def device_register(
     )
 
 
-def device_approve(mac: Mac) -> None:
-    """Approve a pending phone (policy enrollment = approve) so that certmgr deploys to it."""
+def device_approve(
+    mac: Mac,
+    move_to: Annotated[
+        str | None,
+        typer.Option("--move-to", help="Approve the phone's held address move to this address (see certmgr status)."),
+    ] = None,
+) -> None:
+    """Approve a pending phone (policy enrollment = approve) so that certmgr deploys to it, or its address move
+    held for want of proof (--move-to names the held address)."""
     from certmgr.operations import approve_mac
     from certmgr.runtime import open_runtime
     from certmgr.settings import load_settings
 
     runtime = open_runtime(load_settings())
     try:
-        device = approve_mac(runtime, mac, actor=CLI_ACTOR)
+        device = approve_mac(runtime, mac, actor=CLI_ACTOR, move_to=move_to)
     finally:
         runtime.close()
-    _say(f"approved {device.mac} (policy {device.policy_name or '-'})")
+    _say(f"approved {device.mac} at {device.ip or '-'} (policy {device.policy_name or '-'})")
 
 
 def device_decommission(
@@ -127,13 +134,16 @@ def device_renew(mac: Mac) -> None:
 def certificate_revoke(
     certificate_id: CertificateId,
     reason: Annotated[RevocationReason, typer.Option(help="The RFC 5280 reason.", show_choices=True)],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Revoke a certificate with a reason; the CRL is re-signed and a phone still in service gets a replacement
-    queued for deployment."""
+    queued for deployment. Asks first unless --yes (a revocation cannot be undone)."""
     from certmgr.operations import revoke_certificate
     from certmgr.runtime import open_runtime
     from certmgr.settings import load_settings
 
+    if not yes:
+        typer.confirm(f"Revoke certificate {certificate_id} ({reason.value})? This cannot be undone.", abort=True)
     runtime = open_runtime(load_settings())
     try:
         result = revoke_certificate(runtime, certificate_id, reason, actor=CLI_ACTOR)

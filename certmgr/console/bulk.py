@@ -31,7 +31,6 @@ from certmgr.db.models import (
     Enrollment,
 )
 from certmgr.errors import CertmgrError, ConflictError, NotFoundError
-from certmgr.inventory.enrollment import awaits_approval
 
 if TYPE_CHECKING:
     from certmgr.console.fleet import PhoneRow
@@ -97,7 +96,9 @@ def _retry(runtime: Runtime, device: Device, actor: str) -> str:
 
 
 def _approve(runtime: Runtime, device: Device, actor: str) -> str:
-    if not awaits_approval(device):  # a pending enrollment or a held address move
+    if device.pending_ip is not None:  # each held move is looked at and approved on its own (a flood of claims)
+        raise Skip(f"a move to {device.pending_ip} is held: approve it on the phone's page")
+    if device.enrollment is not Enrollment.PENDING:
         raise Skip(f"not awaiting approval ({device.enrollment.value})")
     assert device.id is not None
     operations.approve(runtime, device.id, actor)

@@ -343,17 +343,28 @@ def phone_by_mac(session: Session, mac: str) -> Device:
     return device
 
 
-def approve_device(session: Session, mac: str, now: datetime, actor: str) -> Device:
+def approve_device(session: Session, mac: str, now: datetime, actor: str, *, move_to: str | None = None) -> Device:
     """Approve a pending phone so that certmgr deploys to it, and a held address move (the phone gets the new
     address; a certificate for it is issued and deployed there).
 
+    A held move is approved only when ``move_to`` names the address it holds: the operator vouches for the address
+    they were shown, and a later claim (which replaces the held address) is not approved in its place.
+
     Raises:
-        InputError: invalid MAC. NotFoundError: unknown phone. ConflictError: decommissioned phone.
+        InputError: invalid MAC. NotFoundError: unknown phone. ConflictError: decommissioned phone; a move is held
+        and ``move_to`` does not name its address.
     """
     device = phone_by_mac(session, mac)
     mac = device.mac
     if device.enrollment is Enrollment.DECOMMISSIONED:
         raise ConflictError(f"phone {mac} is decommissioned", mac=mac)
+    if device.pending_ip is not None and not same_ip(move_to, device.pending_ip):
+        asked = f"approving a move to {move_to}" if move_to else "approving without naming the address"
+        raise ConflictError(
+            f"phone {mac}: a move to {device.pending_ip} is held; {asked} is refused (look again and name it)",
+            mac=mac,
+            held=device.pending_ip,
+        )
     if device.pending_ip is not None:  # a held address move: the operator vouches for the new address
         pending = device.pending_ip
         events = [NewEvent(actor, "device.move-approved", "device", mac, {"from": device.ip, "to": pending})]

@@ -99,25 +99,28 @@ def register_device(
     return device
 
 
-def approve(runtime: Runtime, device_id: int, actor: str) -> Device:
-    """Approve a pending phone (idempotent for an approved one).
+def approve(runtime: Runtime, device_id: int, actor: str, *, move_to: str | None = None) -> Device:
+    """Approve a pending phone (idempotent for an approved one), or its held address move to ``move_to``
+    (:func:`~certmgr.inventory.enrollment.approve_device`).
 
     Raises:
-        NotFoundError: unknown id. ConflictError: the phone is decommissioned.
+        NotFoundError: unknown id. ConflictError: the phone is decommissioned; a move is held elsewhere than
+        ``move_to``.
     """
     with transaction(runtime) as session:
         device = get_device(session, device_id)
-        return approve_device(session, device.mac, runtime.clock.now(), actor)
+        return approve_device(session, device.mac, runtime.clock.now(), actor, move_to=move_to)
 
 
-def approve_mac(runtime: Runtime, mac: str, actor: str) -> Device:
+def approve_mac(runtime: Runtime, mac: str, actor: str, *, move_to: str | None = None) -> Device:
     """:func:`approve` for the phone with MAC ``mac`` (the CLI names phones by MAC).
 
     Raises:
-        InputError: invalid MAC. NotFoundError: unknown phone. ConflictError: the phone is decommissioned.
+        InputError: invalid MAC. NotFoundError: unknown phone. ConflictError: the phone is decommissioned; a move
+        is held elsewhere than ``move_to``.
     """
     with transaction(runtime) as session:
-        return approve_device(session, mac, runtime.clock.now(), actor)
+        return approve_device(session, mac, runtime.clock.now(), actor, move_to=move_to)
 
 
 @dataclass(frozen=True)

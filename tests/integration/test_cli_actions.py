@@ -37,6 +37,7 @@ from certmgr.db.models import (
     Enrollment,
 )
 from certmgr.deploy.reconcile import Reconciler
+from certmgr.inventory.enrollment import AddressClaim, resolve_claim
 from certmgr.pki.crl import RevocationReason
 from certmgr.runtime import Runtime, open_runtime
 from tests.integration.renewal_support import mark_verified
@@ -226,9 +227,16 @@ def test_device_renew(rt: Runtime, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 # --- certificate revoke ---------------------------------------------------------------------------------------
-def test_certificate_revoke(rt: Runtime, capsys: pytest.CaptureFixture[str]) -> None:
+def test_certificate_revoke(rt: Runtime, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     phone = _phone(rt, MAC1, IP1)
-    out = _ok(capsys, "certificate", "revoke", str(phone.certificate_id), "--reason", "keyCompromise")
+    before = _audit_count(rt)
+    monkeypatch.setattr("sys.stdin", io.StringIO("n\n"))
+    code, _, err = _cli(capsys, "certificate", "revoke", str(phone.certificate_id), "--reason", "keyCompromise")
+    assert code == 1  # asks first (a revocation cannot be undone); "n" changes nothing
+    assert "aborted" in err
+    assert _certificate(rt, phone.certificate_id).status is not CertificateStatus.REVOKED
+    assert _audit_count(rt) == before
+    out = _ok(capsys, "certificate", "revoke", str(phone.certificate_id), "--reason", "keyCompromise", "--yes")
     assert f"revoked certificate {phone.serial} (id {phone.certificate_id}, reason keyCompromise)" in out
     revoked = _certificate(rt, phone.certificate_id)
     assert revoked.status is CertificateStatus.REVOKED
@@ -252,11 +260,12 @@ def test_certificate_revoke(rt: Runtime, capsys: pytest.CaptureFixture[str]) -> 
         str(phone.certificate_id),
         "--reason",
         "superseded",
+        "--yes",
         needle="already revoked",
     )
-    _refused(capsys, 8, "certificate", "revoke", "424242", "--reason", "superseded", needle="424242")
-    _refused(capsys, 8, "certificate", "revoke", "99999999999999999999", "--reason", "superseded")
-    code, _, err = _cli(capsys, "certificate", "revoke", str(replacement.id), "--reason", "certificateHold")
+    _refused(capsys, 8, "certificate", "revoke", "424242", "--reason", "superseded", "--yes", needle="424242")
+    _refused(capsys, 8, "certificate", "revoke", "99999999999999999999", "--reason", "superseded", "--yes")
+    code, _, err = _cli(capsys, "certificate", "revoke", str(replacement.id), "--reason", "certificateHold", "--yes")
     assert code == 2  # not an RFC 5280 reason certmgr offers: a usage error
     assert "--reason" in err
     assert _certificate(rt, replacement.id).status is CertificateStatus.PENDING
@@ -324,3 +333,23 @@ def test_deployment_cancel(rt: Runtime, capsys: pytest.CaptureFixture[str]) -> N
     _refused(capsys, 8, "deployment", "cancel", "424242", needle="424242")
     _refused(capsys, 8, "deployment", "cancel", "0")
     assert _audit_count(rt) == before
+
+
+# --- device approve: a held address move ----------------------------------------------------------------------
+def test_device_approve_names_the_held_move(rt: Runtime, capsys: pytest.CaptureFixture[str]) -> None:
+    _phone(rt, MAC1, IP1)
+    claimed = "10.20.0.99"
+    claim = AddressClaim(MAC1, claimed, f"http://{claimed}:8085/contact_dls.html/ContactDLS")
+    with session_scope(rt.engine) as s:
+        assert (
+            resolve_claim(s, claim, served_sha256=None, probe_error="refused", now=rt.clock.now(), policies=rt.policies)
+            == "held"
+        )
+    before = _audit_count(rt)
+    _refused(capsys, 9, "device", "approve", MAC1, needle=f"a move to {claimed} is held")
+    _refused(capsys, 9, "device", "approve", MAC1, "--move-to", "10.20.0.98", needle="approving a move to 10.20.0.98")
+    assert _device(rt, MAC1).ip == IP1
+    assert _audit_count(rt) == before
+    assert f"approved {MAC1} at {claimed}" in _ok(capsys, "device", "approve", MAC1, "--move-to", claimed)
+    assert (_device(rt, MAC1).ip, _device(rt, MAC1).pending_ip) == (claimed, None)
+    assert [(e.actor, e.subject_id) for e in _events(rt, "device.move-approved")] == [("cli", MAC1)]

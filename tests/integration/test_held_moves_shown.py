@@ -39,9 +39,9 @@ OK_MAC = "00:1A:E8:00:00:01"  # the fleet's verified phone at 10.0.0.1, with a c
 CLAIMED = "10.0.0.99"
 
 
-def _hold_move(rt: Runtime) -> None:
+def _hold_move(rt: Runtime, ip: str = CLAIMED) -> None:
     """A start-up for the verified phone from another address whose TLS probe showed no proof: the move is held."""
-    claim = AddressClaim(OK_MAC, CLAIMED, f"http://{CLAIMED}:8085/contact_dls.html/ContactDLS")
+    claim = AddressClaim(OK_MAC, ip, f"http://{ip}:8085/contact_dls.html/ContactDLS")
     with session_scope(rt.engine) as s:
         done = resolve_claim(
             s, claim, served_sha256=None, probe_error="connection refused", now=rt.clock.now(), policies=rt.policies
@@ -103,6 +103,8 @@ def test_the_console_shows_a_held_move_and_approving_it_moves_the_phone(
     assert f"<code>{CLAIMED}</code>" in page
     assert f"Approve the move to {CLAIMED}" in page
 
+    # Bulk approve leaves held moves alone: each is looked at on its own page (a wave of claims is what an
+    # attacker would send).
     preview = ui.get("/ui/bulk", params={"action": "approve", "pending": "1"})
     assert "<strong>1</strong> phone matching" in preview.text
     form = {"csrf": csrf(preview.text), "action": "approve", "pending": "1", "expected": "1"}
@@ -110,12 +112,37 @@ def test_the_console_shows_a_held_move_and_approving_it_moves_the_phone(
     assert started.status_code == 303, started.text
     job_id = int(started.headers["location"].rsplit("/", 1)[1])
     assert ui.app.state.console_jobs.wait(job_id, 60)  # type: ignore[attr-defined]
-    device = _device(rt)
-    assert (device.ip, device.pending_ip) == (CLAIMED, None)
+    assert f"a move to {CLAIMED} is held: approve it on the phone" in ui.get(f"/ui/jobs/{job_id}").text
+    assert _device(rt).pending_ip == CLAIMED
+
+    # The phone page's approve names the address it showed; a claim made since (another address) is not approved.
+    token = csrf(page)
+    _hold_move(rt, "10.0.0.77")
+    refused = ui.post(f"/ui/phones/{OK_MAC}/approve", data={"csrf": token, "move_to": CLAIMED}, headers=ORIGIN)
+    assert refused.status_code == 409, refused.text
+    assert (_device(rt).ip, _device(rt).pending_ip) == ("10.0.0.1", "10.0.0.77")
+    page = ui.get(f"/ui/phones/{OK_MAC}").text
+    answer = ui.post(f"/ui/phones/{OK_MAC}/approve", data={"csrf": csrf(page), "move_to": "10.0.0.77"}, headers=ORIGIN)
+    assert answer.status_code == 303, answer.text
+    assert (_device(rt).ip, _device(rt).pending_ip) == ("10.0.0.77", None)
     with session_scope(rt.engine) as s:
         approved = s.exec(select(AuditEvent).where(col(AuditEvent.action) == "device.move-approved")).all()
         assert [(e.subject_id, e.actor) for e in approved] == [(OK_MAC, "console:operator-1")]
     assert 'id="held-move"' not in ui.get(f"/ui/phones/{OK_MAC}").text
+
+
+def test_the_api_approves_a_held_move_only_by_its_address(
+    ui: TestClient, rt: Runtime, fleet: Fleet, tokens: dict[str, str]
+) -> None:
+    _hold_move(rt)
+    headers = auth(tokens["operator"])
+    url = f"/api/v1/devices/{fleet.devices['ok']}/approve"
+    assert ui.post(url, headers=headers).status_code == 409  # the held address not named
+    assert ui.post(url, params={"move_to": "10.0.0.98"}, headers=headers).status_code == 409
+    assert (_device(rt).ip, _device(rt).pending_ip) == ("10.0.0.1", CLAIMED)
+    moved = ui.post(url, params={"move_to": CLAIMED}, headers=headers)
+    assert moved.status_code == 200, moved.text
+    assert (moved.json()["ip"], moved.json()["pending_ip"], moved.json()["awaiting_approval"]) == (CLAIMED, None, False)
 
 
 def test_decommissioning_ends_a_held_move(rt: Runtime, fleet: Fleet) -> None:

@@ -215,7 +215,7 @@ def test_an_operator_approves_a_held_move(
     replaced.report()
     wait_for(lambda: _device(runtime, phone.mac).pending_ip == replaced.ip, 30)
     with session_scope(runtime.engine) as s:
-        approve_device(s, phone.mac, runtime.clock.now(), actor="token:alice")
+        approve_device(s, phone.mac, runtime.clock.now(), actor="token:alice", move_to=replaced.ip)
     assert _device(runtime, phone.mac).ip == replaced.ip
     wait_for(lambda: replaced.writes == 1 and _state(runtime, phone.mac, S.VERIFIED), 60)
 

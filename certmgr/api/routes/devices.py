@@ -26,6 +26,7 @@ from certmgr.api.common import (
 )
 from certmgr.api.deps import Admin, Operator, RuntimeDep, SessionDep, Viewer
 from certmgr.api.schemas import (
+    NO_NUL,
     CertificatePublic,
     DecommissionResponse,
     DeploymentPublic,
@@ -168,13 +169,22 @@ def device_register(body: DeviceCreate, who: Operator, rt: RuntimeDep) -> Device
 
 
 @router.post("/devices/{device_id}/approve", response_model=DevicePublic, responses=ERRORS, tags=["actions"])
-def device_approve(device_id: IdPath, who: Operator, rt: RuntimeDep) -> DevicePublic:
-    """Approve a pending phone's enrollment, or its address move held for want of proof (operator); idempotent.
+def device_approve(
+    device_id: IdPath,
+    who: Operator,
+    rt: RuntimeDep,
+    move_to: Annotated[
+        str | None,
+        Query(max_length=64, pattern=NO_NUL, description="The held move's address (its pending_ip) being approved."),
+    ] = None,
+) -> DevicePublic:
+    """Approve a pending phone's enrollment, or its address move held for want of proof (operator; the move only
+    with ``move_to`` naming its address, so that a later claim is not approved in its place); idempotent.
 
     Raises:
-        NotFoundError: 404. ConflictError: 409 for a decommissioned phone.
+        NotFoundError: 404. ConflictError: 409 for a decommissioned phone, or a move held elsewhere than move_to.
     """
-    return DevicePublic.model_validate(actions.approve(rt, device_id, who.actor))
+    return DevicePublic.model_validate(actions.approve(rt, device_id, who.actor, move_to=move_to))
 
 
 @router.post(

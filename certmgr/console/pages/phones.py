@@ -107,11 +107,11 @@ def phone_renew(request: Request, rt: RuntimeDep, user: User, _form: Form, mac: 
 
 
 @router.post("/ui/phones/{mac}/approve")
-def phone_approve(request: Request, rt: RuntimeDep, user: User, _form: Form, mac: str) -> Response:
-    """Approve a pending phone (operator)."""
+def phone_approve(request: Request, rt: RuntimeDep, user: User, form: Form, mac: str) -> Response:
+    """Approve a pending phone, or its held address move to the address the page showed (``move_to``) (operator)."""
     require(rt, user, Role.OPERATOR, request)
     device_id, normalised, _ = _device_id(rt, mac)
-    operations.approve(rt, device_id, user.actor)
+    operations.approve(rt, device_id, user.actor, move_to=field(form, "move_to", max_length=64) or None)
     return see_other(phone_path(normalised) + "?done=approved")
 
 
