@@ -99,10 +99,8 @@ def _device_id(rt: RuntimeDep, mac: str) -> tuple[int, str, int | None]:
 def phone_renew(request: Request, rt: RuntimeDep, user: User, _form: Form, mac: str) -> Response:
     """Issue a new certificate now and queue its deployment (operator)."""
     require(rt, user, Role.OPERATOR, request)
-    _id, normalised, current = _device_id(rt, mac)
-    if current is None:
-        raise InputError(f"phone {normalised} has no current certificate to renew yet")
-    operations.renew_certificate(rt, current, user.actor)
+    _id, normalised, _current = _device_id(rt, mac)  # a 404 page for an unknown phone or a non-MAC
+    operations.renew_mac(rt, normalised, user.actor)
     return see_other(phone_path(normalised) + "?done=renewed")
 
 
