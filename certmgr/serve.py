@@ -16,6 +16,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -53,35 +54,77 @@ class Listener:
 
 class DeadlineH11Protocol(H11Protocol):
     """uvicorn's HTTP/1.1 protocol with a read deadline: a request's headers and body must arrive within
-    :attr:`request_timeout` seconds of the connection opening (or, on a kept-alive connection, of the request's
-    first byte); otherwise the connection is closed. uvicorn alone closes idle kept-alive connections but lets a
-    peer that trickles a byte now and then hold a connection for ever (slowloris). The deadline stops once the
-    request is complete: the application's own time is not limited here."""
+    :attr:`request_timeout` seconds of the request's beginning; otherwise the connection is closed. uvicorn alone
+    closes idle kept-alive connections but lets a peer that trickles a byte now and then hold a connection for ever
+    (slowloris).
+
+    A request begins when the connection opens (its first request), with the first byte of the next request on a
+    kept-alive connection, or — for a pipelined request that uvicorn takes from its buffer once the previous
+    response is sent (``on_response_complete``, not ``data_received``) — at that moment. Its deadline is armed
+    once: later bytes never restart it. It stops once the whole request is in (the application's own time is not
+    limited here) or the connection closes; between requests uvicorn's keep-alive timer rules."""
 
     request_timeout: float = 10.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        #: The exchange before the request being read (``None``: the connection's first). uvicorn keeps a finished
-        #: exchange as ``self.cycle`` until the next request's headers are in: only a newer one is that request.
-        self._previous: object = None
-        self._deadline: asyncio.TimerHandle | None = self.loop.call_later(self.request_timeout, self._too_slow)
+        #: Requests whose headers are in, counted by the exchanges (``self.cycle``) uvicorn creates for them — at
+        #: most one per ``handle_events``: h11 holds the next request back (PAUSED) until this one's response is out.
+        self._headers_in = 0
+        self._last_cycle: object = None
+        #: The request (1: the connection's first) that the running deadline is for; ``None``: none running.
+        self._reading: int | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self._follow()
 
     def data_received(self, data: bytes) -> None:
-        if self._deadline is None and (self.cycle is None or self.cycle.response_complete):
-            # The next request begins with this byte: its deadline runs from here, not from each byte that follows.
-            self._previous = self.cycle
-            self._deadline = self.loop.call_later(self.request_timeout, self._too_slow)
         super().data_received(data)
-        if self._deadline is not None and self.cycle is not self._previous and not self.cycle.more_body:
-            self._deadline.cancel()  # the whole request is in
-            self._deadline = None
+        self._follow()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # may start the next, pipelined request from the buffer
+        self._follow()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_deadline()
+        super().connection_lost(exc)
+
+    def _request_being_read(self) -> int | None:
+        """The number of the request whose headers or body the connection waits for; ``None``: none (the request
+        is in and the application has it, the connection is idle between requests, or it is ending)."""
+        if self.cycle is not self._last_cycle:
+            self._last_cycle = self.cycle
+            self._headers_in += 1
+        state = self.conn.their_state
+        if state is h11.SEND_BODY:
+            return self._headers_in  # its headers are in, not all of its body (even if it was answered already)
+        if state is h11.IDLE and (self.cycle is None or self.conn.trailing_data[0]):
+            return self._headers_in + 1  # the connection's first request, or the next one has begun
+        return None
+
+    def _follow(self) -> None:
+        """Arm the deadline when a new request begins, stop it when none is being read."""
+        reading = self._request_being_read()
+        if reading == self._reading:
+            return
+        self._stop_deadline()
+        if self.transport.is_closing():
+            return
+        if reading is not None:
+            self._reading = reading
+            self._deadline = self.loop.call_later(self.request_timeout, self._too_slow)
+        elif self.conn.their_state is h11.IDLE and self.timeout_keep_alive_task is None:
+            # Idle between requests, but the bytes that finished the last request's body (answered before it was
+            # all in) came after the response and stopped uvicorn's keep-alive timer: start it again.
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
+
+    def _stop_deadline(self) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
-        super().connection_lost(exc)
+        self._reading = None
 
     def _too_slow(self) -> None:
         self._deadline = None

@@ -10,6 +10,10 @@ deadline ``request_timeout_seconds``) and uvicorn's keep-alive timer (``keep_ali
   100 s; a deadline that restarts on every byte is never reached and the test fails at its bound.
 * An idle kept-alive connection after one complete request is closed after the keep-alive timeout (1 s here; the
   read deadline is set to 60 s so that it cannot be what closes it).
+* Pipelining: one send holds a complete request and the start of a second one (headers with an unfinished body,
+  or unfinished headers), which uvicorn takes from its buffer after the first response: closed at the deadline.
+* A request answered before its body is in, whose body then arrives: the connection, idle after it, is closed
+  after the keep-alive timeout.
 
 Nothing here measures time: each check waits for the close event, bounded.
 """
@@ -98,6 +102,11 @@ def _connect(runtime: Runtime) -> dict[str, socket.socket]:
 def _complete_exchange(name: str, sock: socket.socket) -> None:
     """Send :data:`REQUEST` and read its whole response; the connection stays open (kept alive)."""
     sock.sendall(REQUEST)
+    _read_answer(name, sock)
+
+
+def _read_answer(name: str, sock: socket.socket) -> str:
+    """Read one whole response (with a Content-Length) and return its status line; the connection stays open."""
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(4096)
@@ -112,6 +121,7 @@ def _complete_exchange(name: str, sock: socket.socket) -> None:
         chunk = sock.recv(4096)
         assert chunk, f"{name}: closed in the middle of the answer"
         body += chunk
+    return lines[0]
 
 
 def _closed(sock: socket.socket) -> bool:
@@ -189,6 +199,78 @@ def test_an_idle_kept_alive_connection_is_closed_after_the_keep_alive_timeout_on
     try:
         for name, sock in conns.items():
             _complete_exchange(name, sock)
+        closed = _wait_for_close(conns)
+        assert sorted(closed) == sorted(conns), f"still open while idle: {sorted(set(conns) - closed)}"
+    finally:
+        for sock in conns.values():
+            sock.close()
+
+
+#: Per listener, the headers of a second request that announce a body of 100 bytes, and the body's first bytes.
+#: The WPI route and the API's device creation wait for the body; the poll listener answers a POST at once (405)
+#: without reading it, which leaves the request unfinished all the same.
+UNFINISHED_BODY = {
+    "wpi": b"POST /DeploymentService/LoginService HTTP/1.1\r\nHost: certmgr\r\nContent-Type: text/xml\r\n"
+    b"Content-Length: 100\r\n\r\n<?xml",
+    "wpi-poll": b"POST /dcmp/contact-me HTTP/1.1\r\nHost: certmgr\r\nContent-Length: 100\r\n\r\n12345",
+    "api": b"POST /api/v1/devices HTTP/1.1\r\nHost: certmgr\r\nContent-Type: application/json\r\n"
+    b"Content-Length: 100\r\n\r\n{",
+}
+#: The first bytes of a second request's headers.
+UNFINISHED_HEADERS = SLOW_REQUEST[:60]
+
+
+def test_a_pipelined_unfinished_request_is_closed_at_the_read_deadline_on_every_listener(
+    deadline_1s: tuple[Runtime, Stack],
+) -> None:
+    """Pins the read deadline for a request that uvicorn takes from its buffer once the previous response is sent
+    (``on_response_complete`` → ``handle_events``, not ``data_received``): one send holds a complete request and
+    the headers of a second one whose body never comes — or only the first bytes of the second one's headers. The
+    server must close the connection (1 s deadline here, keep-alive 60 s), not keep it open with no timer (or
+    until the keep-alive timeout). Tried: without a deadline for such requests all six connections stay open
+    until the test's bound, and it fails."""
+    runtime, _stack = deadline_1s
+    body = _connect(runtime)
+    headers = _connect(runtime)
+    try:
+        for name, sock in body.items():
+            sock.sendall(REQUEST + UNFINISHED_BODY[name])
+        for sock in headers.values():
+            sock.sendall(REQUEST + UNFINISHED_HEADERS)
+        conns = {f"{name} (unfinished body)": sock for name, sock in body.items()}
+        conns |= {f"{name} (unfinished headers)": sock for name, sock in headers.items()}
+        closed = _wait_for_close(conns)
+        assert sorted(closed) == sorted(conns), f"still open: {sorted(set(conns) - closed)}"
+    finally:
+        for sock in (*body.values(), *headers.values()):
+            sock.close()
+
+
+#: Per listener, a request that is answered before its body is read, and the body.
+ANSWERED_EARLY = {
+    "wpi": (b"POST /DeploymentService/LoginService HTTP/1.1\r\nHost: certmgr\r\nContent-Length: 70000\r\n\r\n", 413),
+    "wpi-poll": (b"POST /dcmp/contact-me HTTP/1.1\r\nHost: certmgr\r\nContent-Length: 70000\r\n\r\n", 405),
+    "api": (b"POST /ui/login HTTP/1.1\r\nHost: certmgr\r\nContent-Length: 70000\r\n\r\n", 413),
+}
+
+
+def test_a_connection_idle_after_a_body_sent_past_its_answer_is_closed_after_the_keep_alive_timeout(
+    keep_alive_1s: tuple[Runtime, Stack],
+) -> None:
+    """An application may answer a request before reading its body (413 for a declared size over a cap, 405);
+    h11 keeps the connection alive and reads the body after the answer. The bytes that finish that body stop
+    uvicorn's keep-alive timer, so ``DeadlineH11Protocol`` starts it again once the request is in: the connection,
+    then idle, is closed after the keep-alive timeout (1 s here; read deadline 60 s). Tried: without that restart
+    all three connections stay open until the test's bound, and it fails (before the pipelining fix they were
+    held until the read deadline of the answered request: it also fails)."""
+    runtime, _stack = keep_alive_1s
+    conns = _connect(runtime)
+    try:
+        for name, sock in conns.items():
+            head, status = ANSWERED_EARLY[name]
+            sock.sendall(head)
+            assert _read_answer(name, sock).startswith(f"http/1.1 {status} "), name
+            sock.sendall(b"x" * 70000)
         closed = _wait_for_close(conns)
         assert sorted(closed) == sorted(conns), f"still open while idle: {sorted(set(conns) - closed)}"
     finally:
