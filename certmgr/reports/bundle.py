@@ -40,7 +40,7 @@ from certmgr.db.engine import session_scope
 from certmgr.errors import StorageError
 from certmgr.fsutil import atomic_stream, ensure_private_dir
 from certmgr.reports.generate import export_record, record_exports, report_context
-from certmgr.reports.manifest import MANIFEST_SUFFIX, SIGNATURE_LINE, SIGNED_SUFFIX, export_report
+from certmgr.reports.manifest import MANIFEST_SUFFIX, SIGNED_SUFFIX, export_report, openssl_commands
 from certmgr.reports.queries import ReportKind, ReportParams, build_report
 from certmgr.reports.render import ReportFormat
 from certmgr.reports.summary import format_time
@@ -103,23 +103,21 @@ def _readme(
         f"     openssl dgst -sha256 -verify {KEY_FILE} -signature {SUMS}.sig {SUMS}   # Verified OK",
         f"     sha256sum -c {SUMS}                                   # every file: OK",
         "",
-        "2. Each report with its manifest (REPORT is one of the report files below):",
-        f"     jq -r .signature REPORT{MANIFEST_SUFFIX} | openssl base64 -d -A > REPORT.sig",
-        f"     openssl dgst -sha256 -verify {KEY_FILE} -signature REPORT.sig REPORT   # Verified OK",
-        "   The manifest's own signature (its second line) covers the rest of the manifest, byte for byte:",
-        f"     grep -v '^{SIGNATURE_LINE.decode('ascii')}' REPORT{MANIFEST_SUFFIX} > REPORT{SIGNED_SUFFIX}",
-        f"     jq -r .manifest_signature REPORT{MANIFEST_SUFFIX} | openssl base64 -d -A > REPORT{MANIFEST_SUFFIX}.sig",
-        f"     openssl dgst -sha256 -verify {KEY_FILE} -signature REPORT{MANIFEST_SUFFIX}.sig REPORT{SIGNED_SUFFIX}"
-        "   # Verified OK",
-        f"   and read the manifest's fields from REPORT{SIGNED_SUFFIX}.",
+        "2. Each report with its manifest (REPORT is one of the report files below), with the audit key of step 1.",
+        f"   Read only manifest_signature from REPORT{MANIFEST_SUFFIX} itself; every other field (signature, sha256,",
+        f"   size, summary, evidence, ...) from REPORT{SIGNED_SUFFIX}, the signed part grep leaves: grep drops",
+        "   every line that starts like the signature line and jq keeps the last of duplicate keys, so fields read",
+        "   from the whole manifest may be ones a forger added.",
+        *(f"     {command}" for command in openssl_commands("REPORT", KEY_FILE)),
         f"   or, with certmgr: certmgr report verify REPORT --public-key {KEY_FILE}",
         "   The manifest also states the summary, who generated the report, the audit log's verification at",
         "   that moment, the last audit event the report reflects (seq and hash) and the last signed checkpoint.",
         "   Next to certmgr's database, `certmgr report verify` checks that the audit log up to that event is",
         "   unchanged and that the report's own audit event (report.exported) names the report's SHA-256.",
-        "   The checkpoint signature, with openssl alone:",
-        f"     jq -j .evidence.last_checkpoint.signed_message REPORT{MANIFEST_SUFFIX} > checkpoint.txt",
-        f"     jq -r .evidence.last_checkpoint.signature REPORT{MANIFEST_SUFFIX}"
+        "   The checkpoint signature (if evidence.last_checkpoint is not null), with openssl alone, from the",
+        "   signed part, after the commands above:",
+        f"     jq -j .evidence.last_checkpoint.signed_message 'REPORT{SIGNED_SUFFIX}' > checkpoint.txt",
+        f"     jq -r .evidence.last_checkpoint.signature 'REPORT{SIGNED_SUFFIX}'"
         " | openssl base64 -d -A > checkpoint.sig",
         f"     openssl dgst -sha256 -verify {KEY_FILE} -signature checkpoint.sig checkpoint.txt   # Verified OK",
         "",

@@ -169,7 +169,7 @@ def verify_checkpoint(evidence: dict[str, Any], key: AuditVerifier) -> str | Non
     try:
         seq, digest = int(checkpoint["seq"]), str(checkpoint["hash"])
         signature = base64.b64decode(str(checkpoint["signature"]), validate=True)
-    except (KeyError, TypeError, ValueError, binascii.Error):
+    except (KeyError, TypeError, ValueError, OverflowError, binascii.Error):  # OverflowError: int(1e999)
         return "evidence: the recorded checkpoint is malformed"
     if not key.verify(signature, checkpoint_message(seq, digest)):
         return f"evidence: the signature of checkpoint #{checkpoint.get('id')} does not verify"

@@ -23,11 +23,14 @@ Every export ``FILE`` gets ``FILE.manifest.json``::
 time, parameters, summary, evidence): it signs the exact bytes of the manifest file without its own line (the
 second), i.e. what ``grep -v '^  "manifest_signature": '`` prints (:func:`signed_part`) — so openssl checks it
 too, with no canonicalisation to reproduce, and what is left is the manifest as JSON, which the auditor then
-reads. ``certmgr report verify`` checks both (and the recorded checkpoint's signature and, next to the database,
-the audit log: :mod:`certmgr.reports.evidence`). Manifests of versions 1 (no summary, no evidence) and 2
-(``manifest_signature`` over the canonical JSON of every other field, which standard tools cannot rebuild: jq
-writes 0.0 as 0) still verify. Both signatures are made by the audit key (:mod:`certmgr.audit.checkpoint`); pin
-its public key (``public_key_sha256``) to trust either.
+reads — every field but ``manifest_signature`` from there, never from the whole file: grep drops every line that
+starts like the signature line, so a forger may add such lines, whose fields a reader of the whole file (jq keeps
+the last duplicate) would take. ``certmgr report verify`` checks both signatures, reads the fields from the
+signed part too, refuses a key given twice in one object and any other line like the signature line (and checks
+the recorded checkpoint's signature and, next to the database, the audit log: :mod:`certmgr.reports.evidence`).
+Manifests of versions 1 (no summary, no evidence) and 2 (``manifest_signature`` over the canonical JSON of every
+other field, which standard tools cannot rebuild: jq writes 0.0 as 0) still verify. Both signatures are made by
+the audit key (:mod:`certmgr.audit.checkpoint`); pin its public key (``public_key_sha256``) to trust either.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +58,8 @@ MANIFEST_VERSION = 3
 KNOWN_VERSIONS = (1, 2, 3)
 #: The start of the one line of a (version 3) manifest that its signature does not cover.
 SIGNATURE_LINE = b'  "manifest_signature": '
+#: That line as :func:`sign_manifest` writes it: the signature (base64) and nothing else.
+_SIGNATURE_LINE_WRITTEN = re.compile(re.escape(SIGNATURE_LINE) + rb'"[A-Za-z0-9+/]+={0,2}",')
 MAX_MANIFEST_BYTES = 64 * 1024
 _HASH_CHUNK = 1024 * 1024
 
@@ -63,23 +69,38 @@ def manifest_path(export: Path) -> Path:
     return export.with_name(export.name + MANIFEST_SUFFIX)
 
 
-def openssl_commands(file_name: str) -> list[str]:
-    """The shell commands that check an export and its manifest with openssl alone (plus jq to pick fields out of
-    the JSON and grep to drop the manifest's signature line)."""
+def openssl_commands(file_name: str, key_file: str | None = None) -> list[str]:
+    """The shell commands that check an export and its manifest with openssl alone (plus grep to drop the
+    manifest's signature lines and jq to pick fields out of the JSON).
+
+    Only ``manifest_signature`` is read from the manifest file itself; every other field — the public key, the
+    file's signature, SHA-256 and size — from the signed part grep leaves (``FILE.manifest.signed.json``), once
+    its signature verified: grep drops *every* line that starts like the signature line and jq keeps the last
+    of duplicate keys, so fields read from the whole file could be any a forger added on such lines. With
+    ``key_file`` (a key whose fingerprint the auditor already compared with the pinned one, e.g. the evidence
+    pack's) the commands use it; without, they take ``public_key_pem`` from the signed part and print its
+    fingerprint, to be compared with the pinned one before anything else is believed."""
     m = file_name + MANIFEST_SUFFIX
     signed = file_name + SIGNED_SUFFIX
     line = SIGNATURE_LINE.decode("ascii")
+    key = key_file or "audit-key.pub.pem"
+    commands = [f"grep -v '^{line}' '{m}' > '{signed}'"]
+    if key_file is None:
+        commands += [
+            f"jq -r .public_key_pem '{signed}' > {key}",
+            f"openssl pkey -pubin -in {key} -outform DER | openssl dgst -sha256"
+            "   # must equal the audit key fingerprint you pinned",
+        ]
     return [
-        f"jq -r .public_key_pem '{m}' > audit-key.pub.pem",
-        f"jq -r .signature '{m}' | openssl base64 -d -A > '{file_name}.sig'",
-        f"openssl dgst -sha256 -verify audit-key.pub.pem -signature '{file_name}.sig' '{file_name}'",
-        "openssl pkey -pubin -in audit-key.pub.pem -outform DER | openssl dgst -sha256"
-        "   # must equal public_key_sha256 and the published audit key fingerprint",
-        f"openssl dgst -sha256 '{file_name}'   # must equal sha256",
-        f"grep -v '^{line}' '{m}' > '{signed}'",
+        *commands,
         f"jq -r .manifest_signature '{m}' | openssl base64 -d -A > '{m}.sig'",
-        f"openssl dgst -sha256 -verify audit-key.pub.pem -signature '{m}.sig' '{signed}'"
-        f"   # Verified OK: read every field from {signed}",
+        f"openssl dgst -sha256 -verify {key} -signature '{m}.sig' '{signed}'"
+        f"   # Verified OK: from here on read every field from {signed} only",
+        f"jq -r .signature '{signed}' | openssl base64 -d -A > '{file_name}.sig'",
+        f"openssl dgst -sha256 -verify {key} -signature '{file_name}.sig' '{file_name}'   # Verified OK",
+        f"jq -e --arg sha256 \"$(openssl dgst -sha256 -r '{file_name}' | cut -c1-64)\""
+        f" --argjson size \"$(wc -c < '{file_name}')\" '.sha256 == $sha256 and .size == $size' '{signed}'"
+        "   # true",
     ]
 
 
@@ -236,7 +257,8 @@ def export_report(
 
 @dataclass(frozen=True)
 class ManifestVerdict:
-    """Outcome of :func:`verify_export`."""
+    """Outcome of :func:`verify_export`. ``manifest`` is what the manifest signature covers and every check read:
+    for version 3 the signed part (without ``manifest_signature``), for versions 1 and 2 the whole manifest."""
 
     ok: bool
     problems: tuple[str, ...]
@@ -258,7 +280,8 @@ def load_manifest(path: Path) -> dict[str, Any]:
     """Read a manifest.
 
     Raises:
-        InputError: if it is missing, too large or not a JSON object.
+        InputError: if it is missing, too large, not a JSON object, has a duplicate key, nests too deeply or
+            holds an integer too long to convert.
     """
     return _parse(_read(path), path)
 
@@ -273,45 +296,66 @@ def _read(path: Path) -> bytes:
     return data
 
 
-def _parse(data: bytes, path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InputError(f"manifest {path} is not JSON") from None
-    if not isinstance(doc, dict):
-        raise InputError(f"manifest {path} is not a JSON object")
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An ``object_pairs_hook`` that refuses a key given twice in one object (readers disagree on which wins:
+    jq and Python keep the last)."""
+    doc: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in doc:
+            raise InputError(f"manifest: the key {key[:64]!r} appears twice in one object")
+        doc[key] = value
     return doc
 
 
-def _manifest_signed(doc: dict[str, Any], raw: bytes, key: AuditVerifier) -> bool:
-    """Whether the manifest signature of ``doc`` (read from the bytes ``raw``) verifies: version 3 over
-    :func:`signed_part` of ``raw``, which must also say exactly what ``doc`` says (no field hidden in a dropped
-    line); versions 1 and 2 over the canonical JSON."""
-    signature = _b64(doc.get("manifest_signature"), "manifest_signature")
-    if doc.get("manifest_version") in (1, 2):
-        return key.verify(signature, _canonical(doc))
-    signed = signed_part(raw)
-    if not key.verify(signature, signed):
-        return False
+def _parse(data: bytes, path: Path, what: str = "manifest") -> dict[str, Any]:
     try:
-        body = json.loads(signed)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return False
-    return isinstance(body, dict) and body == {k: v for k, v in doc.items() if k != "manifest_signature"}
+        doc = json.loads(data, object_pairs_hook=_no_duplicates)
+    except RecursionError:
+        raise InputError(f"{what} {path} is nested too deeply") from None
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError, an integer of more digits than int() converts
+        raise InputError(f"{what} {path} is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise InputError(f"{what} {path} is not a JSON object")
+    return doc
+
+
+def _exact(value: object, expected: object) -> bool:
+    """``value == expected`` of the same type (JSON ``true`` is not 1, ``4.0`` is not 4)."""
+    return type(value) is type(expected) and value == expected
+
+
+def _only_its_signature_unsigned(raw: bytes) -> bool:
+    """Whether the one line of the version 3 manifest ``raw`` that :func:`signed_part` drops is its second and
+    holds nothing but ``manifest_signature`` — as :func:`sign_manifest` writes it. Any other such line carries
+    bytes no signature covers."""
+    lines = raw.split(b"\n")
+    dropped = [i for i, line in enumerate(lines) if line.startswith(SIGNATURE_LINE)]
+    return dropped == [1] and _SIGNATURE_LINE_WRITTEN.fullmatch(lines[1]) is not None
+
+
+def _version(doc: dict[str, Any]) -> int | None:
+    version = doc.get("manifest_version")
+    return version if type(version) is int else None
 
 
 def verify_export(
     export: Path, manifest: Path | None = None, pinned_key: AuditVerifier | None = None
 ) -> ManifestVerdict:
     """Check ``export`` against its manifest: name, size, SHA-256, the file signature, the manifest signature,
-    and (when ``pinned_key`` is given) that the manifest's key is the pinned audit key.
+    and (when ``pinned_key`` is given) that the manifest's key is the pinned audit key. Of a version 3 manifest
+    only ``manifest_signature`` is read from the file as a whole; every other field from its signed part
+    (:func:`signed_part`), which is also the verdict's ``manifest``.
 
     Raises:
-        InputError: if the export or manifest cannot be read, or the manifest is malformed.
+        InputError: if the export or manifest cannot be read, or the manifest is malformed (not JSON, a key
+            twice in one object, nested too deeply, a field missing or of the wrong kind).
     """
     path = manifest or manifest_path(export)
     raw = _read(path)
-    doc = _parse(raw, path)
+    whole = _parse(raw, path)
+    manifest_signature = _b64(whole.get("manifest_signature"), "manifest_signature")
+    legacy = _version(whole) in (1, 2)
+    doc = whole if legacy else _parse(signed_part(raw), path, "the signed part of manifest")
     problems: list[str] = []
     try:
         digest, size = _sha256_file(export)
@@ -324,19 +368,22 @@ def verify_export(
         key = AuditVerifier(pem.encode("ascii"))
     except (ConfigError, UnicodeEncodeError):
         raise InputError("manifest: public_key_pem is not an EC P-256 public key") from None
-    if doc.get("manifest_version") not in KNOWN_VERSIONS:
-        problems.append(f"unknown manifest_version {doc.get('manifest_version')!r}")
-    if doc.get("file") != export.name:
-        problems.append(f"manifest is for {doc.get('file')!r}, not {export.name!r}")
-    if doc.get("size") != size:
-        problems.append(f"size is {size}, manifest says {doc.get('size')}")
-    if doc.get("sha256") != digest.hex():
+    if _version(doc) not in KNOWN_VERSIONS:
+        problems.append(f"unknown manifest_version {str(doc.get('manifest_version'))[:32]!r}")
+    if not _exact(doc.get("file"), export.name):
+        problems.append(f"manifest is for {str(doc.get('file'))[:256]!r}, not {export.name!r}")
+    if not _exact(doc.get("size"), size):
+        problems.append(f"size is {size}, manifest says {str(doc.get('size'))[:32]}")
+    if not _exact(doc.get("sha256"), digest.hex()):
         problems.append("sha256 of the file does not match the manifest (file modified)")
     if not key.verify_digest(_b64(doc.get("signature"), "signature"), digest):
         problems.append("the file signature does not verify")
-    if not _manifest_signed(doc, raw, key):
+    signed = _canonical(doc) if legacy else signed_part(raw)
+    if not key.verify(manifest_signature, signed):
         problems.append("the manifest signature does not verify (manifest modified)")
-    if doc.get("public_key_sha256") != key.fingerprint:
+    elif not legacy and not _only_its_signature_unsigned(raw):
+        problems.append("the manifest holds lines its signature does not cover (manifest modified)")
+    if not _exact(doc.get("public_key_sha256"), key.fingerprint):
         problems.append("public_key_sha256 does not match public_key_pem")
     if pinned_key is not None and pinned_key.fingerprint != key.fingerprint:
         problems.append(

@@ -29,7 +29,7 @@ from tests.integration.test_api_support import (  # noqa: F401 - fixtures
     rt,
     tokens,
 )
-from tests.integration.test_reports_export import _run
+from tests.integration.test_reports_export import _forge_with_another_export, _run
 
 KINDS = ("inventory", "expiry", "deployments", "audit", "compliance")
 EXTRAS = ["README.txt", "ca-chain.pem", "issuing-ca.crl", "audit-key.pub.pem", "SHA256SUMS", "SHA256SUMS.sig"]
@@ -113,3 +113,39 @@ def test_api_serves_the_same_pack(
     assert list((rt.settings.data_dir / "tmp").iterdir()) == []  # the spooled pack is gone
     bad = client.get("/api/v1/reports/bundle", params={"since": "2026-01-01T00:00:00"}, headers=auth(tokens["viewer"]))
     assert bad.status_code == 422
+
+
+def _readme_report_commands(readme: str, report: str) -> list[str]:
+    """The commands of the README's step 2 (each report with its manifest), for ``report``."""
+    section = readme.split("\n2. ", 1)[1].split("\n3. ", 1)[0]
+    commands = [line.strip() for line in section.splitlines() if line.startswith("     ")]
+    assert commands, section
+    return [command.replace("REPORT", report) for command in commands]
+
+
+@pytest.mark.skipif(any(shutil.which(t) is None for t in ("openssl", "jq", "grep")), reason="needs openssl, jq, grep")
+def test_readme_checks_each_report_and_a_swapped_one_fails(
+    rt: Runtime, fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Step 2 of the pack's README, as written, verifies a report; with another report of the pack swapped in and
+    lines like the signature line added to the manifest that name the other's signature, SHA-256 and size (grep
+    drops them, jq would read them), it fails: the README reads those fields only from the signed part."""
+    from certmgr.audit.checkpoint import create_checkpoint, runtime_signer
+    from certmgr.db.engine import session_scope
+    from tests.conftest import T0
+
+    with session_scope(rt.engine) as s:  # so that the manifests record a checkpoint for the README to check
+        create_checkpoint(s, runtime_signer(rt), T0)
+    out = tmp_path / "evidence.zip"
+    assert _run(capsys, "report", "bundle", "--out", str(out), "--format", "csv")[0] == 0
+    folder = tmp_path / "unpacked"
+    with zipfile.ZipFile(out) as pack:
+        pack.extractall(folder)
+    commands = _readme_report_commands((folder / "README.txt").read_text(), "inventory.csv")
+    for command in commands:
+        done = _sh(command, folder)
+        assert done.returncode == 0, (command, done.stdout, done.stderr)
+    _forge_with_another_export(folder / "inventory.csv", folder / "compliance.csv")
+    failed = [command for command in commands if _sh(command, folder).returncode != 0]
+    assert failed, "every README command succeeded on a swapped report"
+    assert any("-signature 'inventory.csv.sig' 'inventory.csv'" in command for command in failed), failed

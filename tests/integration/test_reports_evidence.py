@@ -29,7 +29,7 @@ from certmgr.reports.manifest import manifest_path
 from certmgr.runtime import Runtime
 from tests.conftest import T0
 from tests.integration.test_api_support import Fleet, ca_template, fleet, rt  # noqa: F401 - fixtures
-from tests.integration.test_reports_export import _run
+from tests.integration.test_reports_export import _documented_openssl_commands, _run
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "reports.md"
 
@@ -263,13 +263,17 @@ def test_a_forged_checkpoint_in_the_manifest_is_detected(
     assert verify_checkpoint(doc["evidence"], key) is None
     forged = {**doc["evidence"], "last_checkpoint": {**doc["evidence"]["last_checkpoint"], "seq": 1}}
     assert "does not verify" in str(verify_checkpoint(forged, key))
+    for seq in (float("inf"), "1" * 5_000, [1], None):  # 1e999 in JSON is inf: int() raises OverflowError
+        malformed = {**doc["evidence"], "last_checkpoint": {**doc["evidence"]["last_checkpoint"], "seq": seq}}
+        assert verify_checkpoint(malformed, key) == "evidence: the recorded checkpoint is malformed"
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None or shutil.which("jq") is None, reason="needs openssl and jq")
 def test_documented_openssl_check_of_the_checkpoint(
     rt: Runtime, fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The checkpoint commands of docs/reports.md, verbatim, with openssl and jq alone."""
+    """The checkpoint commands of docs/reports.md, verbatim, with openssl and jq alone, after the block that
+    checks the manifest's signature and leaves its signed part, from which alone they read."""
     _history(rt)
     out = tmp_path / "inventory.csv"
     _export(capsys, out)
@@ -277,8 +281,9 @@ def test_documented_openssl_check_of_the_checkpoint(
     block = section.split("```sh\n", 1)[1].split("```", 1)[0]
     commands = [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
     assert commands, block
+    assert "inventory.csv.manifest.json" not in block  # only the signed part is read
     outputs = []
-    for command in commands:
+    for command in [*_documented_openssl_commands(), *commands]:
         done = subprocess.run(
             ["/bin/sh", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=30, check=False
         )

@@ -24,11 +24,11 @@ from pypdf import PdfReader
 from sqlalchemy import update
 from sqlmodel import Session, col
 
-from certmgr.audit.checkpoint import key_paths
+from certmgr.audit.checkpoint import key_paths, runtime_signer
 from certmgr.cli.main import main
 from certmgr.db.engine import session_scope
 from certmgr.db.models import Certificate
-from certmgr.reports.manifest import MANIFEST_SUFFIX, manifest_bytes, manifest_path, openssl_commands
+from certmgr.reports.manifest import MANIFEST_SUFFIX, manifest_bytes, manifest_path, openssl_commands, signed_part
 from certmgr.reports.queries import (
     AUDIT_COLUMNS,
     COMPLIANCE_COLUMNS,
@@ -69,6 +69,11 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     captured = capsys.readouterr()
     code = exc.value.code
     return (code if isinstance(code, int) else 1), captured.out + captured.err
+
+
+def key_fingerprint(rt: Runtime) -> str:
+    """The audit key's fingerprint, as the auditor pinned it."""
+    return runtime_signer(rt).fingerprint
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -240,7 +245,6 @@ def test_manifest_signed_by_another_key_fails_against_the_pinned_key(
     out.write_bytes(out.read_bytes() + b"forged,row\r\n")
     code, _ = _run(capsys, "report", "inventory", "--out", str(tmp_path / "other.csv"))  # creates a new key
     assert code == 0
-    from certmgr.audit.checkpoint import runtime_signer
     from certmgr.reports.manifest import Rendered, build_manifest
     from certmgr.reports.queries import ReportKind, ReportParams, build_report
     from certmgr.reports.render import RenderContext, ReportFormat
@@ -293,10 +297,8 @@ def test_openssl_verifies_the_documented_commands(
     assert [c.split("   #")[0] for c in openssl_commands(out.name)] == commands
     assert manifest["verify_with_openssl"] == openssl_commands(out.name)
     results = _run_all(commands, tmp_path)
-    assert results[2].strip() == "Verified OK"
-    assert manifest["public_key_sha256"] in results[3]
-    assert manifest["sha256"] in results[4]
-    assert results[-1].strip() == "Verified OK"
+    assert results[2].split()[-1] == key_fingerprint(rt)  # the pin
+    assert [results[i].strip() for i in (4, 6, 7)] == ["Verified OK", "Verified OK", "true"]
     signed = json.loads((tmp_path / "inventory.csv.manifest.signed.json").read_text())
     assert signed == {k: v for k, v in manifest.items() if k != "manifest_signature"}
     assert signed["summary"]["figures"]["compliance_percent"] == 50.0  # a float: jq -cS would write 50
@@ -304,11 +306,12 @@ def test_openssl_verifies_the_documented_commands(
     out = tmp_path / "audit.json"
     assert _run(capsys, "report", "audit", "--format", "json", "--out", str(out))[0] == 0
     results = _run_all(openssl_commands(out.name), tmp_path)
-    assert (results[2].strip(), results[-1].strip()) == ("Verified OK", "Verified OK")
+    assert [results[i].strip() for i in (4, 6, 7)] == ["Verified OK", "Verified OK", "true"]
     (tmp_path / out.name).write_bytes(out.read_bytes() + b" ")
-    done = _sh(openssl_commands(out.name)[2], tmp_path)
+    done = _sh(openssl_commands(out.name)[6], tmp_path)
     assert done.returncode != 0
     assert "Verification failure" in done.stdout + done.stderr
+    assert _sh(openssl_commands(out.name)[7], tmp_path).stdout.strip() == "false"
 
 
 def _figure_changed(text: str) -> str:
@@ -337,8 +340,8 @@ def test_a_changed_manifest_fails_the_documented_check(
     assert changed != original
     manifest_path(out).write_text(changed)
     commands = _documented_openssl_commands()
-    assert _run_all(commands[:-1], tmp_path)[2].strip() == "Verified OK"  # the CSV itself is untouched
-    done = _sh(commands[-1], tmp_path)
+    _run_all(commands[:4], tmp_path)
+    done = _sh(commands[4], tmp_path)  # the manifest signature
     assert done.returncode != 0
     assert "Verification failure" in done.stdout + done.stderr
     code, output = _run(capsys, "report", "verify", str(out))
@@ -353,7 +356,7 @@ def test_a_field_hidden_on_a_signature_line_is_caught_by_certmgr_and_not_read_by
     """grep drops every line that starts like the signature line, so a forger may add one that carries a field:
     the signed bytes stay intact (openssl says Verified OK) and the auditor, reading the signed file as the docs
     say, sees the true value; a reader of the whole file would see the forged one (the last duplicate wins),
-    so ``certmgr report verify`` insists the manifest say nothing its signed bytes do not."""
+    so ``certmgr report verify`` refuses a key given twice."""
     out = tmp_path / "inventory.csv"
     assert _run(capsys, "report", "inventory", "--out", str(out))[0] == 0
     text = manifest_path(out).read_text()
@@ -363,18 +366,161 @@ def test_a_field_hidden_on_a_signature_line_is_caught_by_certmgr_and_not_read_by
     assert json.loads(forged)["rows"] == 999
     manifest_path(out).write_text(forged)
     results = _run_all(_documented_openssl_commands(), tmp_path)
-    assert results[-1].strip() == "Verified OK"
+    assert [results[i].strip() for i in (4, 6, 7)] == ["Verified OK", "Verified OK", "true"]
     assert json.loads((tmp_path / "inventory.csv.manifest.signed.json").read_text())["rows"] == 4
     code, output = _run(capsys, "report", "verify", str(out))
+    assert code == 4, output
+    assert "appears twice in one object" in output
+
+
+def _forge_with_another_export(out: Path, other: Path) -> dict[str, object]:
+    """The attack on a recipe that reads fields from the raw manifest: grep drops every line that starts like the
+    signature line and jq keeps the last of duplicate keys, so one such line — carrying the genuine
+    ``manifest_signature`` and, after it, ``signature``, ``sha256`` and ``size`` of ``other`` (another genuine
+    export by the same key) — leaves the signed bytes intact while a reader of the raw manifest sees ``other``'s
+    values; then ``other`` replaces ``out``. Returns the genuine manifest."""
+    text = manifest_path(out).read_text()
+    genuine: dict[str, object] = json.loads(text)
+    theirs = json.loads(manifest_path(other).read_text())
+    assert theirs["sha256"] != genuine["sha256"]
+    line = (
+        f'  "manifest_signature": {json.dumps(genuine["manifest_signature"])}, '
+        f'"signature": {json.dumps(theirs["signature"])}, "sha256": "{theirs["sha256"]}", "size": {theirs["size"]},\n'
+    )
+    anchor = '\n  "public_key_pem": '  # after the genuine signature, sha256 and size: the forged ones come last
+    assert text.count(anchor) == 1
+    forged = text.replace(anchor, "\n" + line + anchor[1:], 1)
+    raw = json.loads(forged)  # as jq reads it: the last duplicate wins
+    fields = ("signature", "sha256", "size")
+    assert raw["manifest_signature"] == genuine["manifest_signature"]
+    assert [raw[k] for k in fields] == [theirs[k] for k in fields]
+    assert signed_part(forged.encode()) == signed_part(text.encode())  # the manifest signature still holds
+    manifest_path(out).write_text(forged)
+    shutil.copyfile(other, out)
+    return genuine
+
+
+@OPENSSL
+def test_signature_lines_overriding_the_file_fields_fail_the_documented_check(
+    rt: Runtime, fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another genuine export swapped in, with extra signature lines in the manifest that name its signature,
+    SHA-256 and size: the documented commands, run as written, do not all succeed (they read those fields only
+    from the signed file), and ``certmgr report verify`` refuses the manifest's duplicate keys."""
+    out = tmp_path / "inventory.csv"
+    assert _run(capsys, "report", "inventory", "--out", str(out))[0] == 0
+    (tmp_path / "other").mkdir()
+    other = tmp_path / "other" / "inventory.csv"
+    assert _run(capsys, "report", "compliance", "--out", str(other))[0] == 0
+    _forge_with_another_export(out, other)
+    commands = _documented_openssl_commands()
+    failed = []
+    for command in commands:
+        done = _sh(command, tmp_path)
+        if done.returncode != 0:
+            failed.append((command, done.stdout + done.stderr))
+    assert failed, "every documented command succeeded on a swapped export"
+    # the manifest signature still verifies; the file signature and the SHA-256, read from the signed part, do not
+    assert [command for command, _ in failed] == [commands[6], commands[7]]
+    assert "Verification failure" in failed[0][1]
+    assert failed[1][1].strip() == "false"
+    code, output = _run(capsys, "report", "verify", str(out))
+    assert code == 4, output
+    assert "appears twice in one object" in output
+    assert "Traceback" not in output
+
+
+def _deeply_nested(text: str) -> str:
+    return text.replace('  "rows": 4,\n', '  "rows": 4,\n  "deep": ' + "[" * 20_000 + "]" * 20_000 + ",\n", 1)
+
+
+def _long_integer(text: str) -> str:
+    return text.replace('  "rows": 4,\n', '  "rows": 4' + "0" * 5_000 + ",\n", 1)
+
+
+def _duplicate_key(text: str) -> str:
+    return text.replace('  "rows": 4,\n', '  "rows": 4,\n  "rows": 4,\n', 1)
+
+
+def _nested_duplicate_key(text: str) -> str:
+    return text.replace('"intact": true,', '"intact": true, "intact": true,', 1)
+
+
+def _signed_part_not_json(text: str) -> str:
+    """Valid JSON as a whole (the second line opens an object the last closes), but not without its signature
+    line."""
+    first, second, rest = text.split("\n", 2)
+    return "\n".join([first, second + ' "wrap": {', rest.rstrip("\n"), "}"]) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_deeply_nested, "is nested too deeply"),
+        (_long_integer, "is not valid JSON"),
+        (_duplicate_key, "the key 'rows' appears twice in one object"),
+        (_nested_duplicate_key, "the key 'intact' appears twice in one object"),
+        (_signed_part_not_json, "the signed part of manifest"),
+    ],
+    ids=["deeply-nested", "long-integer", "duplicate-key", "nested-duplicate-key", "signed-part-not-json"],
+)
+def test_a_hostile_manifest_is_an_input_error(
+    change: Callable[[str], str],
+    message: str,
+    rt: Runtime,
+    fleet: Fleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A manifest under the size limit that Python's json cannot turn into a manifest (RecursionError,
+    ValueError of int()), or one that gives a key twice: exit 4 with a one-line reason, never a traceback."""
+    from certmgr.reports.manifest import MAX_MANIFEST_BYTES
+
+    out = tmp_path / "inventory.csv"
+    assert _run(capsys, "report", "inventory", "--out", str(out))[0] == 0
+    text = manifest_path(out).read_text()
+    changed = change(text)
+    assert changed != text
+    assert len(changed.encode()) <= MAX_MANIFEST_BYTES
+    manifest_path(out).write_text(changed)
+    code, output = _run(capsys, "report", "verify", str(out))
+    assert code == 4, output
+    assert message in output
+    assert "Traceback" not in output
+
+
+def test_a_line_like_the_signature_line_with_a_new_field_is_caught(
+    rt: Runtime, fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A field no signature covers, on an added line that grep drops (no duplicate: a key the signed part lacks,
+    here inside the evidence): certmgr reads none of it (the verdict's manifest is the signed part) and says the
+    manifest was modified."""
+    from certmgr.reports.manifest import verify_export
+
+    out = tmp_path / "inventory.csv"
+    assert _run(capsys, "report", "inventory", "--out", str(out))[0] == 0
+    text = manifest_path(out).read_text()
+    verdict = verify_export(out)
+    assert verdict.ok, verdict.problems
+    assert verdict.manifest == json.loads(signed_part(text.encode()))  # no manifest_signature in it
+    anchor = '    "audit_chain": {\n'
+    assert text.count(anchor) == 1
+    forged = text.replace(anchor, anchor + '  "manifest_signature": "", "forged": true,\n', 1)
+    assert json.loads(forged)["evidence"]["audit_chain"]["forged"] is True
+    manifest_path(out).write_text(forged)
+    verdict = verify_export(out)
+    assert "forged" not in verdict.manifest["evidence"]["audit_chain"]
+    assert verdict.problems == ("the manifest holds lines its signature does not cover (manifest modified)",)
+    code, output = _run(capsys, "report", "verify", str(out))
     assert code == 1
-    assert "the manifest signature does not verify" in output
+    assert "lines its signature does not cover" in output
 
 
 def test_a_version_2_manifest_still_verifies(
     rt: Runtime, fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Manifests written before version 3 signed the canonical JSON of their fields: certmgr still checks them."""
-    from certmgr.audit.checkpoint import encode_signature, runtime_signer
+    from certmgr.audit.checkpoint import encode_signature
 
     out = tmp_path / "inventory.csv"
     assert _run(capsys, "report", "inventory", "--out", str(out))[0] == 0
@@ -571,10 +717,8 @@ def test_api_bundle_verifies_with_the_documented_commands(
         done = _sh(command, work)
         assert done.returncode == 0, (command, done.stderr)
         results.append(done.stdout)
-    assert results[2].strip() == "Verified OK"
-    assert manifest["public_key_sha256"] in results[3]
-    assert manifest["sha256"] in results[4]
-    assert results[-1].strip() == "Verified OK"
+    assert results[2].split()[-1] == manifest["public_key_sha256"] == key_fingerprint(rt)
+    assert [results[i].strip() for i in (4, 6, 7)] == ["Verified OK", "Verified OK", "true"]
     # a token is required: curl -f fails on the 401
     done = _sh(curl, work, {**env, "CERTMGR_TOKEN": "cmt_not-a-token"})
     assert done.returncode != 0
