@@ -128,8 +128,16 @@ class DeadlineH11Protocol(H11Protocol):
 
     def _too_slow(self) -> None:
         self._deadline = None
-        if not self.transport.is_closing():
-            self.transport.close()
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if (cycle is not None and cycle.waiting_for_100_continue) or self.flow.read_paused:
+            # The server holds the request up, not the client: the application has not asked for the body yet
+            # (``Expect: 100-continue`` unanswered) or reading is paused until it catches up with a large body.
+            # Both end when the application reads or answers; until then the client gets another full deadline.
+            self._deadline = self.loop.call_later(self.request_timeout, self._too_slow)
+            return
+        self.transport.close()
 
 
 def make_listener(
@@ -144,6 +152,7 @@ def make_listener(
         host=host,
         port=port,
         http=protocol,
+        ws="none",  # no listener serves WebSockets: an Upgrade request is plain HTTP to the application
         log_config=None,
         access_log=False,
         lifespan="off",

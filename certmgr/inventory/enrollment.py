@@ -352,7 +352,8 @@ def approve_device(session: Session, mac: str, now: datetime, actor: str, *, mov
 
     Raises:
         InputError: invalid MAC. NotFoundError: unknown phone. ConflictError: decommissioned phone; a move is held
-        and ``move_to`` does not name its address.
+        and ``move_to`` does not name its address; ``move_to`` names an address no move is held to (withdrawn or
+        decided meanwhile) and the phone is not at.
     """
     device = phone_by_mac(session, mac)
     mac = device.mac
@@ -364,6 +365,11 @@ def approve_device(session: Session, mac: str, now: datetime, actor: str, *, mov
             f"phone {mac}: a move to {device.pending_ip} is held; {asked} is refused (look again and name it)",
             mac=mac,
             held=device.pending_ip,
+        )
+    if device.pending_ip is None and move_to is not None and not same_ip(move_to, device.ip):
+        raise ConflictError(
+            f"phone {mac}: no move to {move_to} is held (withdrawn or decided meanwhile); it is at {device.ip}",
+            mac=mac,
         )
     if device.pending_ip is not None:  # a held address move: the operator vouches for the new address
         pending = device.pending_ip

@@ -99,8 +99,9 @@ def openssl_commands(file_name: str, key_file: str | None = None) -> list[str]:
         f"jq -r .signature '{signed}' | openssl base64 -d -A > '{file_name}.sig'",
         f"openssl dgst -sha256 -verify {key} -signature '{file_name}.sig' '{file_name}'   # Verified OK",
         f"jq -e --arg sha256 \"$(openssl dgst -sha256 -r '{file_name}' | cut -c1-64)\""
-        f" --argjson size \"$(wc -c < '{file_name}')\" '.sha256 == $sha256 and .size == $size' '{signed}'"
-        "   # true",
+        f" --argjson size \"$(wc -c < '{file_name}')\" --arg file \"$(basename '{file_name}')\""
+        f" '.sha256 == $sha256 and .size == $size and .file == $file' '{signed}'"
+        "   # true: this file, by content and by name (not an older genuine export renamed)",
     ]
 
 

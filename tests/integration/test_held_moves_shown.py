@@ -142,6 +142,11 @@ def test_the_api_approves_a_held_move_only_by_its_address(
     assert (_device(rt).ip, _device(rt).pending_ip) == ("10.0.0.1", CLAIMED)
     moved = ui.post(url, params={"move_to": CLAIMED}, headers=headers)
     assert moved.status_code == 200, moved.text
+    # Approved again (a second click): the phone is there, nothing to do. A move no longer held: refused.
+    assert ui.post(url, params={"move_to": CLAIMED}, headers=headers).status_code == 200
+    gone = ui.post(url, params={"move_to": "10.0.0.98"}, headers=headers)
+    assert gone.status_code == 409, gone.text
+    assert "no move to 10.0.0.98 is held" in gone.text
     assert (moved.json()["ip"], moved.json()["pending_ip"], moved.json()["awaiting_approval"]) == (CLAIMED, None, False)
 
 

@@ -722,3 +722,26 @@ def test_api_bundle_verifies_with_the_documented_commands(
     # a token is required: curl -f fails on the 401
     done = _sh(curl, work, {**env, "CERTMGR_TOKEN": "cmt_not-a-token"})
     assert done.returncode != 0
+
+
+@OPENSSL
+def test_an_older_genuine_export_renamed_fails_the_documented_check(
+    rt: Runtime, fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An older genuine export and its untouched manifest, renamed to the name of the report the auditor was
+    promised: every signature verifies (both files are as certmgr signed them), so only the name the signed
+    manifest gives its file tells them apart — the last documented command compares it, and so does ``certmgr
+    report verify``. Fails with the name left out of that command."""
+    (tmp_path / "old").mkdir()
+    old = tmp_path / "old" / "compliance.csv"
+    assert _run(capsys, "report", "compliance", "--out", str(old))[0] == 0
+    out = tmp_path / "inventory.csv"
+    old.rename(out)
+    manifest_path(old).rename(manifest_path(out))
+    commands = _documented_openssl_commands()
+    results = [_sh(command, tmp_path) for command in commands]
+    assert [r.stdout.strip() for r in (results[4], results[6])] == ["Verified OK", "Verified OK"]
+    assert results[7].returncode != 0
+    assert results[7].stdout.strip() == "false"
+    code, output = _run(capsys, "report", "verify", str(out))
+    assert code != 0, output

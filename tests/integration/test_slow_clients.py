@@ -20,16 +20,20 @@ Nothing here measures time: each check waits for the close event, bounded.
 
 from __future__ import annotations
 
+import asyncio
 import select
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from certmgr.runtime import Runtime, open_runtime
+from certmgr.serve import make_listener
 from certmgr.settings import Settings
 from certmgr.simulator.ports import free_port
 from tests.integration.fake_phone import Stack
@@ -276,3 +280,65 @@ def test_a_connection_idle_after_a_body_sent_past_its_answer_is_closed_after_the
     finally:
         for sock in conns.values():
             sock.close()
+
+
+# --- the server's own waits are not the client's ----------------------------------------------------------------
+#: The application below holds each request this long before it reads the body: past the 1 s deadline.
+HOLD_S = 2.0
+#: A body large enough for uvicorn to stop reading (64 KiB high-water mark) until the application reads.
+LARGE_BODY = 600 * 1024
+
+
+async def _reads_late(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """An ASGI application that takes :data:`HOLD_S` before reading the body, then echoes its length."""
+    if scope["type"] != "http":
+        return
+    await asyncio.sleep(HOLD_S)  # the server's own time (a busy application), not the test's synchronisation
+    size = 0
+    while True:
+        message = await receive()
+        size += len(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    body = str(size).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]})
+    await send({"type": "http.response.body", "body": body})
+
+
+@pytest.fixture
+def late_reader() -> Iterator[int]:
+    """certmgr's listener (``make_listener``: the read deadline, 1 s here) serving :func:`_reads_late`."""
+    port = free_port("127.0.0.1")
+    listener = make_listener("late", _reads_late, "127.0.0.1", port, request_timeout=1.0)
+    thread = threading.Thread(target=lambda: asyncio.run(listener.server.serve()), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + CLOSE_WITHIN_S
+        while not listener.server.started:
+            assert time.monotonic() < deadline, "the listener did not start"
+            assert thread.is_alive(), "the listener stopped"
+            time.sleep(0.01)
+        yield port
+    finally:
+        listener.server.should_exit = True
+        thread.join(CLOSE_WITHIN_S)
+
+
+def test_the_deadline_does_not_count_time_the_server_makes_the_client_wait(late_reader: int) -> None:
+    """``Expect: 100-continue``: the client may send the body only after the ``100`` that uvicorn sends when the
+    application first reads, and a large body stops being read until the application reads. Both waits are the
+    server's: with the application holding the request past the 1 s deadline, the client still gets its ``100``
+    (then sends the body) and its large body read, and both get their answer. Tried: with every expiry closing
+    the connection, the first is closed before its ``100`` and the second reset mid-body."""
+    with socket.create_connection(("127.0.0.1", late_reader), timeout=CLOSE_WITHIN_S) as sock:
+        sock.sendall(b"POST /x HTTP/1.1\r\nHost: certmgr\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+        interim = sock.recv(4096)
+        assert interim.startswith(b"HTTP/1.1 100 "), interim
+        sock.sendall(b"hello")
+        assert _read_answer("expect-100", sock).startswith("http/1.1 200 ")
+    with socket.create_connection(("127.0.0.1", late_reader), timeout=CLOSE_WITHIN_S) as sock:
+        head = b"POST /x HTTP/1.1\r\nHost: certmgr\r\nContent-Length: %d\r\n\r\n" % LARGE_BODY
+        sender = threading.Thread(target=sock.sendall, args=(head + b"x" * LARGE_BODY,), daemon=True)
+        sender.start()
+        assert _read_answer("large body", sock).startswith("http/1.1 200 ")
+        sender.join(CLOSE_WITHIN_S)
