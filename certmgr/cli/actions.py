@@ -10,13 +10,18 @@ through the one exit-code mapping of :mod:`certmgr.cli.exitcodes` (8 unknown, 9 
 
 from __future__ import annotations
 
-from typing import Annotated
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from certmgr.cli.token import CLI_ACTOR
 from certmgr.pki.crl import RevocationReason
+
+if TYPE_CHECKING:
+    from certmgr.runtime import Runtime
 
 certificate_app = typer.Typer(help="Certificates: revoke (with a reason), renew now.", no_args_is_help=True)
 deployment_app = typer.Typer(help="Deployments: retry now, cancel.", no_args_is_help=True)
@@ -25,6 +30,19 @@ _out = Console(highlight=False, soft_wrap=True)
 Mac = Annotated[str, typer.Argument(help="The phone's MAC address (any common spelling).")]
 CertificateId = Annotated[int, typer.Argument(help="The certificate's id (as in the API and the console).")]
 DeploymentId = Annotated[int, typer.Argument(help="The deployment's id (as in the API, the console and reports).")]
+
+
+@contextlib.contextmanager
+def _runtime() -> Iterator[Runtime]:
+    """The runtime of the configured service (``CERTMGR_*``, ``CERTMGR_CONFIG``) for one command, closed after it."""
+    from certmgr.runtime import open_runtime
+    from certmgr.settings import load_settings
+
+    runtime = open_runtime(load_settings())
+    try:
+        yield runtime
+    finally:
+        runtime.close()
 
 
 def _say(line: str) -> None:
@@ -47,11 +65,8 @@ def device_register(
     """Pre-register a phone before it first reports: approved at once if its policy's enrollment is auto, else
     pending approval. Its certificate is issued and deployed once it is approved."""
     from certmgr.operations import register_device
-    from certmgr.runtime import open_runtime
-    from certmgr.settings import load_settings
 
-    runtime = open_runtime(load_settings())
-    try:
+    with _runtime() as runtime:
         device = register_device(
             runtime,
             mac=mac,
@@ -62,8 +77,6 @@ def device_register(
             actor=CLI_ACTOR,
             hostname=hostname,
         )
-    finally:
-        runtime.close()
     _say(
         f"registered {device.mac} (id {device.id}, ip {device.ip}, policy {device.policy_name or '-'}, "
         f"enrollment {device.enrollment.value})"
@@ -80,14 +93,9 @@ def device_approve(
     """Approve a pending phone (policy enrollment = approve) so that certmgr deploys to it, or its address move
     held for want of proof (--move-to names the held address)."""
     from certmgr.operations import approve_mac
-    from certmgr.runtime import open_runtime
-    from certmgr.settings import load_settings
 
-    runtime = open_runtime(load_settings())
-    try:
+    with _runtime() as runtime:
         device = approve_mac(runtime, mac, actor=CLI_ACTOR, move_to=move_to)
-    finally:
-        runtime.close()
     _say(f"approved {device.mac} at {device.ip or '-'} (policy {device.policy_name or '-'})")
 
 
@@ -98,16 +106,11 @@ def device_decommission(
     """Take a phone out of service: its unfinished deployments are cancelled, its unexpired certificates revoked
     (cessationOfOperation) and the CRL re-signed. Asks first unless --yes."""
     from certmgr.operations import decommission_mac
-    from certmgr.runtime import open_runtime
-    from certmgr.settings import load_settings
 
     if not yes:
         typer.confirm(f"Decommission {mac} and revoke its certificates?", abort=True)
-    runtime = open_runtime(load_settings())
-    try:
+    with _runtime() as runtime:
         result = decommission_mac(runtime, mac, actor=CLI_ACTOR)
-    finally:
-        runtime.close()
     crl = f"CRL number {result.crl_number}" if result.crl_number is not None else "CRL unchanged"
     _say(
         f"decommissioned {result.device.mac}: cancelled deployments {_ids(result.cancelled_deployments)}; "
@@ -118,14 +121,9 @@ def device_decommission(
 def device_renew(mac: Mac) -> None:
     """Issue a new certificate for the phone now (replacing its current one) and queue its deployment."""
     from certmgr.operations import renew_mac
-    from certmgr.runtime import open_runtime
-    from certmgr.settings import load_settings
 
-    runtime = open_runtime(load_settings())
-    try:
+    with _runtime() as runtime:
         result = renew_mac(runtime, mac, actor=CLI_ACTOR)
-    finally:
-        runtime.close()
     _say(f"certificate {result.serial} (id {result.certificate_id}) queued as deployment {result.deployment_id}")
 
 
@@ -139,16 +137,11 @@ def certificate_revoke(
     """Revoke a certificate with a reason; the CRL is re-signed and a phone still in service gets a replacement
     queued for deployment. Asks first unless --yes (a revocation cannot be undone)."""
     from certmgr.operations import revoke_certificate
-    from certmgr.runtime import open_runtime
-    from certmgr.settings import load_settings
 
     if not yes:
         typer.confirm(f"Revoke certificate {certificate_id} ({reason.value})? This cannot be undone.", abort=True)
-    runtime = open_runtime(load_settings())
-    try:
+    with _runtime() as runtime:
         result = revoke_certificate(runtime, certificate_id, reason, actor=CLI_ACTOR)
-    finally:
-        runtime.close()
     cert = result.certificate
     _say(f"revoked certificate {cert.serial} (id {cert.id}, reason {reason.value})")
     if result.replacement_certificate_id is not None:
@@ -164,14 +157,9 @@ def certificate_revoke(
 def certificate_renew(certificate_id: CertificateId) -> None:
     """Issue a new certificate for this (current) certificate's phone now and queue its deployment."""
     from certmgr.operations import renew_certificate
-    from certmgr.runtime import open_runtime
-    from certmgr.settings import load_settings
 
-    runtime = open_runtime(load_settings())
-    try:
+    with _runtime() as runtime:
         result = renew_certificate(runtime, certificate_id, actor=CLI_ACTOR)
-    finally:
-        runtime.close()
     _say(f"certificate {result.serial} (id {result.certificate_id}) queued as deployment {result.deployment_id}")
 
 
@@ -181,14 +169,9 @@ def deployment_retry(deployment_id: DeploymentId) -> None:
     """Make a queued, failed or cancelled deployment due now (a failed or cancelled one is continued by a new
     deployment of the same certificate)."""
     from certmgr.operations import retry_deployment
-    from certmgr.runtime import open_runtime
-    from certmgr.settings import load_settings
 
-    runtime = open_runtime(load_settings())
-    try:
+    with _runtime() as runtime:
         result = retry_deployment(runtime, deployment_id, actor=CLI_ACTOR)
-    finally:
-        runtime.close()
     continued = f" (continues deployment {result.retried_from})" if result.retried_from is not None else ""
     _say(f"deployment {result.deployment.id} is due now{continued}")
 
@@ -197,14 +180,9 @@ def deployment_retry(deployment_id: DeploymentId) -> None:
 def deployment_cancel(deployment_id: DeploymentId) -> None:
     """Cancel an unfinished deployment."""
     from certmgr.operations import cancel_deployment
-    from certmgr.runtime import open_runtime
-    from certmgr.settings import load_settings
 
-    runtime = open_runtime(load_settings())
-    try:
+    with _runtime() as runtime:
         dep = cancel_deployment(runtime, deployment_id, actor=CLI_ACTOR)
-    finally:
-        runtime.close()
     _say(f"cancelled deployment {dep.id}")
 
 
