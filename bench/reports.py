@@ -14,7 +14,7 @@ server from ``tests/pg.py``), N phones:
   The signed modes collect their evidence as the CLI does, so they verify the whole chain (2N events) and every
   checkpoint; the child checks that it came out intact.
 
-Each measurement runs in a fresh subprocess, so its peak RSS (``ru_maxrss``) is its own; the table shows the
+Each measurement runs in a fresh subprocess, so its peak RSS (``VmHWM``) is its own; the table shows the
 rows, the wall time, the ratio to the kind's floor, the peak RSS and its growth over the RSS after imports (what
 the export itself cost). ``--kinds`` picks the report kinds (default inventory; ``all``: all five); each kind runs:
 
@@ -50,7 +50,6 @@ import argparse
 import csv
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -70,7 +69,7 @@ from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from sqlalchemy import bindparam, create_engine, insert, text, update  # noqa: E402
 from sqlmodel import Session, col  # noqa: E402
 
-from bench.common import stop_cleanly_on_signals  # noqa: E402
+from bench.common import proc_status_kib, stop_cleanly_on_signals  # noqa: E402
 from certmgr.audit.chain import GENESIS_HASH, ChainedEvent, event_hash  # noqa: E402
 from certmgr.audit.checkpoint import AuditSigner, create_checkpoint  # noqa: E402
 from certmgr.audit.log import HEAD_ID  # noqa: E402
@@ -96,7 +95,10 @@ FAILURES = (
 
 
 def _rss_kib() -> int:
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    """This process's peak RSS so far: ``VmHWM`` of its own address space. Not ``ru_maxrss``, which Linux carries
+    over from the parent through fork and exec: after the parent seeded 100,000 phones, every child "peaked" at the
+    parent's size before doing anything."""
+    return proc_status_kib("self", ("VmHWM",))["VmHWM"]
 
 
 # --- seeding ----------------------------------------------------------------------------------------------------
