@@ -25,13 +25,12 @@ T = TypeVar("T")
 P = TypeVar("P", bound=BaseModel)
 M = TypeVar("M", bound=SQLModel)
 
-MAX_INT32 = MAX_ID
 MAX_INT64 = 9_223_372_036_854_775_807
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 500
 
 
-IdPath = Annotated[int, Path(ge=1, le=MAX_INT32, description="Integer id.")]
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="Integer id.")]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"Page size (at most {MAX_LIMIT}).")]
 Cursor = Annotated[
     str | None, Query(max_length=20, pattern=r"^[0-9]{1,19}$", description="next_cursor of the previous page.")

@@ -31,6 +31,7 @@ from certmgr.db.models import (
     Enrollment,
 )
 from certmgr.errors import CertmgrError, ConflictError, NotFoundError
+from certmgr.inventory.enrollment import held_move
 
 if TYPE_CHECKING:
     from certmgr.console.fleet import PhoneRow
@@ -96,8 +97,8 @@ def _retry(runtime: Runtime, device: Device, actor: str) -> str:
 
 
 def _approve(runtime: Runtime, device: Device, actor: str) -> str:
-    if device.pending_ip is not None:  # each held move is looked at and approved on its own (a flood of claims)
-        raise Skip(f"a move to {device.pending_ip} is held: approve it on the phone's page")
+    if (held := held_move(device)) is not None:  # each held move is approved on its own page (a flood of claims)
+        raise Skip(f"a move to {held} is held: approve it on the phone's page")
     if device.enrollment is not Enrollment.PENDING:
         raise Skip(f"not awaiting approval ({device.enrollment.value})")
     assert device.id is not None

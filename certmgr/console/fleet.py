@@ -29,7 +29,7 @@ from sqlalchemy import ColumnElement, and_, false, func, or_, select
 from sqlmodel import Session, col
 
 from certmgr.db.models import Certificate, Device, DeviceStatus, Enrollment
-from certmgr.inventory.enrollment import awaits_approval, awaits_approval_clause
+from certmgr.inventory.enrollment import awaits_approval, awaits_approval_clause, held_move
 
 PAGE_SIZE = 50
 MAX_Q = 64
@@ -224,6 +224,11 @@ class PhoneRow:
     def awaiting_approval(self) -> bool:
         """Pending enrollment or a held address move (the inventory's rule)."""
         return awaits_approval(self)
+
+    @property
+    def held_move(self) -> str | None:
+        """The address a move of the phone is held to, if any (the inventory's rule)."""
+        return held_move(self)
 
 
 @dataclass

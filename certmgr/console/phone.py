@@ -30,7 +30,8 @@ from certmgr.db.models import (
     Enrollment,
 )
 from certmgr.errors import CertmgrError, InputError, NotFoundError
-from certmgr.inventory.enrollment import awaits_approval, phone_by_mac
+from certmgr.identity import normalize_mac
+from certmgr.inventory.enrollment import awaits_approval, held_move, phone_by_mac
 from certmgr.inventory.phones import PolicyChoice, identity_of, policy_for
 from certmgr.policy import PolicySet
 
@@ -160,6 +161,11 @@ class PhoneDetail:
         return awaits_approval(self.device)
 
     @property
+    def held_move(self) -> str | None:
+        """The address a move of the phone is held to, if any (the inventory's rule)."""
+        return held_move(self.device)
+
+    @property
     def renewable(self) -> bool:
         """Whether "renew now" applies: an approved phone with a current, live certificate."""
         return (
@@ -169,16 +175,25 @@ class PhoneDetail:
         )
 
 
+def page_mac(mac: str) -> str:
+    """The MAC a phone page's path names, normalised (no database asked).
+
+    Raises:
+        NotFoundError: if ``mac`` is not a MAC (no such page).
+    """
+    try:
+        return normalize_mac(mac[:64])
+    except InputError:
+        raise NotFoundError(f"no phone with MAC {mac[:64]!r}") from None
+
+
 def find_device(session: Session, mac: str) -> Device:
     """The phone with MAC ``mac`` (any spelling).
 
     Raises:
         NotFoundError: if ``mac`` is not a MAC or no phone has it.
     """
-    try:
-        return phone_by_mac(session, mac[:64])
-    except InputError:  # not a MAC: no such page
-        raise NotFoundError(f"no phone with MAC {mac[:64]!r}") from None
+    return phone_by_mac(session, page_mac(mac))
 
 
 def _served(session: Session, device: Device, cert: Certificate, written: Deployment | None) -> Served | None:
@@ -291,6 +306,7 @@ __all__ = [
     "Served",
     "TranscriptLine",
     "find_device",
+    "page_mac",
     "phone_detail",
     "redact",
     "transcript_lines",

@@ -309,19 +309,22 @@ class _Waiting(Protocol):
     def pending_ip(self) -> str | None: ...
 
 
+def held_move(device: _Waiting) -> str | None:
+    """The address a move of ``device`` (a ``Device`` row or anything with its ``enrollment`` and ``pending_ip``)
+    is held to for want of proof of possession (module docstring), or ``None``. :func:`held_move_clause` is the
+    same rule in SQL."""
+    return None if device.enrollment is Enrollment.DECOMMISSIONED else device.pending_ip
+
+
 def awaits_approval(device: _Waiting) -> bool:
-    """Whether ``device`` (a ``Device`` row or anything with its ``enrollment`` and ``pending_ip``) waits for an
-    operator: its enrollment is pending, or a move of its address is held because the new address gave no proof
-    of possession (module docstring). :func:`approve_device` ends both; :func:`awaits_approval_clause` is the
-    same rule in SQL.
+    """Whether ``device`` waits for an operator: its enrollment is pending, or a move of its address is held
+    (:func:`held_move`). :func:`approve_device` ends both; :func:`awaits_approval_clause` is the same rule in SQL.
     """
-    if device.enrollment is Enrollment.DECOMMISSIONED:
-        return False
-    return device.enrollment is Enrollment.PENDING or device.pending_ip is not None
+    return device.enrollment is Enrollment.PENDING or held_move(device) is not None
 
 
 def held_move_clause() -> ColumnElement[bool]:
-    """SQL condition on ``Device``: a move of the phone's address is held for an operator."""
+    """:func:`held_move` as a SQL condition on ``Device``: a move of the phone's address is held."""
     return and_(col(Device.pending_ip).is_not(None), col(Device.enrollment) != Enrollment.DECOMMISSIONED.value)
 
 

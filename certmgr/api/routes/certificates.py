@@ -18,7 +18,6 @@ from sqlmodel import col
 from certmgr import operations as actions
 from certmgr.api.common import (
     ERRORS,
-    MAX_INT32,
     Cursor,
     ExpiringWithin,
     IdPath,
@@ -30,7 +29,7 @@ from certmgr.api.common import (
 )
 from certmgr.api.deps import Admin, Operator, RuntimeDep, SessionDep, Viewer
 from certmgr.api.schemas import CertificatePublic, Page, RenewResponse, RevokeRequest, RevokeResponse
-from certmgr.db.models import Certificate, CertificateStatus
+from certmgr.db.models import MAX_ID, Certificate, CertificateStatus
 
 router = APIRouter(prefix="/api/v1")
 
@@ -41,7 +40,7 @@ def certificates_list(
     rt: RuntimeDep,
     session: SessionDep,
     status: CertificateStatus | None = None,
-    device_id: Annotated[int | None, Query(ge=1, le=MAX_INT32)] = None,
+    device_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     serial: Annotated[str | None, Query(max_length=64, pattern=r"^[0-9a-fA-F:]*$")] = None,
     policy: Text = None,
     expiring_within: ExpiringWithin = None,

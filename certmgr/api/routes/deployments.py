@@ -12,10 +12,10 @@ from sqlalchemy import select
 from sqlmodel import col
 
 from certmgr import operations as actions
-from certmgr.api.common import ERRORS, MAX_INT32, Cursor, IdPath, Limit, after, fetch_page, get_or_404
+from certmgr.api.common import ERRORS, Cursor, IdPath, Limit, after, fetch_page, get_or_404
 from certmgr.api.deps import Operator, RuntimeDep, SessionDep, Viewer
 from certmgr.api.schemas import DeploymentDetail, DeploymentPublic, Page, RetryResponse
-from certmgr.db.models import Deployment, DeploymentState
+from certmgr.db.models import MAX_ID, Deployment, DeploymentState
 
 router = APIRouter(prefix="/api/v1")
 
@@ -25,8 +25,8 @@ def deployments_list(
     _who: Viewer,
     session: SessionDep,
     state: DeploymentState | None = None,
-    device_id: Annotated[int | None, Query(ge=1, le=MAX_INT32)] = None,
-    certificate_id: Annotated[int | None, Query(ge=1, le=MAX_INT32)] = None,
+    device_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    certificate_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     cursor: Cursor = None,
     limit: Limit = 100,
 ) -> Page[DeploymentPublic]:

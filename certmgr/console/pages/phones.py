@@ -18,7 +18,7 @@ from certmgr.audit.tokens import Role
 from certmgr.console.auth import Form, User, field, require
 from certmgr.console.fleet import SORTS, parse_filter, phones_page
 from certmgr.console.pages.common import ROUTE, int_id, params, see_other
-from certmgr.console.phone import find_device, phone_detail
+from certmgr.console.phone import find_device, page_mac, phone_detail
 from certmgr.console.render import render_page
 from certmgr.db.engine import session_scope
 from certmgr.db.models import DeviceStatus
@@ -88,18 +88,18 @@ def phone_progress(request: Request, rt: RuntimeDep, _user: User, mac: str) -> R
     return _detail(request, rt, mac, "phone_progress.html")
 
 
-def _device_id(rt: RuntimeDep, mac: str) -> tuple[int, str, int | None]:
+def _device_id(rt: RuntimeDep, mac: str) -> tuple[int, str]:
     with session_scope(rt.engine) as session:
         device = find_device(session, mac)
         assert device.id is not None
-        return device.id, device.mac, device.current_certificate_id
+        return device.id, device.mac
 
 
 @router.post("/ui/phones/{mac}/renew")
 def phone_renew(request: Request, rt: RuntimeDep, user: User, _form: Form, mac: str) -> Response:
     """Issue a new certificate now and queue its deployment (operator)."""
     require(rt, user, Role.OPERATOR, request)
-    _id, normalised, _current = _device_id(rt, mac)  # a 404 page for an unknown phone or a non-MAC
+    normalised = page_mac(mac)  # a 404 page for a non-MAC; renew_mac's NotFoundError for an unknown phone
     operations.renew_mac(rt, normalised, user.actor)
     return see_other(phone_path(normalised) + "?done=renewed")
 
@@ -108,7 +108,7 @@ def phone_renew(request: Request, rt: RuntimeDep, user: User, _form: Form, mac: 
 def phone_approve(request: Request, rt: RuntimeDep, user: User, form: Form, mac: str) -> Response:
     """Approve a pending phone, or its held address move to the address the page showed (``move_to``) (operator)."""
     require(rt, user, Role.OPERATOR, request)
-    device_id, normalised, _ = _device_id(rt, mac)
+    device_id, normalised = _device_id(rt, mac)
     operations.approve(rt, device_id, user.actor, move_to=field(form, "move_to", max_length=64) or None)
     return see_other(phone_path(normalised) + "?done=approved")
 
@@ -117,7 +117,7 @@ def phone_approve(request: Request, rt: RuntimeDep, user: User, form: Form, mac:
 def phone_decommission(request: Request, rt: RuntimeDep, user: User, form: Form, mac: str) -> Response:
     """Take the phone out of service (admin; the form's ``confirm`` box must be ticked)."""
     require(rt, user, Role.ADMIN, request)
-    device_id, normalised, _ = _device_id(rt, mac)
+    device_id, normalised = _device_id(rt, mac)
     if field(form, "confirm") != "yes":
         raise InputError("tick the box to confirm the decommissioning")
     operations.decommission_device(rt, device_id, user.actor)
