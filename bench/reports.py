@@ -75,6 +75,7 @@ from certmgr.audit.checkpoint import AuditSigner, create_checkpoint  # noqa: E40
 from certmgr.audit.log import HEAD_ID  # noqa: E402
 from certmgr.db.migrate import upgrade  # noqa: E402
 from certmgr.db.models import AuditEvent, AuditHead, Certificate, Deployment, Device  # noqa: E402
+from certmgr.reports.queries import AUDIT_COLUMNS, DEPLOYMENT_COLUMNS  # noqa: E402
 
 T0 = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
 LOG_START = T0 - timedelta(days=28)  # the audit events (and deployments) spread over the four weeks before T0
@@ -351,21 +352,8 @@ FLOOR_COLUMNS = {
         "last_verified_at",
     ),
     "expiry": ("period", "certificates"),
-    "deployments": (
-        "id",
-        "mac",
-        "serial",
-        "state",
-        "attempts",
-        "profile",
-        "created_at",
-        "finished_at",
-        "check_reply",
-        "check_info",
-        "check_probe",
-        "last_error",
-    ),
-    "audit": ("seq", "at", "actor", "action", "subject_type", "subject_id", "details", "hash"),
+    "deployments": DEPLOYMENT_COLUMNS,  # the report's own columns: its floor reads exactly those
+    "audit": AUDIT_COLUMNS,
 }
 
 

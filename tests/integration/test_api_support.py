@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 
 from certmgr.api.app import create_app
 from certmgr.audit.tokens import Role, create_token
-from certmgr.clock import ManualClock
+from certmgr.clock import Clock, ManualClock
 from certmgr.db.engine import session_scope
 from certmgr.db.models import (
     Certificate,
@@ -64,6 +64,17 @@ def cli_env(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
     monkeypatch.setenv("CERTMGR_MASTER_KEY", MASTER)
 
 
+def cli_main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Run ``certmgr ARGV`` in-process (the CLI's own ``main``): (exit code, stdout, stderr)."""
+    from certmgr.cli.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(list(argv))
+    captured = capsys.readouterr()
+    code = exc.value.code
+    return (code if isinstance(code, int) else 1), captured.out, captured.err
+
+
 @pytest.fixture(scope="session")
 def ca_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data dir holding a freshly created CA (created once per test session)."""
@@ -76,7 +87,7 @@ def ca_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def rt(
-    db_url: str, tmp_path: Path, ca_template: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+    db_url: str, tmp_path: Path, ca_template: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Runtime]:
     """An opened runtime on ``db_url`` with a CA and a manual clock; the CLI environment points at it too."""
     import os

@@ -15,16 +15,13 @@ The CLI reads the system clock, so the fixture's runtime does too (a manual cloc
 from __future__ import annotations
 
 import io
-import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from certmgr import operations
-from certmgr.cli.main import main
+from certmgr.clock import SystemClock
 from certmgr.db.deployments import move
 from certmgr.db.engine import session_scope
 from certmgr.db.models import (
@@ -39,9 +36,9 @@ from certmgr.db.models import (
 from certmgr.deploy.reconcile import Reconciler
 from certmgr.inventory.enrollment import AddressClaim, resolve_claim
 from certmgr.pki.crl import RevocationReason
-from certmgr.runtime import Runtime, open_runtime
+from certmgr.runtime import Runtime
 from tests.integration.renewal_support import mark_verified
-from tests.integration.test_api_support import ca_template, cli_env, make_settings  # noqa: F401 - fixtures
+from tests.integration.test_api_support import ca_template, cli_main, rt  # noqa: F401 - fixtures
 
 MAC1, IP1 = "00:1A:E8:00:10:01", "10.20.0.1"
 MAC2, IP2 = "00:1A:E8:00:10:02", "10.20.0.2"
@@ -49,33 +46,16 @@ UNKNOWN_MAC = "00:1A:E8:00:10:99"
 
 
 @pytest.fixture
-def rt(db_url: str, tmp_path: Path, ca_template: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Runtime]:
-    """A runtime on ``db_url`` with the template CA and the system clock; the CLI's environment points at it."""
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("CERTMGR_"):
-            monkeypatch.delenv(name)
-    data_dir = tmp_path / "var"
-    data_dir.mkdir(mode=0o700)
-    shutil.copytree(ca_template, data_dir / "ca")
-    settings = make_settings(data_dir, db_url)
-    cli_env(monkeypatch, settings)
-    runtime = open_runtime(settings)
-    try:
-        yield runtime
-    finally:
-        runtime.close()
+def clock() -> SystemClock:
+    """The system clock for ``rt`` (test_api_support's runtime): the CLI's own runtime reads the system clock."""
+    return SystemClock()
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Run ``certmgr ARGV`` in-process: (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as exc:
-        main(list(argv))
-    captured = capsys.readouterr()
-    code = exc.value.code
-    assert "Traceback" not in captured.err
-    return (code if isinstance(code, int) else 1), captured.out, captured.err
+    """Run ``certmgr ARGV`` in-process: (exit code, stdout, stderr); never a traceback."""
+    code, out, err = cli_main(capsys, *argv)
+    assert "Traceback" not in err
+    return code, out, err
 
 
 def _ok(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
@@ -103,7 +83,7 @@ def _events(rt: Runtime, action: str) -> list[AuditEvent]:
 
 def _audit_count(rt: Runtime) -> int:
     with Session(rt.engine) as s:
-        return len(s.exec(select(AuditEvent.seq)).all())
+        return s.exec(select(func.count()).select_from(AuditEvent)).one()
 
 
 def _device(rt: Runtime, mac: str) -> Device:

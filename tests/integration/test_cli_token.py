@@ -10,18 +10,10 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session, col, select
 
 from certmgr.audit.tokens import TOKEN_PREFIX, hash_token
-from certmgr.cli.main import main
 from certmgr.db.models import ApiToken, AuditEvent
 from certmgr.runtime import Runtime
 from tests.integration.test_api_support import auth, ca_template, client, rt  # noqa: F401 - fixtures
-
-
-def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(list(argv))
-    captured = capsys.readouterr()
-    code = exc.value.code
-    return (code if isinstance(code, int) else 1), captured.out, captured.err
+from tests.integration.test_api_support import cli_main as _run
 
 
 def test_create_list_revoke(rt: Runtime, client: TestClient, capsys: pytest.CaptureFixture[str]) -> None:

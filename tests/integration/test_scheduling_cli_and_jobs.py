@@ -16,7 +16,6 @@ import pytest
 from pydantic import SecretStr
 from sqlmodel import col, select
 
-from certmgr.cli.main import main
 from certmgr.clock import ManualClock
 from certmgr.db.engine import session_scope
 from certmgr.db.models import AuditCheckpoint, AuditEvent, DeviceStatus
@@ -26,6 +25,7 @@ from certmgr.scheduling import scheduler as sched
 from certmgr.scheduling.tasks import EXPIRY_NOTIFIED, audit_checkpoint, expiry_notify
 from certmgr.settings import Settings
 from tests.integration.renewal_support import device, enroll_verified, open_test_runtime
+from tests.integration.test_api_support import cli_main as _run
 
 
 class _Hook:
@@ -72,14 +72,6 @@ def runtime(settings: Settings, clock: ManualClock, tmp_path: Path, hook: _Hook)
         yield rt
     finally:
         rt.close()
-
-
-def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(list(argv))
-    captured = capsys.readouterr()
-    code = exc.value.code
-    return (code if isinstance(code, int) else 1), captured.out, captured.err
 
 
 def _env(monkeypatch: pytest.MonkeyPatch, rt: Runtime) -> None:
