@@ -74,6 +74,7 @@ class DeadlineH11Protocol(H11Protocol):
         self._last_cycle: object = None
         #: The request (1: the connection's first) that the running deadline is for; ``None``: none running.
         self._reading: int | None = None
+        self._held = False
         self._deadline: asyncio.TimerHandle | None = None
         self._follow()
 
@@ -112,6 +113,7 @@ class DeadlineH11Protocol(H11Protocol):
             return
         if reading is not None:
             self._reading = reading
+            self._held = False  # whether the server held this request up at its deadline's last expiry
             self._deadline = self.loop.call_later(self.request_timeout, self._too_slow)
         elif self.conn.their_state is h11.IDLE and self.timeout_keep_alive_task is None:
             # Idle between requests, but the bytes that finished the last request's body (answered before it was
@@ -131,10 +133,13 @@ class DeadlineH11Protocol(H11Protocol):
         if self.transport.is_closing():
             return
         cycle = self.cycle
-        if (cycle is not None and cycle.waiting_for_100_continue) or self.flow.read_paused:
+        held = (cycle is not None and cycle.waiting_for_100_continue) or self.flow.read_paused
+        if held or self._held:
             # The server holds the request up, not the client: the application has not asked for the body yet
             # (``Expect: 100-continue`` unanswered) or reading is paused until it catches up with a large body.
-            # Both end when the application reads or answers; until then the client gets another full deadline.
+            # Both end when the application reads or answers. While they last, and for one whole deadline after
+            # (the wait may have ended just before this expiry), the client gets another full deadline.
+            self._held = held
             self._deadline = self.loop.call_later(self.request_timeout, self._too_slow)
             return
         self.transport.close()
